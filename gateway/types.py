@@ -1,0 +1,192 @@
+"""The data that flows between stages: frozen dataclasses, no behaviour beyond validation.
+
+Metadata travels with pixels (as areaDetector's NDArray does): every frame carries its
+frame number, detector serial, readout mode, temperature, timestamps and, once corrected,
+the calibration id and processing history.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+import numpy as np
+
+
+class FrameKind(enum.Enum):
+    """Why a frame was read: dark frames see no X-rays, exposed frames do."""
+
+    DARK = "dark"
+    EXPOSED = "exposed"
+
+
+@dataclass(frozen=True)
+class ReadoutMode:
+    """One readout mode of a detector (binning, geometry, bit depth)."""
+
+    mode_id: int
+    name: str
+    rows: int
+    columns: int
+    pixel_spacing_mm: tuple[float, float]  # (row spacing, column spacing) at the detector
+    bits_stored: int
+
+
+@dataclass(frozen=True)
+class DetectorInfo:
+    """Identity of an attached detector, as it reports itself."""
+
+    vendor: str
+    model: str
+    serial: str
+    firmware: str
+    modes: tuple[ReadoutMode, ...]
+
+    def mode(self, name: str) -> ReadoutMode:
+        for m in self.modes:
+            if m.name == name:
+                return m
+        known = ", ".join(m.name for m in self.modes)
+        raise KeyError(f"detector {self.serial} has no readout mode {name!r} (has: {known})")
+
+
+@dataclass(frozen=True)
+class FrameMeta:
+    """Everything known about a frame at readout."""
+
+    frame_number: int
+    detector_serial: str
+    mode: str
+    rows: int
+    columns: int
+    bits_stored: int
+    kind: FrameKind
+    temperature_c: float
+    acquired_at: datetime
+    crc32: int
+
+
+@dataclass(frozen=True, eq=False)
+class RawFrame:
+    """A frame exactly as read from the detector (uint16, read-only), with its metadata."""
+
+    pixels: np.ndarray
+    meta: FrameMeta
+
+    def __post_init__(self) -> None:
+        if self.pixels.dtype != np.uint16 or self.pixels.shape != (self.meta.rows, self.meta.columns):
+            raise ValueError(
+                f"frame {self.meta.frame_number}: pixels {self.pixels.dtype}{self.pixels.shape} "
+                f"do not match header uint16({self.meta.rows}, {self.meta.columns})"
+            )
+        self.pixels.flags.writeable = False
+
+
+@dataclass(frozen=True, eq=False)
+class CorrectedFrame:
+    """A frame after offset, gain and defect correction (uint16, read-only)."""
+
+    pixels: np.ndarray
+    meta: FrameMeta
+    calibration_id: str
+    calibrated_at: datetime
+    counts_per_ugy: float  # detector sensitivity after correction, for the exposure index
+    history: tuple[str, ...]  # processing steps applied, in order
+
+    def __post_init__(self) -> None:
+        self.pixels.flags.writeable = False
+
+
+@dataclass(frozen=True)
+class Technique:
+    """Exposure factors requested from the generator."""
+
+    kvp: float
+    mas: float
+
+
+@dataclass(frozen=True)
+class ExposureReadback:
+    """What the generator reports it actually delivered."""
+
+    kvp: float
+    mas: float
+    exposure_time_ms: float
+    dap_dgy_cm2: float  # dose-area product (Image and Fluoroscopy Area Dose Product units)
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """One exposure: what was asked, what was delivered, and when."""
+
+    requested: Technique
+    actual: ExposureReadback
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class ProtocolCode:
+    """A coded entry (code value, scheme designator, meaning), as in Scheduled Protocol Code Sequence."""
+
+    value: str
+    scheme: str
+    meaning: str
+
+
+@dataclass(frozen=True)
+class WorklistItem:
+    """One scheduled procedure step from the Modality Worklist, all strings as UTF-8 text.
+
+    Empty strings mean the RIS gave no value. An unscheduled exam has an empty accession
+    number and no Study Instance UID (one is generated under the site's UID root).
+    """
+
+    patient_name: str
+    patient_id: str
+    patient_birth_date: date | None
+    patient_sex: str
+    accession_number: str
+    study_instance_uid: str
+    requested_procedure_id: str
+    requested_procedure_description: str
+    sps_id: str
+    sps_description: str
+    sps_start: datetime | None
+    modality: str
+    scheduled_station_ae: str
+    referring_physician: str = ""
+    issuer_of_patient_id: str = ""
+    protocol_codes: tuple[ProtocolCode, ...] = ()
+    referenced_study_sop_instance_uid: str = ""  # Referenced Study Sequence, when the RIS sends one
+
+
+@dataclass(frozen=True)
+class CalibrationKey:
+    """Calibration sets are kept per detector serial and readout mode."""
+
+    detector_serial: str
+    mode: str
+
+
+@dataclass(frozen=True)
+class ExposureIndex:
+    """IEC 62494-1 exposure index: EI = 100 x air kerma (uGy); DI = 10 log10(EI / EI_T)."""
+
+    ei: float
+    target_ei: float
+    deviation_index: float
+
+
+@dataclass(frozen=True)
+class SpooledInstance:
+    """An instance made durable: file fsynced and renamed, queue rows committed."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    accession_number: str
+    path: str
+    sha256: str
+    size: int
+    destinations: tuple[str, ...] = field(default=())
