@@ -1,0 +1,197 @@
+"""The composition root: the one module that knows every stage and wires them together.
+
+Detector and generator come from the driver registry (or are injected: a pyusb backend for
+the simulator); the stages run in data-flow order up to the spool, which is where an
+exposure becomes "saved"; the forwarder drains the spool on its own thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from drivers import registry
+from gateway.acquisition import ExposureSequence
+from gateway.config import Config
+from gateway.correction import CalibrationSet, CalibrationStore, Corrector, calibrate, exposure_index
+from gateway.dicom import build_dx, new_uid, to_bytes
+from gateway.errors import CalibrationError, ConfigError
+from gateway.forward import DeliveryResult, Forwarder
+from gateway.ports import Detector, Generator
+from gateway.spool import Spool
+from gateway.types import (
+    CalibrationKey,
+    CorrectedFrame,
+    Exposure,
+    ExposureIndex,
+    SpooledInstance,
+    Technique,
+    WorklistItem,
+)
+from gateway.worklist import query_worklist
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class Exam:
+    """One procedure at the console: its study and series identity, assigned once."""
+
+    item: WorklistItem | None
+    study_uid: str
+    series_uid: str
+    series_number: int = 1
+    images: list[SpooledInstance] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AcquiredImage:
+    """An exposure that is saved: durable in the spool, queued for every destination."""
+
+    instance: SpooledInstance
+    exposure: Exposure
+    exposure_index: ExposureIndex
+    frame: CorrectedFrame
+
+
+def open_hardware(config: Config, usb_backend: Any | None = None) -> tuple[Detector, Generator]:
+    """Open the detector and generator named in the configuration."""
+    det = config.detector
+    backend = usb_backend
+    if backend is None and det.usb_backend:
+        backend = registry.load_object(det.usb_backend)(**det.backend_options)
+    detector = registry.open_detector(det.driver, vendor_id=det.vendor_id, product_id=det.product_id,
+                                      serial=det.serial, mode=det.mode, backend=backend,
+                                      read_attempts=det.read_attempts)
+    try:
+        gen = config.generator
+        generator = registry.open_generator(gen.driver, port=gen.port, baudrate=gen.baudrate,
+                                            timeout_s=gen.timeout_s)
+    except BaseException:
+        detector.close()
+        raise
+    return detector, generator
+
+
+class Gateway:
+    """A running gateway: hardware, calibration, spool and forwarder for one detector."""
+
+    def __init__(self, config: Config, *, usb_backend: Any | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        if not config.destinations:
+            raise ConfigError("no destination configured: images would have nowhere to go")
+        self.config = config
+        self._clock = clock
+        for d in (config.state_dir, config.path(config.calibration.directory), config.path(config.spool.directory)):
+            config.path(d).mkdir(parents=True, exist_ok=True)
+        self.detector, self.generator = open_hardware(config, usb_backend)
+        self.mode = self.detector.info.mode(config.detector.mode)
+        self.sequence = ExposureSequence(self.detector, self.generator,
+                                         frame_timeout_s=config.detector.frame_timeout_s, clock=clock)
+        self.calibrations = CalibrationStore(config.path(config.calibration.directory))
+        self.spool = Spool(config.path(config.spool.directory), config.path(config.spool.database))
+        self.forwarder = Forwarder(self.spool, config.destinations, calling_ae=config.site.ae_title)
+        self._corrector: Corrector | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._forward_thread: threading.Thread | None = None
+
+    @property
+    def calibration_key(self) -> CalibrationKey:
+        return CalibrationKey(self.detector.info.serial, self.mode.name)
+
+    # --- calibration (field engineer) ---------------------------------------------------
+
+    def calibrate(self, operator: str = "") -> CalibrationSet:
+        """Acquire dark and flat frames, compute and store a new calibration set, use it."""
+        cal_cfg = self.config.calibration
+        darks = [self.sequence.dark() for _ in range(cal_cfg.dark_frames)]
+        technique = Technique(kvp=cal_cfg.flat_kvp, mas=cal_cfg.flat_mas)
+        flats = [self.sequence.expose(technique)[0] for _ in range(cal_cfg.flat_frames)]
+        cal = calibrate(darks, flats, flat_kerma_ugy=cal_cfg.flat_kerma_ugy, operator=operator,
+                        technique=technique, now=self._clock())
+        self.calibrations.save(cal)
+        self._corrector = Corrector(cal)
+        LOGGER.info("calibration %s stored and active", cal.calibration_id)
+        return cal
+
+    def has_calibration(self) -> bool:
+        return self.calibrations.latest(self.calibration_key) is not None
+
+    def corrector(self) -> Corrector:
+        if self._corrector is None:
+            cal = self.calibrations.load(self.calibration_key, max_age_days=self.config.calibration.max_age_days,
+                                         now=self._clock())
+            self._corrector = Corrector(cal)
+        return self._corrector
+
+    # --- technologist -------------------------------------------------------------------
+
+    def worklist(self, on: date | None = None) -> list[WorklistItem]:
+        wl = self.config.worklist
+        return query_worklist(host=wl.host, port=wl.port, called_ae=wl.called_ae,
+                              calling_ae=self.config.site.ae_title, modality=wl.modality,
+                              station_ae=self.config.site.ae_title, on=on or self._clock().date(),
+                              days_ahead=wl.days_ahead, timeout_s=wl.timeout_s)
+
+    def open_exam(self, item: WorklistItem | None) -> Exam:
+        """Start an exam; the Study Instance UID comes from the worklist whenever it gives one."""
+        root = self.config.site.uid_root
+        study_uid = item.study_instance_uid if item and item.study_instance_uid else new_uid(root)
+        return Exam(item=item, study_uid=study_uid, series_uid=new_uid(root))
+
+    def expose(self, exam: Exam, technique: Technique | None = None) -> AcquiredImage:
+        """Expose, correct, build the DX image and spool it; returns once it is saved."""
+        try:
+            corrector = self.corrector()
+        except CalibrationError:
+            LOGGER.error("exposure refused: no valid calibration for %s", self.calibration_key)
+            raise
+        exp_cfg = self.config.exposure
+        technique = technique or Technique(kvp=exp_cfg.kvp, mas=exp_cfg.mas)
+        raw, exposure = self.sequence.expose(technique)
+        frame = corrector.apply(raw)
+        ei = exposure_index(frame, exp_cfg.target_ei)
+        ds = build_dx(frame, exposure, exam.item, ei, site=self.config.site, detector=self.detector.info,
+                      pixel_spacing_mm=self.mode.pixel_spacing_mm, study_uid=exam.study_uid,
+                      series_uid=exam.series_uid, sop_instance_uid=new_uid(self.config.site.uid_root),
+                      series_number=exam.series_number, instance_number=len(exam.images) + 1,
+                      body_part=exp_cfg.body_part, view_position=exp_cfg.view_position, now=self._clock())
+        instance = self.spool.put(to_bytes(ds), sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
+                                  study_instance_uid=exam.study_uid,
+                                  accession_number=exam.item.accession_number if exam.item else "",
+                                  destinations=[d.name for d in self.config.destinations])
+        exam.images.append(instance)
+        LOGGER.info("saved %s (frame %d, EI %.0f, DI %+.1f)", instance.sop_instance_uid,
+                    raw.meta.frame_number, ei.ei, ei.deviation_index)
+        self._wake.set()
+        return AcquiredImage(instance=instance, exposure=exposure, exposure_index=ei, frame=frame)
+
+    # --- store and forward --------------------------------------------------------------
+
+    def forward_due(self) -> list[DeliveryResult]:
+        return self.forwarder.forward_due()
+
+    def start_forwarding(self) -> None:
+        if self._forward_thread is None:
+            self._forward_thread = threading.Thread(target=self.forwarder.run, args=(self._stop, self._wake),
+                                                    name="dxgate-forward", daemon=True)
+            self._forward_thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._forward_thread is not None:
+            self._forward_thread.join(timeout=30)
+        for closing in (self.generator.close, self.detector.close, self.spool.close):
+            closing()
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
