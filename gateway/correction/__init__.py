@@ -1,1 +1,14 @@
-"""Stage: correction."""
+"""Stage: correction. Calibrate a detector, keep its calibration sets, correct its frames.
+
+calibrate() makes a CalibrationSet from dark and flat frames; CalibrationStore keeps sets
+versioned and checksummed per serial and mode; Corrector applies one to raw frames;
+exposure_index() gives the IEC 62494-1 EI/DI of a corrected frame.
+"""
+
+from gateway.correction.apply import Corrector
+from gateway.correction.calibrate import calibrate
+from gateway.correction.calibration_set import CalibrationSet, DefectClass
+from gateway.correction.exposure_index import exposure_index
+from gateway.correction.store import CalibrationStore
+
+__all__ = ["CalibrationSet", "CalibrationStore", "Corrector", "DefectClass", "calibrate", "exposure_index"]

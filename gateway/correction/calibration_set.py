@@ -1,0 +1,86 @@
+"""One detector calibration: offset, gain and defect maps for a serial and readout mode."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType
+
+import numpy as np
+
+from gateway.errors import CalibrationError
+from gateway.types import CalibrationKey
+
+LOGGER = logging.getLogger(__name__)
+
+
+class DefectClass(enum.IntEnum):
+    """Codes of the defect map (ASTM E2597 practice); 0 is a good pixel."""
+
+    GOOD = 0
+    DEAD = 1  # no response to X-rays
+    HOT = 2  # saturated, or an offset eating half the dynamic range
+    OVER = 3  # > 1.3x the local 21x21 median response
+    UNDER = 4  # < 0.6x the local 21x21 median response (but not dead)
+    NOISY = 5  # dark-frame SD > 6x the median SD
+    LINE = 6  # in a row or column with > 50 % bad pixels
+
+
+@dataclass(frozen=True, eq=False)
+class CalibrationSet:
+    """Maps and metadata of one calibration, read-only once made.
+
+    gain is multiplicative and normalised so that a corrected flat field has the flat's
+    mean signal; counts_per_ugy is that mean signal divided by the flat's air kerma.
+    """
+
+    key: CalibrationKey
+    calibration_id: str
+    created_at: datetime
+    offset: np.ndarray  # float32 counts
+    gain: np.ndarray  # float32, multiplies (raw - offset)
+    defects: np.ndarray  # uint8 DefectClass codes
+    counts_per_ugy: float
+    temperature_c: float
+    provenance: Mapping[str, object]
+
+    def __post_init__(self) -> None:
+        where = f"calibration {self.calibration_id!r}"
+        if self.created_at.tzinfo is None or self.created_at.utcoffset() is None:
+            raise CalibrationError(f"{where}: created_at {self.created_at} has no time zone")
+        for name, dtype in (("offset", np.float32), ("gain", np.float32), ("defects", np.uint8)):
+            arr = getattr(self, name)
+            if not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.ndim != 2:
+                got = f"{arr.dtype}{arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
+                raise CalibrationError(f"{where}: {name} map must be a 2-D {np.dtype(dtype)} array, got {got}")
+        if not self.offset.shape == self.gain.shape == self.defects.shape:
+            raise CalibrationError(
+                f"{where}: map shapes differ: offset {self.offset.shape}, gain {self.gain.shape}, "
+                f"defects {self.defects.shape}")
+        unknown = set(np.unique(self.defects).tolist()) - {int(c) for c in DefectClass}
+        if unknown:
+            raise CalibrationError(f"{where}: defect map holds unknown class codes {sorted(unknown)}")
+        if not (math.isfinite(self.counts_per_ugy) and self.counts_per_ugy > 0):
+            raise CalibrationError(f"{where}: counts_per_ugy must be positive, got {self.counts_per_ugy}")
+        for arr in (self.offset, self.gain, self.defects):
+            arr.flags.writeable = False
+        if not isinstance(self.provenance, MappingProxyType):
+            object.__setattr__(self, "provenance", MappingProxyType(dict(self.provenance)))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.offset.shape[0]), int(self.offset.shape[1]))
+
+    def defect_counts(self) -> dict[str, int]:
+        """Number of pixels of each defect class (good pixels excluded), by class name."""
+        return count_defects(self.defects)
+
+
+def count_defects(defects: np.ndarray) -> dict[str, int]:
+    """Number of pixels of each defect class in a defect map (good pixels excluded), by class name."""
+    counts = np.bincount(defects.ravel(), minlength=len(DefectClass))
+    return {c.name.lower(): int(counts[c]) for c in DefectClass if c is not DefectClass.GOOD}

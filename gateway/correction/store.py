@@ -1,0 +1,252 @@
+"""Versioned, checksummed calibration sets on disk, one directory per set.
+
+Layout: <directory>/<serial>/<mode>/<calibration_id>/{offset,gain,defects}.npy + manifest.json.
+A set is written into a hidden temporary directory (every file fsynced), which is then
+renamed into place and its parent fsynced: a crash leaves either no set or a complete one.
+Sets are never overwritten. The manifest records the SHA-256 of every array file and a
+SHA-256 of its own canonical content, so any flipped byte is refused on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway.correction.calibration_set import CalibrationSet
+from gateway.errors import CalibrationError
+from gateway.types import CalibrationKey
+
+LOGGER = logging.getLogger(__name__)
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+ARRAYS = ("offset", "gain", "defects")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_ID_TAIL = re.compile(r"^\d{8}T\d{12}Z$")
+
+
+class CalibrationStore:
+    """Calibration sets kept per detector serial and readout mode under one directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def save(self, cal: CalibrationSet) -> Path:
+        """Write the set durably into a new directory and return it; never overwrites."""
+        parent = self._key_dir(cal.key)
+        _safe_name("calibration id", cal.calibration_id)
+        final = parent / cal.calibration_id
+        if final.exists():
+            raise CalibrationError(f"calibration {cal.calibration_id} is already saved at {final}; sets are never "
+                                   "overwritten")
+        _makedirs_durable(parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{cal.calibration_id}-", dir=parent))
+        done = False
+        try:
+            os.chmod(tmp, 0o755)
+            files: dict[str, dict[str, Any]] = {}
+            for name in ARRAYS:
+                arr = getattr(cal, name)
+                buf = io.BytesIO()
+                np.save(buf, arr, allow_pickle=False)
+                data = buf.getvalue()
+                _write_durable(tmp / f"{name}.npy", data)
+                files[f"{name}.npy"] = {"sha256": hashlib.sha256(data).hexdigest(), "dtype": str(arr.dtype),
+                                        "shape": list(arr.shape)}
+            _write_durable(tmp / MANIFEST, _manifest_bytes(_manifest_body(cal, files)))
+            _fsync_dir(tmp)
+            try:
+                os.rename(tmp, final)
+            except OSError as exc:
+                raise CalibrationError(f"cannot move calibration {cal.calibration_id} into {final}: {exc}") from exc
+            done = True
+        finally:
+            if not done:
+                shutil.rmtree(tmp, ignore_errors=True)
+        _fsync_dir(parent)
+        LOGGER.info("saved calibration %s at %s", cal.calibration_id, final)
+        return final
+
+    def latest(self, key: CalibrationKey) -> CalibrationSet | None:
+        """The newest set for this serial and mode, verified; None if there is none.
+
+        A newest set that fails verification raises CalibrationError: an older set is never
+        silently used in its place.
+        """
+        parent = self._key_dir(key)
+        if not parent.is_dir():
+            return None
+        ids = []
+        for p in parent.iterdir():
+            if p.name.startswith(".") or not p.is_dir():
+                continue
+            parts = p.name.rsplit("-", 2)
+            if len(parts) != 3 or not _ID_TAIL.match(parts[1]):
+                LOGGER.warning("ignoring %s: not a calibration set directory", p)
+                continue
+            ids.append(((parts[1], parts[2]), p))
+        if not ids:
+            return None
+        return _read(max(ids)[1], key)
+
+    def load(self, key: CalibrationKey, *, max_age_days: float | None = None,
+             now: datetime | None = None) -> CalibrationSet:
+        """The newest set for this serial and mode; CalibrationError if none, corrupt, or too old."""
+        cal = self.latest(key)
+        if cal is None:
+            raise CalibrationError(f"no calibration for detector {key.detector_serial} mode {key.mode} in "
+                                   f"{self._key_dir(key)}: calibrate the detector first")
+        if max_age_days is not None:
+            now = datetime.now(UTC) if now is None else now
+            if now.tzinfo is None or now.utcoffset() is None:
+                raise CalibrationError(f"current time {now} has no time zone")
+            age_days = (now - cal.created_at).total_seconds() / 86400.0
+            if age_days > max_age_days:
+                raise CalibrationError(
+                    f"calibration {cal.calibration_id} for detector {key.detector_serial} mode {key.mode} is "
+                    f"{age_days:.1f} days old, older than the limit of {max_age_days:g} days: recalibrate")
+            if age_days < -1:
+                LOGGER.warning("calibration %s is dated %.1f days in the future: check the clock",
+                               cal.calibration_id, -age_days)
+        return cal
+
+    def _key_dir(self, key: CalibrationKey) -> Path:
+        return self.directory / _safe_name("detector serial", key.detector_serial) / _safe_name("mode", key.mode)
+
+
+def _safe_name(what: str, name: str) -> str:
+    if not _SAFE_NAME.match(name):
+        raise CalibrationError(f"{what} {name!r} cannot name a directory (letters, digits, '.', '_', '-' only)")
+    return name
+
+
+def _manifest_body(cal: CalibrationSet, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "calibration_id": cal.calibration_id,
+        "key": {"detector_serial": cal.key.detector_serial, "mode": cal.key.mode},
+        "created_at": cal.created_at.isoformat(),
+        "temperature_c": cal.temperature_c,
+        "counts_per_ugy": cal.counts_per_ugy,
+        "shape": list(cal.shape),
+        "provenance": dict(cal.provenance),
+        "files": files,
+    }
+
+
+def _canonical(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def _manifest_bytes(body: dict[str, Any]) -> bytes:
+    try:
+        digest = hashlib.sha256(_canonical(body)).hexdigest()
+    except (TypeError, ValueError) as exc:
+        raise CalibrationError(f"calibration {body['calibration_id']}: manifest not JSON-serialisable "
+                               f"(provenance?): {exc}") from exc
+    return json.dumps({**body, "manifest_sha256": digest}, sort_keys=True, indent=2).encode() + b"\n"
+
+
+def _read(path: Path, key: CalibrationKey) -> CalibrationSet:
+    manifest_path = path / MANIFEST
+    try:
+        doc = json.loads(manifest_path.read_bytes())
+    except FileNotFoundError:
+        raise CalibrationError(f"calibration {path} has no {MANIFEST}: incomplete or not a calibration set") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CalibrationError(f"corrupt calibration manifest {manifest_path}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise CalibrationError(f"corrupt calibration manifest {manifest_path}: not a JSON object")
+    stated = doc.pop("manifest_sha256", None)
+    if stated != hashlib.sha256(_canonical(doc)).hexdigest():
+        raise CalibrationError(f"checksum mismatch in {manifest_path}: the manifest is corrupt or was edited")
+    try:
+        return _from_manifest(doc, path, manifest_path, key)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CalibrationError(f"calibration manifest {manifest_path} is malformed: {exc!r}") from None
+
+
+def _from_manifest(doc: dict[str, Any], path: Path, manifest_path: Path, key: CalibrationKey) -> CalibrationSet:
+    if doc["format"] != FORMAT:
+        raise CalibrationError(f"{manifest_path}: manifest format {doc['format']}, this dxgate reads {FORMAT}")
+    stored = CalibrationKey(detector_serial=doc["key"]["detector_serial"], mode=doc["key"]["mode"])
+    if stored != key:
+        raise CalibrationError(
+            f"{manifest_path} is a calibration for detector {stored.detector_serial} mode {stored.mode}, not for "
+            f"detector {key.detector_serial} mode {key.mode}: refused")
+    if doc["calibration_id"] != path.name:
+        raise CalibrationError(f"{manifest_path} names calibration {doc['calibration_id']}, but lies in {path.name}")
+    shape = tuple(doc["shape"])
+    arrays: dict[str, np.ndarray] = {}
+    for name in ARRAYS:
+        file = path / f"{name}.npy"
+        entry = doc["files"][file.name]
+        try:
+            data = file.read_bytes()
+        except FileNotFoundError:
+            raise CalibrationError(f"calibration file {file} is missing") from None
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise CalibrationError(f"checksum mismatch in {file}: the calibration file is corrupt")
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+        if arr.shape != shape or tuple(entry["shape"]) != shape or str(arr.dtype) != entry["dtype"]:
+            raise CalibrationError(
+                f"shape mismatch in {file}: {arr.dtype}{arr.shape}, manifest says {entry['dtype']}"
+                f"{tuple(entry['shape'])} for a {shape[0]}x{shape[1]} calibration")
+        arrays[name] = arr
+    created_at = datetime.fromisoformat(doc["created_at"])
+    return CalibrationSet(
+        key=stored,
+        calibration_id=doc["calibration_id"],
+        created_at=created_at,
+        offset=arrays["offset"],
+        gain=arrays["gain"],
+        defects=arrays["defects"],
+        counts_per_ugy=float(doc["counts_per_ugy"]),
+        temperature_c=float(doc["temperature_c"]),
+        provenance=doc["provenance"],
+    )
+
+
+def _write_durable(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs_durable(path: Path) -> None:
+    """Create missing directories, fsyncing each new one's parent so the entry survives a crash."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        _fsync_dir(d.parent)
