@@ -1,0 +1,192 @@
+"""The delivery queue: SQLite (WAL, synchronous=FULL) holding instances and their deliveries.
+
+Retries are data: every (instance, destination) pair is one row with its state, attempt
+count and the time it is next due, so a restart resumes exactly where the last run stopped.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from gateway.errors import SpoolError
+
+LOGGER = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_SYNCHRONOUS_FULL = 2
+
+
+class DeliveryState(enum.StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    QUARANTINED = "quarantined"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One instance bound for one destination, with its retry state and where its file is."""
+
+    sop_instance_uid: str
+    destination: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: float
+    last_status: int | None
+    last_error: str | None
+    updated_at: float
+    sop_class_uid: str
+    path: str  # absolute path of the spooled Part-10 file
+    sha256: str
+    size: int
+
+
+_DELIVERY_SELECT = """
+select d.sop_instance_uid, d.destination, d.state, d.attempts, d.next_attempt_at,
+       d.last_status, d.last_error, d.updated_at, i.sop_class_uid, i.path, i.sha256, i.size
+from deliveries d join instances i on i.sop_instance_uid = d.sop_instance_uid
+"""
+
+
+class Queue:
+    """Thread-safe access to the state database; every write is one committed transaction."""
+
+    def __init__(self, database: Path, root: Path) -> None:
+        self._root = root
+        self._lock = threading.Lock()
+        conn = sqlite3.connect(database, check_same_thread=False, timeout=30.0)
+        self._db = sqlite_utils.Database(conn)
+        self._db.enable_wal()
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        journal = self._db.execute("PRAGMA journal_mode").fetchone()[0]
+        synchronous = self._db.execute("PRAGMA synchronous").fetchone()[0]
+        if journal != "wal" or synchronous != _SYNCHRONOUS_FULL:
+            conn.close()
+            raise SpoolError(f"{database}: journal_mode={journal}, synchronous={synchronous}; "
+                             "the spool needs WAL with synchronous=FULL")
+        self._create_schema()
+
+    def pragmas(self) -> dict[str, Any]:
+        """journal_mode and synchronous as SQLite reports them (for health checks and tests)."""
+        with self._lock:
+            return {"journal_mode": self._db.execute("PRAGMA journal_mode").fetchone()[0],
+                    "synchronous": self._db.execute("PRAGMA synchronous").fetchone()[0]}
+
+    def _create_schema(self) -> None:
+        with self._lock, self._db.atomic():
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise SpoolError(f"state database has schema version {version}; "
+                                 f"this dxgate knows version {SCHEMA_VERSION}")
+            self._db["instances"].create({
+                "sop_instance_uid": str, "sop_class_uid": str, "study_instance_uid": str,
+                "accession_number": str, "path": str, "sha256": str, "size": int, "created_at": float,
+            }, pk="sop_instance_uid", not_null={"sop_class_uid", "study_instance_uid", "accession_number",
+                                                "path", "sha256", "size", "created_at"}, if_not_exists=True)
+            self._db["deliveries"].create({
+                "sop_instance_uid": str, "destination": str, "state": str, "attempts": int,
+                "next_attempt_at": float, "last_status": int, "last_error": str, "updated_at": float,
+            }, pk=("sop_instance_uid", "destination"),
+                not_null={"state", "attempts", "next_attempt_at", "updated_at"},
+                foreign_keys=[("sop_instance_uid", "instances", "sop_instance_uid")], if_not_exists=True)
+            self._db["deliveries"].create_index(["destination", "state", "next_attempt_at"],
+                                                index_name="deliveries_due", if_not_exists=True)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    # --- instances -------------------------------------------------------------------------
+
+    def instance(self, uid: str) -> dict[str, Any] | None:
+        with self._lock:
+            rows = list(self._db.query("select * from instances where sop_instance_uid = ?", [uid]))
+        return rows[0] if rows else None
+
+    def insert_instance(self, row: dict[str, Any], destinations: Sequence[str], now: float) -> None:
+        """Insert an instance and its delivery rows in ONE transaction."""
+        with self._lock, self._db.atomic():
+            self._db["instances"].insert(row)
+            self._insert_deliveries(row["sop_instance_uid"], destinations, now)
+
+    def add_deliveries(self, uid: str, destinations: Sequence[str], now: float) -> None:
+        """Add delivery rows for destinations the instance does not have yet."""
+        with self._lock, self._db.atomic():
+            self._insert_deliveries(uid, destinations, now)
+
+    def _insert_deliveries(self, uid: str, destinations: Iterable[str], now: float) -> None:
+        self._db["deliveries"].insert_all(
+            ({"sop_instance_uid": uid, "destination": d, "state": DeliveryState.PENDING.value,
+              "attempts": 0, "next_attempt_at": now, "last_status": None, "last_error": None,
+              "updated_at": now} for d in destinations), ignore=True)
+
+    def paths(self) -> dict[str, str]:
+        """Relative path -> SOP Instance UID, for every committed instance."""
+        with self._lock:
+            return {r["path"]: r["sop_instance_uid"]
+                    for r in self._db.query("select path, sop_instance_uid from instances")}
+
+    # --- deliveries ------------------------------------------------------------------------
+
+    def deliveries(self, uid: str) -> list[Delivery]:
+        return self._select("where d.sop_instance_uid = ? order by d.destination", [uid])
+
+    def due(self, destination: str, now: float, limit: int) -> list[Delivery]:
+        return self._select(
+            "where d.destination = ? and d.state = 'pending' and d.next_attempt_at <= ? "
+            "order by d.next_attempt_at, i.created_at limit ?", [destination, now, limit])
+
+    def next_attempt_at(self, destination: str | None) -> float | None:
+        sql = "select min(next_attempt_at) from deliveries where state = 'pending'"
+        args: list[Any] = []
+        if destination is not None:
+            sql += " and destination = ?"
+            args.append(destination)
+        with self._lock:
+            value = self._db.execute(sql, args).fetchone()[0]
+        return None if value is None else float(value)
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in DeliveryState}
+        with self._lock:
+            for state, n in self._db.execute("select state, count(*) from deliveries group by state"):
+                out[state] = n
+        return out
+
+    def update(self, uid: str, destination: str, *, expect: Sequence[DeliveryState] | None,
+               count_attempt: bool, **values: Any) -> None:
+        """Update one delivery row; `expect` lists the states it may be in (None: any)."""
+        sets = ", ".join(f"{k} = :{k}" for k in values)
+        if count_attempt:
+            sets += ", attempts = attempts + 1"
+        sql = f"update deliveries set {sets} where sop_instance_uid = :uid and destination = :dest"
+        params = {**values, "uid": uid, "dest": destination}
+        if expect is not None:
+            names = [f":s{i}" for i in range(len(expect))]
+            sql += f" and state in ({', '.join(names)})"
+            params.update({f"s{i}": s.value for i, s in enumerate(expect)})
+        with self._lock, self._db.atomic():
+            changed = self._db.execute(sql, params).rowcount
+        if changed != 1:
+            states = "any state" if expect is None else "/".join(s.value for s in expect)
+            raise SpoolError(f"no delivery of {uid} to {destination!r} in {states}")
+
+    def _select(self, where: str, args: list[Any]) -> list[Delivery]:
+        with self._lock:
+            rows = list(self._db.query(_DELIVERY_SELECT + where, args))
+        return [Delivery(
+            sop_instance_uid=r["sop_instance_uid"], destination=r["destination"],
+            state=DeliveryState(r["state"]), attempts=r["attempts"],
+            next_attempt_at=r["next_attempt_at"], last_status=r["last_status"],
+            last_error=r["last_error"], updated_at=r["updated_at"], sop_class_uid=r["sop_class_uid"],
+            path=str(self._root / r["path"]), sha256=r["sha256"], size=r["size"]) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,200 @@
+"""The durability point: an exposure is 'saved' once `Spool.put` returns.
+
+`put` makes the Part-10 file durable first (temp file, fsync, rename, directory fsync), then
+commits the instance row and its delivery rows in one transaction. A crash before the
+commit leaves at most an unreferenced file, which the next start reports and never uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.errors import SpoolError
+from gateway.spool import files
+from gateway.spool.queue import Delivery, DeliveryState, Queue
+from gateway.types import SpooledInstance
+
+LOGGER = logging.getLogger(__name__)
+
+DEFAULT_MIN_FREE_BYTES = 512 * 1024 * 1024
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What opening the spool found on disk beyond the committed state."""
+
+    removed_temp_files: tuple[str, ...]  # half-written files from a crash, deleted
+    unreferenced_files: tuple[str, ...]  # complete files with no committed row: reported, never used
+    missing_files: tuple[str, ...]  # committed instances whose file is gone (pending ones quarantined)
+
+
+class Spool:
+    """Spooled DICOM files under `directory` and their delivery queue in `database`."""
+
+    def __init__(self, directory: Path, database: Path, *, min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
+                 clock: Callable[[], float] = time.time) -> None:
+        if min_free_bytes < 0:
+            raise SpoolError(f"min_free_bytes must be >= 0, got {min_free_bytes}")
+        self.directory = Path(directory)
+        self.min_free_bytes = min_free_bytes
+        self._clock = clock
+        self._put_lock = threading.Lock()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        self._queue = Queue(Path(database), self.directory)
+        self.recovery = self._recover()
+
+    # --- the durability point --------------------------------------------------------------
+
+    def put(self, data: bytes, *, sop_instance_uid: str, sop_class_uid: str, study_instance_uid: str,
+            accession_number: str, destinations: Sequence[str]) -> SpooledInstance:
+        """Make an instance durable and queue it for every destination; return when saved.
+
+        A re-put of the same UID with identical bytes is idempotent (and adds any new
+        destinations); with different bytes it is refused, since identity is assigned once.
+        """
+        for name, uid in (("SOP Instance UID", sop_instance_uid), ("SOP Class UID", sop_class_uid),
+                          ("Study Instance UID", study_instance_uid)):
+            _check_uid(name, uid)
+        if not data:
+            raise SpoolError(f"{sop_instance_uid}: refusing to spool an empty object")
+        if len(data) < 132 or data[128:132] != b"DICM":
+            raise SpoolError(f"{sop_instance_uid}: data is not a DICOM Part-10 file (no DICM prefix)")
+        dests = tuple(dict.fromkeys(destinations))
+        if not dests or any(not d for d in dests):
+            raise SpoolError(f"{sop_instance_uid}: at least one non-empty destination is required")
+        digest = files.sha256_hex(data)
+        rel = files.relative_path(sop_instance_uid)
+        with self._put_lock:
+            now = self._clock()
+            existing = self._queue.instance(sop_instance_uid)
+            if existing is not None:
+                if existing["sha256"] != digest:
+                    raise SpoolError(f"{sop_instance_uid} is already spooled with different content "
+                                     f"(sha256 {existing['sha256'][:12]}… vs {digest[:12]}…); "
+                                     "a changed object needs a new SOP Instance UID")
+                self._queue.add_deliveries(sop_instance_uid, dests, now)
+                LOGGER.info("re-put of %s is idempotent", sop_instance_uid)
+                return self._spooled(existing)
+            self._guard_space(sop_instance_uid, len(data))
+            path = self.directory / rel
+            files.write_atomic(path, data)
+            row = {"sop_instance_uid": sop_instance_uid, "sop_class_uid": sop_class_uid,
+                   "study_instance_uid": study_instance_uid, "accession_number": accession_number,
+                   "path": rel.as_posix(), "sha256": digest, "size": len(data), "created_at": now}
+            try:
+                self._queue.insert_instance(row, dests, now)
+            except sqlite3.Error as exc:
+                path.unlink(missing_ok=True)  # no row refers to it: it was never saved
+                raise SpoolError(f"{sop_instance_uid}: queue commit failed, NOT saved: {exc}") from exc
+        LOGGER.info("spooled %s (%d bytes) for %s", sop_instance_uid, len(data), ", ".join(dests))
+        return self._spooled(row)
+
+    def _guard_space(self, uid: str, size: int) -> None:
+        free = files.free_bytes(self.directory)
+        if free - size < self.min_free_bytes:
+            LOGGER.error("spool disk nearly full: %d bytes free, refusing %s", free, uid)
+            raise SpoolError(f"spool disk {self.directory} has {free} bytes free; storing {uid} "
+                             f"({size} bytes) would leave less than the minimum {self.min_free_bytes}; "
+                             "acquisition refused until space is freed")
+
+    # --- the queue -------------------------------------------------------------------------
+
+    def due(self, destination: str, now: float, limit: int = 100) -> list[Delivery]:
+        """Pending deliveries to `destination` whose next attempt is due at `now`, oldest first."""
+        if limit < 1:
+            raise SpoolError(f"limit must be >= 1, got {limit}")
+        return self._queue.due(destination, now, limit)
+
+    def mark_sent(self, uid: str, destination: str, status: int, now: float) -> None:
+        self._queue.update(uid, destination, expect=(DeliveryState.PENDING,), count_attempt=True,
+                           state=DeliveryState.SENT.value, last_status=status, last_error=None,
+                           updated_at=now)
+
+    def mark_retry(self, uid: str, destination: str, status: int | None, error: str,
+                   next_attempt_at: float, now: float) -> None:
+        self._queue.update(uid, destination, expect=(DeliveryState.PENDING,), count_attempt=True,
+                           last_status=status, last_error=error, next_attempt_at=next_attempt_at,
+                           updated_at=now)
+
+    def quarantine(self, uid: str, destination: str, status: int | None, reason: str, now: float) -> None:
+        """Park a delivery until an operator releases it; `reason` says why."""
+        self._queue.update(uid, destination, expect=(DeliveryState.PENDING,), count_attempt=True,
+                           state=DeliveryState.QUARANTINED.value, last_status=status,
+                           last_error=reason, updated_at=now)
+        LOGGER.error("quarantined %s for %s: %s", uid, destination, reason)
+
+    def release(self, uid: str, destination: str, now: float | None = None) -> None:
+        """Operator retry: a quarantined delivery becomes pending and due at once."""
+        t = self._clock() if now is None else now
+        self._queue.update(uid, destination, expect=(DeliveryState.QUARANTINED,), count_attempt=False,
+                           state=DeliveryState.PENDING.value, next_attempt_at=t, updated_at=t)
+        LOGGER.info("released %s for %s from quarantine", uid, destination)
+
+    def deliveries(self, uid: str) -> list[Delivery]:
+        return self._queue.deliveries(uid)
+
+    def next_attempt_at(self, destination: str | None = None) -> float | None:
+        """Earliest next_attempt_at among pending deliveries (None: nothing pending)."""
+        return self._queue.next_attempt_at(destination)
+
+    def counts(self) -> dict[str, int]:
+        """Number of deliveries per state (every state present, zero included)."""
+        return self._queue.counts()
+
+    def instance(self, uid: str) -> SpooledInstance | None:
+        row = self._queue.instance(uid)
+        return None if row is None else self._spooled(row)
+
+    def pragmas(self) -> dict[str, object]:
+        return self._queue.pragmas()
+
+    def close(self) -> None:
+        self._queue.close()
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _spooled(self, row: dict) -> SpooledInstance:
+        uid = row["sop_instance_uid"]
+        return SpooledInstance(
+            sop_instance_uid=uid, sop_class_uid=row["sop_class_uid"],
+            study_instance_uid=row["study_instance_uid"], accession_number=row["accession_number"],
+            path=str(self.directory / row["path"]), sha256=row["sha256"], size=row["size"],
+            destinations=tuple(d.destination for d in self._queue.deliveries(uid)))
+
+    def _recover(self) -> RecoveryReport:
+        removed = files.remove_temp_files(self.directory)
+        for tmp in removed:
+            LOGGER.warning("removed half-written spool file %s (never acknowledged)", tmp)
+        committed = self._queue.paths()
+        on_disk = {p.as_posix() for p in files.spooled_files(self.directory)}
+        unreferenced = sorted(on_disk - committed.keys())
+        for rel in unreferenced:
+            LOGGER.warning("spool file %s has no committed queue row; it is not forwarded", rel)
+        missing = sorted(committed.keys() - on_disk)
+        now = self._clock()
+        for rel in missing:
+            uid = committed[rel]
+            for d in self._queue.deliveries(uid):
+                if d.state is DeliveryState.PENDING:
+                    self.quarantine(uid, d.destination, None, f"spool file {rel} is missing", now)
+        return RecoveryReport(tuple(str(p) for p in removed), tuple(unreferenced), tuple(missing))
+
+
+def _check_uid(name: str, uid: str) -> None:
+    if not uid or len(uid) > 64 or not _UID.match(uid):
+        raise SpoolError(f"{name} {uid!r} is not a valid DICOM UID")
