@@ -1,0 +1,140 @@
+"""A simulated X-ray room: one panel on a simulated USB bus, one generator on a pty, a scene.
+
+The generator's EXPOSE delivers air kerma to the room, which hands it to the panel; an
+exposed frame armed on the panel reads out only after that pulse (a threading.Condition
+in the panel, no polling). Reach it from configuration by dotted path:
+``hw_sim.room:open_room`` (see :func:`open_room`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from hw_sim.detector_model import MODES, DetectorModel
+from hw_sim.generator import SimGenerator
+from hw_sim.panel import SimPanel
+from hw_sim.usb_backend import SimUsbBackend
+
+LOGGER = logging.getLogger(__name__)
+
+# Air kerma at the detector, open field: KERMA_PER_MAS * mAs * (kVp / 80)**2 uGy, so that
+# 70 kV, 2 mAs gives 10 uGy (a typical chest PA detector dose).
+KERMA_PER_MAS_UGY = 10.0 / (2.0 * (70.0 / 80.0) ** 2)
+SCENES = ("open", "chest")
+
+
+def kerma_at_detector_ugy(kvp: float, mas: float) -> float:
+    """Incident air kerma at the detector plane (no patient) for a technique."""
+    return KERMA_PER_MAS_UGY * mas * (kvp / 80.0) ** 2
+
+
+class SimRoom:
+    """The simulator's whole room. Thread-safe; close() when done."""
+
+    def __init__(self, seed: int = 1, *, serial: str = "SIM-0001", modes: Sequence[str] = tuple(MODES),
+                 temperature_c: float = 30.0, prep_time_s: float = 0.0,
+                 counts_per_ugy: float = 400.0) -> None:
+        self.seed = seed
+        self.serial = serial
+        self._lock = threading.Lock()
+        self._models: dict[str, DetectorModel] = {}
+        self._scene = "open"
+        self._temperature_c = temperature_c
+        self._counts_per_ugy = counts_per_ugy
+        self._prep_time_s = prep_time_s
+        self.panel = SimPanel(serial=serial, modes=modes, model_for=self.model,
+                              temperature_c=lambda: self.temperature_c)
+        self._backend: SimUsbBackend | None = None
+        self._generator: SimGenerator | None = None
+        self.pulses: list[tuple[float, float, float]] = []  # (kvp, mas, kerma uGy) delivered
+
+    # --- the panel's physics ---------------------------------------------------------------
+
+    def model(self, mode: str) -> DetectorModel:
+        """The DetectorModel of ``mode`` (built on first use; it holds the ground truth)."""
+        with self._lock:
+            m = self._models.get(mode)
+            if m is None:
+                m = DetectorModel(mode, self.seed, counts_per_ugy=self._counts_per_ugy,
+                                  temperature_c=self._temperature_c)
+                self._models[mode] = m
+            return m
+
+    @property
+    def temperature_c(self) -> float:
+        with self._lock:
+            return self._temperature_c
+
+    def set_temperature(self, celsius: float) -> None:
+        """Warm or cool the panel: the offset drifts with temperature (DetectorModel)."""
+        with self._lock:
+            self._temperature_c = celsius
+            for m in self._models.values():
+                m.temperature_c = celsius
+
+    def place(self, scene: str) -> None:
+        """Put something between tube and panel: "open" (nothing) or "chest"."""
+        if scene not in SCENES:
+            raise ValueError(f"unknown scene {scene!r}; scenes: {', '.join(SCENES)}")
+        with self._lock:
+            self._scene = scene
+
+    @property
+    def scene(self) -> str:
+        with self._lock:
+            return self._scene
+
+    def deliver(self, kvp: float, mas: float) -> float:
+        """An X-ray pulse: air kerma (uGy) at the detector plane, handed to the panel."""
+        kerma = kerma_at_detector_ugy(kvp, mas)
+        with self._lock:
+            self.pulses.append((kvp, mas, kerma))
+            scene = self._scene
+        self.panel.xray_pulse(kerma, scene)
+        return kerma
+
+    # --- the devices, as the gateway reaches them ------------------------------------------
+
+    def usb_backend(self) -> SimUsbBackend:
+        """The pyusb backend with this room's panel on it (pass as ``backend=``)."""
+        with self._lock:
+            if self._backend is None:
+                self._backend = SimUsbBackend([self.panel])
+            return self._backend
+
+    def start_generator(self) -> str:
+        """Start the generator (once) and return its pty path for pyserial."""
+        with self._lock:
+            if self._generator is None:
+                self._generator = SimGenerator(self.deliver, seed=self.seed,
+                                               prep_time_s=self._prep_time_s)
+            return self._generator.path
+
+    @property
+    def generator(self) -> SimGenerator:
+        """The running generator (for fault injection); start_generator() first."""
+        with self._lock:
+            if self._generator is None:
+                raise RuntimeError("generator not started; call start_generator()")
+            return self._generator
+
+    def close(self) -> None:
+        with self._lock:
+            gen, self._generator = self._generator, None
+        self.panel.close()
+        if gen is not None:
+            gen.close()
+
+    def __enter__(self) -> SimRoom:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_room(**options: object) -> SimRoom:
+    """Factory for configuration (``hw_sim.room:open_room``): SimRoom(**options)."""
+    seed = options.pop("seed", 1)
+    return SimRoom(int(seed), **options)  # type: ignore[arg-type]
