@@ -1,0 +1,354 @@
+"""Build a Digital X-Ray Image Storage - For Presentation object from one corrected exposure.
+
+The pixels are stored exactly as the correction stage produced them: linear in dose, higher
+value = more X-rays. Shown as film (more X-rays = darker), that is MONOCHROME1, whose matching
+Presentation LUT Shape is INVERSE (PS3.3 C.8.11.7.1.2).
+
+Worklist data are copied per PS3.17 Annex J / IHE SWF. The caller passes the UIDs: the Study
+Instance UID must be the worklist's when there is one (DESIGN invariant 2), and every UID is
+assigned once, before spooling, so resends carry the same identity.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import date, datetime, timedelta
+from importlib import metadata
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, UID
+from pydicom.valuerep import format_number_as_ds
+
+from gateway.config import SiteConfig
+from gateway.dicom.anatomy import AnatomyError, View, image_laterality, view as lookup_view
+from gateway.dicom.anatomy import body_part as lookup_body_part
+from gateway.dicom.uids import is_valid_uid
+from gateway.errors import DxgateError
+from gateway.types import CorrectedFrame, DetectorInfo, Exposure, ExposureIndex, WorklistItem
+
+LOGGER = logging.getLogger(__name__)
+
+DX_FOR_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.1")
+MPPS_SOP_CLASS = UID("1.2.840.10008.3.1.2.3.3")
+DETACHED_STUDY_MANAGEMENT = UID("1.2.840.10008.3.1.2.3.1")  # Referenced Study Sequence class (SWF)
+DETECTOR_TYPES = ("DIRECT", "SCINTILLATOR", "STORAGE", "FILM")
+CHARSET = "ISO_IR 192"
+
+# Window from these percentiles of the central half of the image (collimator edges and
+# unattenuated beam outside the patient would otherwise dominate).
+WINDOW_PERCENTILES = (1.0, 99.0)
+
+
+class DicomBuildError(DxgateError):
+    """The inputs cannot make a valid DX image (bad UID, pixel range, body part...)."""
+
+
+def build_dx(
+    frame: CorrectedFrame,
+    exposure: Exposure,
+    item: WorklistItem | None,
+    ei: ExposureIndex,
+    *,
+    site: SiteConfig,
+    detector: DetectorInfo,
+    pixel_spacing_mm: tuple[float, float],
+    study_uid: str,
+    series_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    instance_number: int,
+    body_part: str,
+    view_position: str,
+    now: datetime,
+    laterality: str | None = None,
+    detector_type: str = "SCINTILLATOR",
+    pps_id: str = "",
+    pps_start: datetime | None = None,
+    mpps_sop_instance_uid: str = "",
+) -> Dataset:
+    """A DX For Presentation dataset (with file meta) whose Pixel Data are exactly frame.pixels.
+
+    `laterality` is needed for paired body parts only. `pps_start` (the first exposure of the
+    procedure step) dates the study and series so every image of a series agrees; without it
+    the exposure time is used. `mpps_sop_instance_uid` references the MPPS when one is used.
+    """
+    for name, uid in (("study", study_uid), ("series", series_uid), ("SOP instance", sop_instance_uid),
+                      ("MPPS", mpps_sop_instance_uid)):
+        if (uid or name != "MPPS") and not is_valid_uid(uid):
+            raise DicomBuildError(f"{name} UID {uid!r} is not a valid DICOM UID")
+    if item is not None and item.study_instance_uid and item.study_instance_uid != study_uid:
+        raise DicomBuildError(
+            f"study UID {study_uid} differs from the worklist's {item.study_instance_uid}: "
+            "a scheduled image must carry the worklist's Study Instance UID"
+        )
+    if detector_type not in DETECTOR_TYPES:
+        raise DicomBuildError(f"detector type {detector_type!r} is not one of {', '.join(DETECTOR_TYPES)}")
+    try:
+        part = lookup_body_part(body_part)
+        lat = image_laterality(part, laterality)
+        coded_view = lookup_view(view_position)
+    except AnatomyError as exc:
+        raise DicomBuildError(str(exc)) from None
+    if any(not (s > 0 and math.isfinite(s)) for s in pixel_spacing_mm):
+        raise DicomBuildError(f"pixel spacing {pixel_spacing_mm} mm must be positive")
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SpecificCharacterSet = CHARSET
+    started = pps_start or exposure.started_at
+
+    _sop_common(ds, sop_instance_uid, now)
+    _patient(ds, item)
+    _study(ds, item, study_uid, started)
+    _series(ds, item, series_uid, series_number, part.term, started,
+            pps_id, pps_start, mpps_sop_instance_uid)
+    _equipment(ds, site, detector)
+    _image(ds, frame, exposure, instance_number, view_position, now)
+    _pixels(ds, frame)
+    _anatomy(ds, part.code, part.meaning, lat, view_position, coded_view)
+    _detector(ds, frame, detector, detector_type, pixel_spacing_mm)
+    _dose(ds, exposure, ei)
+    _voi(ds, frame.pixels)
+    ds.AcquisitionContextSequence = Sequence()
+    return ds
+
+
+def _sop_common(ds: Dataset, sop_instance_uid: str, now: datetime) -> None:
+    ds.SOPClassUID = DX_FOR_PRESENTATION
+    ds.SOPInstanceUID = sop_instance_uid
+    ds.file_meta.MediaStorageSOPClassUID = DX_FOR_PRESENTATION
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    ds.InstanceCreationDate = _da(now)
+    ds.InstanceCreationTime = _tm(now)
+    if now.tzinfo is not None:
+        ds.TimezoneOffsetFromUTC = _tz_offset(now)
+
+
+def _patient(ds: Dataset, item: WorklistItem | None) -> None:
+    if item is None:  # unscheduled: Type 2 attributes present but empty
+        ds.PatientName = ""
+        ds.PatientID = ""
+        ds.PatientBirthDate = ""
+        ds.PatientSex = ""
+        return
+    ds.PatientName = item.patient_name
+    ds.PatientID = item.patient_id
+    if item.issuer_of_patient_id:
+        ds.IssuerOfPatientID = item.issuer_of_patient_id
+    ds.PatientBirthDate = _da(item.patient_birth_date) if item.patient_birth_date else ""
+    ds.PatientSex = item.patient_sex if item.patient_sex in ("M", "F", "O") else ""
+
+
+def _study(ds: Dataset, item: WorklistItem | None, study_uid: str, started: datetime) -> None:
+    ds.StudyInstanceUID = study_uid
+    ds.StudyDate = _da(started)
+    ds.StudyTime = _tm(started)
+    ds.ReferringPhysicianName = item.referring_physician if item else ""
+    # IHE SWF: Study ID is the Requested Procedure ID.
+    ds.StudyID = item.requested_procedure_id if item else ""
+    ds.AccessionNumber = item.accession_number if item else ""
+    if item is not None and item.requested_procedure_description:
+        ds.StudyDescription = item.requested_procedure_description
+    if item is not None and item.referenced_study_sop_instance_uid:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = DETACHED_STUDY_MANAGEMENT
+        ref.ReferencedSOPInstanceUID = item.referenced_study_sop_instance_uid
+        ds.ReferencedStudySequence = Sequence([ref])
+
+
+def _series(ds: Dataset, item: WorklistItem | None, series_uid: str, series_number: int, part: str,
+            started: datetime, pps_id: str, pps_start: datetime | None, mpps_uid: str) -> None:
+    ds.Modality = "DX"
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = series_number
+    ds.SeriesDate = _da(started)
+    ds.SeriesTime = _tm(started)
+    ds.BodyPartExamined = part
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    if item is not None:
+        if item.sps_description:
+            ds.SeriesDescription = item.sps_description
+            ds.PerformedProcedureStepDescription = item.sps_description
+        ds.RequestAttributesSequence = Sequence([_request_attributes(item)])
+        if item.protocol_codes:
+            ds.PerformedProtocolCodeSequence = Sequence(
+                [_code(c.value, c.scheme, c.meaning) for c in item.protocol_codes])
+    if pps_id:
+        ds.PerformedProcedureStepID = pps_id
+    if pps_start is not None:
+        ds.PerformedProcedureStepStartDate = _da(pps_start)
+        ds.PerformedProcedureStepStartTime = _tm(pps_start)
+    if mpps_uid:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = MPPS_SOP_CLASS
+        ref.ReferencedSOPInstanceUID = mpps_uid
+        ds.ReferencedPerformedProcedureStepSequence = Sequence([ref])
+
+
+def _request_attributes(item: WorklistItem) -> Dataset:
+    req = Dataset()
+    req.RequestedProcedureID = item.requested_procedure_id
+    if item.accession_number:
+        req.AccessionNumber = item.accession_number
+    if item.study_instance_uid:
+        req.StudyInstanceUID = item.study_instance_uid
+    if item.requested_procedure_description:
+        req.RequestedProcedureDescription = item.requested_procedure_description
+    req.ScheduledProcedureStepID = item.sps_id
+    if item.sps_description:
+        req.ScheduledProcedureStepDescription = item.sps_description
+    if item.protocol_codes:
+        req.ScheduledProtocolCodeSequence = Sequence(
+            [_code(c.value, c.scheme, c.meaning) for c in item.protocol_codes])
+    return req
+
+
+def _equipment(ds: Dataset, site: SiteConfig, detector: DetectorInfo) -> None:
+    ds.Manufacturer = site.manufacturer
+    ds.ManufacturerModelName = "dxgate"
+    if site.institution_name:
+        ds.InstitutionName = site.institution_name
+    ds.StationName = site.station_name
+    ds.DeviceSerialNumber = detector.serial
+    ds.SoftwareVersions = [f"dxgate {_version()}", f"detector firmware {detector.firmware}"]
+
+
+def _image(ds: Dataset, frame: CorrectedFrame, exposure: Exposure, instance_number: int,
+           view_position: str, now: datetime) -> None:
+    ds.ImageType = ["ORIGINAL", "PRIMARY", ""]
+    ds.InstanceNumber = instance_number
+    ds.PatientOrientation = _PATIENT_ORIENTATION.get(view_position, "")
+    ds.ContentDate = _da(now)
+    ds.ContentTime = _tm(now)
+    ds.AcquisitionNumber = 1
+    ds.AcquisitionDate = _da(exposure.started_at)
+    ds.AcquisitionTime = _tm(exposure.started_at)
+    ds.AcquisitionDateTime = _dt(exposure.started_at)
+    ds.BurnedInAnnotation = "NO"
+    ds.LossyImageCompression = "00"
+    ds.PixelIntensityRelationship = "LIN"
+    ds.PixelIntensityRelationshipSign = 1  # higher value = more X-ray intensity
+    ds.RescaleIntercept = "0"
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "US"
+    ds.PresentationLUTShape = "INVERSE"
+    steps = ", ".join(frame.history)
+    ds.AcquisitionDeviceProcessingDescription = _clip(steps or "none", 64)
+    ds.DerivationDescription = _clip(
+        f"calibration {frame.calibration_id} of {frame.calibrated_at.isoformat()}; "
+        f"frame {frame.meta.frame_number}; mode {frame.meta.mode}; steps: {steps or 'none'}", 1024)
+
+
+# Conventional display orientation (row, column direction) of frontal projections; the
+# detector is assumed mounted so that its readout gives that display. Others stay empty.
+_PATIENT_ORIENTATION: dict[str, list[str]] = {"PA": ["L", "F"], "AP": ["L", "F"]}
+
+
+def _pixels(ds: Dataset, frame: CorrectedFrame) -> None:
+    px = frame.pixels
+    if px.dtype != np.uint16 or px.ndim != 2:
+        raise DicomBuildError(f"frame {frame.meta.frame_number}: pixels are {px.dtype}{px.shape}, need 2-D uint16")
+    try:
+        ds.set_pixel_data(px, "MONOCHROME1", frame.meta.bits_stored, generate_instance_uid=False)
+    except ValueError as exc:
+        raise DicomBuildError(f"frame {frame.meta.frame_number}: {exc}") from None
+
+
+def _anatomy(ds: Dataset, code: str, meaning: str, laterality: str, view_position: str,
+             coded_view: View | None) -> None:
+    ds.ImageLaterality = laterality
+    ds.AnatomicRegionSequence = Sequence([_code(code, "SCT", meaning)])
+    # DX Positioning module: present because View Position is known.
+    ds.ViewPosition = view_position.strip().upper()
+    ds.ViewCodeSequence = Sequence([_code(coded_view.code, "SCT", coded_view.meaning)] if coded_view else [])
+    ds.PositionerType = ""  # Type 2: a plain wall stand / table has no defined term here
+
+
+def _detector(ds: Dataset, frame: CorrectedFrame, detector: DetectorInfo, detector_type: str,
+              spacing: tuple[float, float]) -> None:
+    ds.DetectorType = detector_type
+    ds.DetectorConfiguration = "AREA"
+    ds.DetectorID = detector.serial
+    ds.DetectorManufacturerName = detector.vendor
+    ds.DetectorManufacturerModelName = detector.model
+    ds.DetectorMode = frame.meta.mode
+    ds.DetectorTemperature = _ds(frame.meta.temperature_c)
+    ds.DateOfLastDetectorCalibration = _da(frame.calibrated_at)
+    ds.TimeOfLastDetectorCalibration = _tm(frame.calibrated_at)
+    ds.ImagerPixelSpacing = [_ds(spacing[0]), _ds(spacing[1])]
+
+
+def _dose(ds: Dataset, exposure: Exposure, ei: ExposureIndex) -> None:
+    act = exposure.actual
+    ds.KVP = _ds(act.kvp)
+    ds.Exposure = round(act.mas)
+    ds.ExposureInuAs = round(act.mas * 1000.0)
+    ds.ExposureTime = round(act.exposure_time_ms)
+    ds.ExposureTimeInuS = _ds(act.exposure_time_ms * 1000.0)
+    if act.exposure_time_ms > 0:
+        ds.XRayTubeCurrent = round(act.mas / (act.exposure_time_ms / 1000.0))
+    ds.ImageAndFluoroscopyAreaDoseProduct = _ds(act.dap_dgy_cm2)
+    ds.ExposureIndex = _ds(ei.ei)
+    ds.TargetExposureIndex = _ds(ei.target_ei)
+    ds.DeviationIndex = _ds(ei.deviation_index)
+
+
+def _voi(ds: Dataset, px: np.ndarray) -> None:
+    rows, cols = px.shape
+    centre = px[rows // 4: rows - rows // 4 or rows, cols // 4: cols - cols // 4 or cols]
+    lo, hi = np.percentile(centre, WINDOW_PERCENTILES)
+    width = max(float(hi - lo), 1.0) + 1.0
+    ds.WindowCenter = _ds((float(lo) + float(hi)) / 2.0 + 0.5)
+    ds.WindowWidth = _ds(width)
+    ds.WindowCenterWidthExplanation = "CENTRAL 1-99%"
+    ds.VOILUTFunction = "LINEAR"
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    c = Dataset()
+    c.CodeValue = value
+    c.CodingSchemeDesignator = scheme
+    c.CodeMeaning = meaning
+    return c
+
+
+def _da(d: date | datetime) -> str:
+    return d.strftime("%Y%m%d")
+
+
+def _tm(t: datetime) -> str:
+    return t.strftime("%H%M%S.%f")
+
+
+def _dt(t: datetime) -> str:
+    s = t.strftime("%Y%m%d%H%M%S.%f")
+    return s + _tz_offset(t) if t.tzinfo is not None else s
+
+
+def _tz_offset(t: datetime) -> str:
+    off = t.utcoffset() or timedelta(0)
+    minutes = int(off.total_seconds() // 60)
+    sign = "+" if minutes >= 0 else "-"
+    minutes = abs(minutes)
+    return f"{sign}{minutes // 60:02d}{minutes % 60:02d}"
+
+
+def _ds(x: float) -> str:
+    if not math.isfinite(x):
+        raise DicomBuildError(f"value {x} cannot be written as a DICOM decimal string")
+    return format_number_as_ds(float(x))
+
+
+def _clip(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def _version() -> str:
+    try:
+        return metadata.version("dxgate")
+    except metadata.PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,99 @@
+"""Worklist entries for the demo and the tests: what a RIS would hold for one scheduled step.
+
+The same dataset serves the embedded WorklistServer and, written with `worklist_file_bytes`,
+Orthanc's worklist plugin (*.wl) and DCMTK wlmscpfs.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence as Seq
+from datetime import date, datetime
+
+from pydicom import dcmwrite
+from pydicom.charset import python_encoding
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+LOGGER = logging.getLogger(__name__)
+
+MWL_FIND = "1.2.840.10008.5.1.4.31"  # Modality Worklist Information Model - FIND
+
+
+def make_worklist_entry(*, patient_name: str, patient_id: str, birth_date: date | str, sex: str, accession: str,
+                        study_uid: str, requested_procedure_id: str, sps_id: str, sps_description: str,
+                        station_ae: str, modality: str = "DX", start: datetime, charset: str = "ISO_IR 192",
+                        requested_procedure_description: str = "", referring_physician: str = "",
+                        issuer_of_patient_id: str = "", protocol_codes: Seq[tuple[str, str, str]] = (),
+                        referenced_study_uid: str = "") -> Dataset:
+    """One MWL entry (patient, order and one Scheduled Procedure Step) in `charset`.
+
+    `birth_date` is a date or DICOM "YYYYMMDD" text; `protocol_codes` are (value, scheme, meaning).
+    Every text must be encodable in `charset` (a single-valued character set such as
+    "ISO_IR 100" or "ISO_IR 192"), else ValueError names the attribute.
+    """
+    codec = python_encoding.get(charset)
+    if codec is None:
+        raise ValueError(f"character set {charset!r} is not a single-valued DICOM character set")
+    ds = Dataset()
+    ds.SpecificCharacterSet = charset
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    if issuer_of_patient_id:
+        ds.IssuerOfPatientID = issuer_of_patient_id
+    ds.PatientBirthDate = birth_date.strftime("%Y%m%d") if isinstance(birth_date, date) else birth_date
+    ds.PatientSex = sex
+    ds.AccessionNumber = accession
+    ds.ReferringPhysicianName = referring_physician
+    ds.StudyInstanceUID = study_uid
+    ds.RequestedProcedureID = requested_procedure_id
+    ds.RequestedProcedureDescription = requested_procedure_description or sps_description
+    if referenced_study_uid:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+        ref.ReferencedSOPInstanceUID = referenced_study_uid
+        ds.ReferencedStudySequence = Sequence([ref])
+    sps = Dataset()
+    sps.Modality = modality
+    sps.ScheduledStationAETitle = station_ae
+    sps.ScheduledProcedureStepStartDate = start.strftime("%Y%m%d")
+    sps.ScheduledProcedureStepStartTime = start.strftime("%H%M%S")
+    sps.ScheduledPerformingPhysicianName = ""
+    sps.ScheduledProcedureStepID = sps_id
+    sps.ScheduledProcedureStepDescription = sps_description
+    codes = []
+    for value, scheme, meaning in protocol_codes:
+        c = Dataset()
+        c.CodeValue = value
+        c.CodingSchemeDesignator = scheme
+        c.CodeMeaning = meaning
+        codes.append(c)
+    if codes:
+        sps.ScheduledProtocolCodeSequence = Sequence(codes)
+    ds.ScheduledProcedureStepSequence = Sequence([sps])
+    _check_encodable(ds, codec, charset)
+    return ds
+
+
+def worklist_file_bytes(entry: Dataset) -> bytes:
+    """A Part-10 file (with file meta) of a worklist entry, as Orthanc and wlmscpfs read them."""
+    ds = entry.copy()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MWL_FIND
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    buf = io.BytesIO()
+    dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _check_encodable(ds: Dataset, codec: str, charset: str) -> None:
+    for elem in ds.iterall():
+        if elem.VR in ("PN", "LO", "SH", "LT", "ST", "UT", "UC") and elem.value:
+            try:
+                str(elem.value).encode(codec)
+            except UnicodeEncodeError:
+                raise ValueError(f"{elem.keyword} cannot be written in character set {charset}") from None

@@ -1,0 +1,108 @@
+"""The last good worklist, kept on disk so that a RIS outage does not stop the room.
+
+JSON, written atomically (temporary file fsynced, renamed over the old one, directory
+fsynced): a crash leaves either the old cache or the new one, never half of either.
+The file holds patient data: it is created mode 0600 inside the gateway's state directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import WorklistError
+from gateway.types import ProtocolCode, WorklistItem
+
+LOGGER = logging.getLogger(__name__)
+
+FORMAT = "dxgate-worklist-cache"
+VERSION = 1
+
+
+def save_cache(items: Iterable[WorklistItem], path: str | Path, *, saved_at: datetime | None = None) -> None:
+    """Replace the cache at `path` with `items`, atomically."""
+    p = Path(path)
+    doc = {
+        "format": FORMAT,
+        "version": VERSION,
+        "saved_at": (saved_at or datetime.now(UTC)).isoformat(),
+        "items": [_encode(i) for i in items],
+    }
+    data = json.dumps(doc, ensure_ascii=False, indent=1).encode("utf-8")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(p.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    LOGGER.info("worklist cache %s: %d item(s) saved", p, len(doc["items"]))
+
+
+def load_cache(path: str | Path) -> list[WorklistItem]:
+    """The cached items; [] when no cache was ever saved. A corrupt cache raises WorklistError."""
+    return list(load_cache_with_time(path)[0])
+
+
+def load_cache_with_time(path: str | Path) -> tuple[list[WorklistItem], datetime | None]:
+    """The cached items and when they were saved (None when there is no cache)."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        return [], None
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ValueError("not a dxgate worklist cache")
+        if doc.get("version") != VERSION:
+            raise ValueError(f"cache version {doc.get('version')!r}, this dxgate reads {VERSION}")
+        saved_at = datetime.fromisoformat(doc["saved_at"])
+        items = [_decode(d) for d in doc["items"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise WorklistError(f"worklist cache {p} is unreadable: {exc}") from None
+    return items, saved_at
+
+
+def _encode(item: WorklistItem) -> dict[str, Any]:
+    d = dataclasses.asdict(item)
+    d["patient_birth_date"] = item.patient_birth_date.isoformat() if item.patient_birth_date else None
+    d["sps_start"] = item.sps_start.isoformat() if item.sps_start else None
+    d["protocol_codes"] = [dataclasses.asdict(c) for c in item.protocol_codes]
+    return d
+
+
+def _decode(d: dict[str, Any]) -> WorklistItem:
+    if not isinstance(d, dict):
+        raise TypeError("cache item is not an object")
+    fields = {f.name for f in dataclasses.fields(WorklistItem)}
+    unknown = set(d) - fields
+    if unknown:
+        raise ValueError(f"unknown item key(s) {', '.join(sorted(unknown))}")
+    d = dict(d)
+    d["patient_birth_date"] = date.fromisoformat(d["patient_birth_date"]) if d.get("patient_birth_date") else None
+    d["sps_start"] = datetime.fromisoformat(d["sps_start"]) if d.get("sps_start") else None
+    d["protocol_codes"] = tuple(ProtocolCode(**c) for c in d.get("protocol_codes", ()))
+    for name, value in d.items():
+        if name not in ("patient_birth_date", "sps_start", "protocol_codes") and not isinstance(value, str):
+            raise TypeError(f"item key {name} is not a string")
+    return WorklistItem(**d)

@@ -1,0 +1,188 @@
+"""Modality Worklist C-FIND SCU (IHE SWF RAD-5): ask the RIS what this room is to do.
+
+Query keys: Scheduled Procedure Step Sequence with Modality, Scheduled Station AE Title and an
+SPS start date range, plus Patient ID / Accession Number when given. Every other attribute a
+WorklistItem holds is asked for as a return key. Answers are filtered again on the client,
+because some servers ignore matching keys they do not index. Malformed answers are skipped
+and counted (see gateway.worklist.parse for the policy).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
+
+from gateway.errors import WorklistError
+from gateway.netopts import nodelay_handlers
+from gateway.types import WorklistItem
+from gateway.worklist.parse import parse_answer
+
+LOGGER = logging.getLogger(__name__)
+
+PENDING = (0xFF00, 0xFF01)
+MAX_PDU = 131072
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """What one worklist query gave: the usable items and what was dropped, and why."""
+
+    items: tuple[WorklistItem, ...]
+    answers: int  # identifiers the server sent
+    skipped: tuple[str, ...]  # one reason per malformed answer (no patient data in it)
+    filtered_out: int  # well-formed items the server should not have sent
+
+
+def build_query(*, modality: str, station_ae: str, start: date, end: date, patient_id: str = "",
+                accession_number: str = "") -> Dataset:
+    """The C-FIND identifier: matching keys set, return keys present and empty."""
+    q = Dataset()
+    q.PatientName = ""
+    q.PatientID = patient_id
+    q.IssuerOfPatientID = ""
+    q.PatientBirthDate = ""
+    q.PatientSex = ""
+    q.AccessionNumber = accession_number
+    q.ReferringPhysicianName = ""
+    q.StudyInstanceUID = ""
+    q.RequestedProcedureID = ""
+    q.RequestedProcedureDescription = ""
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = ""
+    ref.ReferencedSOPInstanceUID = ""
+    q.ReferencedStudySequence = Sequence([ref])
+    sps = Dataset()
+    sps.Modality = modality
+    sps.ScheduledStationAETitle = station_ae
+    sps.ScheduledProcedureStepStartDate = _date_range(start, end)
+    sps.ScheduledProcedureStepStartTime = ""
+    sps.ScheduledProcedureStepID = ""
+    sps.ScheduledProcedureStepDescription = ""
+    sps.ScheduledPerformingPhysicianName = ""
+    code = Dataset()
+    code.CodeValue = ""
+    code.CodingSchemeDesignator = ""
+    code.CodeMeaning = ""
+    sps.ScheduledProtocolCodeSequence = Sequence([code])
+    q.ScheduledProcedureStepSequence = Sequence([sps])
+    if not (patient_id + accession_number).isascii():
+        q.SpecificCharacterSet = "ISO_IR 192"
+    return q
+
+
+def query_worklist(*, host: str, port: int, called_ae: str, calling_ae: str, modality: str = "DX",
+                   station_ae: str = "", on: date | None = None, days_ahead: int = 0, patient_id: str = "",
+                   accession_number: str = "", timeout_s: float = 10.0) -> list[WorklistItem]:
+    """The scheduled steps for this room from `on` (default today) to `on + days_ahead`, by start."""
+    return list(query_worklist_result(
+        host=host, port=port, called_ae=called_ae, calling_ae=calling_ae, modality=modality,
+        station_ae=station_ae, on=on, days_ahead=days_ahead, patient_id=patient_id,
+        accession_number=accession_number, timeout_s=timeout_s).items)
+
+
+def query_worklist_result(*, host: str, port: int, called_ae: str, calling_ae: str, modality: str = "DX",
+                          station_ae: str = "", on: date | None = None, days_ahead: int = 0,
+                          patient_id: str = "", accession_number: str = "",
+                          timeout_s: float = 10.0) -> QueryResult:
+    """Like query_worklist, with the count of answers skipped as malformed or filtered out."""
+    if days_ahead < 0:
+        raise WorklistError(f"days_ahead must be >= 0, not {days_ahead}")
+    start = on or date.today()
+    end = start + timedelta(days=days_ahead)
+    where = f"worklist {called_ae}@{host}:{port}"
+    query = build_query(modality=modality, station_ae=station_ae, start=start, end=end,
+                        patient_id=patient_id, accession_number=accession_number)
+    identifiers = _find(query, host=host, port=port, called_ae=called_ae, calling_ae=calling_ae,
+                        timeout_s=timeout_s, where=where)
+    items: list[WorklistItem] = []
+    skipped: list[str] = []
+    filtered_out = 0
+    for n, ident in enumerate(identifiers, 1):
+        try:
+            parsed = parse_answer(ident)
+        except WorklistError as exc:
+            skipped.append(f"answer {n}: {exc}")
+            LOGGER.warning("%s: answer %d skipped: %s", where, n, exc)
+            continue
+        for item in parsed:
+            if _matches(item, modality=modality, station_ae=station_ae, start=start, end=end,
+                        patient_id=patient_id, accession_number=accession_number):
+                items.append(item)
+            else:
+                filtered_out += 1
+    if filtered_out:
+        LOGGER.info("%s: %d item(s) did not match the query and were dropped", where, filtered_out)
+    if skipped:
+        LOGGER.warning("%s: %d of %d answer(s) skipped as malformed", where, len(skipped), len(identifiers))
+    items.sort(key=lambda i: (i.sps_start is None, i.sps_start or 0, i.accession_number))
+    return QueryResult(items=tuple(items), answers=len(identifiers), skipped=tuple(skipped),
+                       filtered_out=filtered_out)
+
+
+def _find(query: Dataset, *, host: str, port: int, called_ae: str, calling_ae: str, timeout_s: float,
+          where: str) -> list[Dataset]:
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(ModalityWorklistInformationFind, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
+    ae.maximum_pdu_size = MAX_PDU
+    assoc = ae.associate(host, port, ae_title=called_ae, max_pdu=MAX_PDU, evt_handlers=nodelay_handlers())
+    if assoc.is_rejected:
+        raise WorklistError(f"{where}: association rejected (calling AE {calling_ae!r})")
+    if not assoc.is_established:
+        raise WorklistError(f"{where}: no association (connection refused, aborted or timed out "
+                            f"after {timeout_s:g}s; calling AE {calling_ae!r})")
+    answers: list[Dataset] = []
+    try:
+        for status, identifier in assoc.send_c_find(query, ModalityWorklistInformationFind):
+            if not status:
+                raise WorklistError(f"{where}: no answer within {timeout_s:g}s or association aborted")
+            code = int(status.Status)
+            if code in PENDING:
+                if identifier is None:
+                    raise WorklistError(f"{where}: pending answer without an identifier")
+                answers.append(identifier)
+            elif code == 0x0000:
+                break
+            else:
+                raise WorklistError(f"{where}: C-FIND failed with status 0x{code:04X}")
+        else:
+            if not assoc.is_established:
+                raise WorklistError(f"{where}: association ended before the final C-FIND response")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return answers
+
+
+def _matches(item: WorklistItem, *, modality: str, station_ae: str, start: date, end: date,
+             patient_id: str, accession_number: str) -> bool:
+    if modality and item.modality and not _match(modality, item.modality):
+        return False
+    if station_ae and item.scheduled_station_ae and not _match(station_ae, item.scheduled_station_ae):
+        return False
+    if item.sps_start is not None and not start <= item.sps_start.date() <= end:
+        return False
+    if patient_id and not _match(patient_id, item.patient_id):
+        return False
+    if accession_number and not _match(accession_number, item.accession_number):
+        return False
+    return True
+
+
+def _match(key: str, value: str) -> bool:
+    """DICOM single-value matching, with * and ? wildcards (PS3.4 C.2.2.2)."""
+    if "*" in key or "?" in key:
+        return fnmatch.fnmatchcase(value, key.replace("[", "[[]"))
+    return key == value
+
+
+def _date_range(start: date, end: date) -> str:
+    return start.strftime("%Y%m%d") if start == end else f"{start:%Y%m%d}-{end:%Y%m%d}"

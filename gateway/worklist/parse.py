@@ -1,0 +1,142 @@
+"""Turn one MWL C-FIND answer (a pydicom Dataset) into WorklistItems.
+
+Policy for malformed answers: an answer whose *required* content is missing or invalid
+(no Scheduled Procedure Step Sequence, no Patient ID, no or invalid Study Instance UID, an
+unparseable date or time, a string that cannot be decoded) makes `parse_answer` raise
+WorklistError naming the attribute, never its value (values are patient data). The client
+skips that answer, logs the reason and counts it (QueryResult.skipped), and keeps the other
+answers: one broken RIS entry must not hide the rest of the room's worklist. Optional
+attributes that are absent become "" / None.
+
+Strings are decoded by pydicom with the answer's Specific Character Set, so every string in
+a WorklistItem is a Python str whatever the RIS encoding was.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import date, datetime, time
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from gateway.errors import WorklistError
+from gateway.types import ProtocolCode, WorklistItem
+
+LOGGER = logging.getLogger(__name__)
+
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def parse_answer(ds: Dataset) -> list[WorklistItem]:
+    """One WorklistItem per item of the Scheduled Procedure Step Sequence (normally one)."""
+    sps_seq = _get(ds, "ScheduledProcedureStepSequence")
+    if not sps_seq:
+        raise WorklistError("answer has no Scheduled Procedure Step Sequence item")
+    patient_id = _text(ds, "PatientID")
+    if not patient_id:
+        raise WorklistError("answer has no Patient ID")
+    study_uid = _text(ds, "StudyInstanceUID")
+    if not study_uid:
+        raise WorklistError("answer has no Study Instance UID")
+    if len(study_uid) > 64 or not _UID_RE.match(study_uid):
+        raise WorklistError("answer's Study Instance UID is not a valid UID")
+    common = dict(
+        patient_name=_text(ds, "PatientName"),
+        patient_id=patient_id,
+        patient_birth_date=_date(ds, "PatientBirthDate"),
+        patient_sex=_text(ds, "PatientSex").upper(),
+        accession_number=_text(ds, "AccessionNumber"),
+        study_instance_uid=study_uid,
+        requested_procedure_id=_text(ds, "RequestedProcedureID"),
+        requested_procedure_description=_text(ds, "RequestedProcedureDescription"),
+        referring_physician=_text(ds, "ReferringPhysicianName"),
+        issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
+        referenced_study_sop_instance_uid=_referenced_study(ds),
+    )
+    items = []
+    for sps in sps_seq:
+        start_date = _date(sps, "ScheduledProcedureStepStartDate")
+        if start_date is None:
+            raise WorklistError("answer has no Scheduled Procedure Step Start Date")
+        start_time = _time(sps, "ScheduledProcedureStepStartTime")
+        items.append(WorklistItem(
+            **common,
+            sps_id=_text(sps, "ScheduledProcedureStepID"),
+            sps_description=_text(sps, "ScheduledProcedureStepDescription"),
+            sps_start=datetime.combine(start_date, start_time or time()),
+            modality=_text(sps, "Modality").upper(),
+            scheduled_station_ae=_text(sps, "ScheduledStationAETitle"),
+            protocol_codes=_codes(sps),
+        ))
+    return items
+
+
+def _get(ds: Dataset, keyword: str) -> Any:
+    """An element's value, decoding it with the dataset's character set; None if absent."""
+    try:
+        elem = ds[keyword] if keyword in ds else None
+    except (LookupError, ValueError) as exc:  # undecodable bytes, unknown charset
+        raise WorklistError(f"answer's {keyword} cannot be decoded: {type(exc).__name__}") from None
+    return None if elem is None else elem.value
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = _get(ds, keyword)
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, MultiValue)):
+        text = "\\".join(str(v) for v in value).strip()
+    else:
+        text = str(value).strip()
+    if "\ufffd" in text:  # pydicom substitutes what the declared character set cannot decode
+        raise WorklistError(f"answer's {keyword} cannot be decoded with its Specific Character Set")
+    return text
+
+
+def _date(ds: Dataset, keyword: str) -> date | None:
+    raw = _text(ds, keyword).replace(".", "")  # ACR-NEMA wrote YYYY.MM.DD
+    if not raw:
+        return None
+    try:
+        return datetime.strptime(raw, "%Y%m%d").date()
+    except ValueError:
+        raise WorklistError(f"answer's {keyword} is not a valid date (YYYYMMDD)") from None
+
+
+def _time(ds: Dataset, keyword: str) -> time | None:
+    raw = _text(ds, keyword).replace(":", "")  # ACR-NEMA wrote HH:MM:SS
+    if not raw:
+        return None
+    whole, _, frac = raw.partition(".")
+    if len(whole) not in (2, 4, 6) or not whole.isdigit() or (frac and not frac.isdigit()):
+        raise WorklistError(f"answer's {keyword} is not a valid time (HHMMSS.FFFFFF)")
+    parts = [int(whole[i:i + 2]) for i in range(0, len(whole), 2)] + [0, 0]
+    micro = int((frac + "000000")[:6]) if frac else 0
+    try:
+        return time(parts[0], parts[1], min(parts[2], 59), micro)  # 60: a leap second
+    except ValueError:
+        raise WorklistError(f"answer's {keyword} is not a valid time (HHMMSS.FFFFFF)") from None
+
+
+def _codes(sps: Dataset) -> tuple[ProtocolCode, ...]:
+    out = []
+    for code in _get(sps, "ScheduledProtocolCodeSequence") or ():
+        value = _text(code, "CodeValue") or _text(code, "LongCodeValue") or _text(code, "URNCodeValue")
+        if not value:
+            raise WorklistError("answer's Scheduled Protocol Code Sequence has an item without a code value")
+        out.append(ProtocolCode(value=value, scheme=_text(code, "CodingSchemeDesignator"),
+                                meaning=_text(code, "CodeMeaning")))
+    return tuple(out)
+
+
+def _referenced_study(ds: Dataset) -> str:
+    for ref in _get(ds, "ReferencedStudySequence") or ():
+        uid = _text(ref, "ReferencedSOPInstanceUID")
+        if uid:
+            if len(uid) > 64 or not _UID_RE.match(uid):
+                raise WorklistError("answer's Referenced Study Sequence has an invalid SOP Instance UID")
+            return uid
+    return ""
