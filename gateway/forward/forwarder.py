@@ -1,0 +1,163 @@
+"""Store-and-forward: send what the spool holds to every destination, retrying as data.
+
+Per destination, the due backlog goes over one association. A delivery is marked sent only
+on a success or storage-warning status; a transient failure sets next_attempt_at with
+exponential backoff and jitter; a permanent one quarantines it with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config import DestinationConfig
+from gateway.errors import ForwardError
+from gateway.forward import scu
+from gateway.forward.status import Outcome, Verdict, classify_status, classify_transport, describe
+from gateway.spool import Delivery, Spool
+
+LOGGER = logging.getLogger(__name__)
+
+NO_RESPONSE = ("no C-STORE response (association aborted, timed out or lost); "
+               "outcome unknown, the same UID is resent")
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    uid: str
+    destination: str
+    outcome: Outcome
+    status: int | None
+    error: str | None
+
+
+class Forwarder:
+    """Forwards due deliveries from a Spool; `forward_due` once, or `run` as a loop."""
+
+    def __init__(self, spool: Spool, destinations: Sequence[DestinationConfig], *, calling_ae: str,
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+                 backoff_base_s: float = 2.0, backoff_max_s: float = 300.0, batch_size: int = 1000,
+                 extra_handlers: Sequence[tuple[Any, Any]] = ()) -> None:
+        """`extra_handlers`: pynetdicom (event, handler) pairs bound on every association
+        besides TCP_NODELAY (for metrics and tests)."""
+        names = [d.name for d in destinations]
+        if len(set(names)) != len(names):
+            raise ForwardError(f"destination names must be unique, got {names}")
+        if not 1 <= len(calling_ae.strip()) <= 16:
+            raise ForwardError(f"calling AE title {calling_ae!r} must be 1..16 characters")
+        if not 0 < backoff_base_s <= backoff_max_s:
+            raise ForwardError(f"need 0 < backoff_base_s <= backoff_max_s, got {backoff_base_s}, {backoff_max_s}")
+        if batch_size < 1:
+            raise ForwardError(f"batch_size must be >= 1, got {batch_size}")
+        self._spool = spool
+        self._destinations = tuple(destinations)
+        self._calling_ae = calling_ae
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._base = backoff_base_s
+        self._max = backoff_max_s
+        self._batch = batch_size
+        self._handlers = tuple(extra_handlers)
+
+    def forward_due(self) -> list[DeliveryResult]:
+        """Send every due delivery once; return what happened to each."""
+        results: list[DeliveryResult] = []
+        for dest in self._destinations:
+            while True:
+                batch = self._spool.due(dest.name, self._clock(), self._batch)
+                if not batch:
+                    break
+                done = self._forward_batch(dest, batch)
+                results += done
+                if len(batch) < self._batch or any(r.outcome is Outcome.RETRY for r in done):
+                    break
+        return results
+
+    def run(self, stop: threading.Event, wake: threading.Event) -> None:
+        """Forward until `stop` is set; sleep until the next retry is due or `wake` is set.
+
+        To stop promptly, set `stop` and then `wake`. Set `wake` after every put.
+        """
+        LOGGER.info("forwarder started for %s", ", ".join(d.name for d in self._destinations))
+        while not stop.is_set():
+            wake.clear()
+            self.forward_due()
+            wake.wait(self._idle_timeout())
+        LOGGER.info("forwarder stopped")
+
+    def backoff_delay(self, attempts: int) -> float:
+        """Exponential backoff with jitter: in [c/2, c], c = min(max, base * 2**attempts)."""
+        ceiling = min(self._max, self._base * 2.0 ** min(attempts, 32))
+        return ceiling / 2 + self._rng.uniform(0.0, ceiling / 2)
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _idle_timeout(self) -> float:
+        due = [t for t in (self._spool.next_attempt_at(d.name) for d in self._destinations) if t is not None]
+        if not due:
+            return self._max
+        return min(self._max, max(0.0, min(due) - self._clock()))
+
+    def _forward_batch(self, dest: DestinationConfig, batch: list[Delivery]) -> list[DeliveryResult]:
+        results: list[DeliveryResult] = []
+        ready: list[tuple[Delivery, str]] = []
+        for row in batch:
+            try:
+                ready.append((row, scu.transfer_syntax_of(row)))
+            except scu.ObjectRefused as exc:
+                results.append(self._settle(row, Verdict(Outcome.QUARANTINED, str(exc)), None))
+        if not ready:
+            return results
+        contexts = scu.build_contexts((row.sop_class_uid, ts) for row, ts in ready)
+        try:
+            session = scu.open_session(dest, self._calling_ae, contexts, self._handlers)
+        except scu.AssociationFailed as exc:
+            LOGGER.warning("%s: %s; %d deliveries wait", dest.name, exc.verdict.reason, len(ready))
+            return results + [self._settle(row, exc.verdict, None) for row, _ in ready]
+        try:
+            for i, (row, _) in enumerate(ready):
+                if not session.established:
+                    results += self._defer([r for r, _ in ready[i:]], "association lost before sending")
+                    break
+                verdict, status = self._send_one(session, row)
+                results.append(self._settle(row, verdict, status))
+                if verdict.outcome is Outcome.RETRY:
+                    rest = [r for r, _ in ready[i + 1:]]
+                    results += self._defer(rest, f"deferred: {dest.name} failed transiently on an earlier object")
+                    break
+        finally:
+            session.release()
+        return results
+
+    def _send_one(self, session: scu.Session, row: Delivery) -> tuple[Verdict, int | None]:
+        try:
+            ds = scu.load_verified(row)
+            reply = session.store(ds)
+        except scu.ObjectRefused as exc:
+            return Verdict(Outcome.QUARANTINED, str(exc)), None
+        if reply.status is None:
+            return classify_transport(NO_RESPONSE), None
+        return classify_status(reply.status), reply.status
+
+    def _defer(self, rows: list[Delivery], reason: str) -> list[DeliveryResult]:
+        return [self._settle(row, classify_transport(reason), None) for row in rows]
+
+    def _settle(self, row: Delivery, verdict: Verdict, status: int | None) -> DeliveryResult:
+        now = self._clock()
+        uid, dest = row.sop_instance_uid, row.destination
+        if verdict.outcome is Outcome.SENT:
+            self._spool.mark_sent(uid, dest, 0 if status is None else status, now)
+            LOGGER.info("sent %s to %s: %s", uid, dest, describe(status or 0))
+            return DeliveryResult(uid, dest, Outcome.SENT, status, None)
+        if verdict.outcome is Outcome.RETRY:
+            at = now + self.backoff_delay(row.attempts)
+            self._spool.mark_retry(uid, dest, status, verdict.reason, at, now)
+            LOGGER.warning("retry %s to %s in %.1f s: %s", uid, dest, at - now, verdict.reason)
+        else:
+            self._spool.quarantine(uid, dest, status, verdict.reason, now)
+        return DeliveryResult(uid, dest, verdict.outcome, status, verdict.reason)

@@ -1,0 +1,176 @@
+"""One C-STORE association to one destination, and the checks before an object goes out.
+
+Every association gets TCP_NODELAY (gateway.netopts), the configured max PDU and, per SOP
+class, a presentation context offering Explicit VR Little Endian first and Implicit VR
+Little Endian second; a file stored in another (lossless) syntax gets its own context.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_context
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.transport import AssociationSocket
+
+from gateway.config import DestinationConfig
+from gateway.errors import ForwardError
+from gateway.forward.status import Verdict, classify_rejection, classify_transport
+from gateway.netopts import nodelay_handlers, socket_nodelay
+from gateway.spool import Delivery
+
+LOGGER = logging.getLogger(__name__)
+
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+MAX_CONTEXTS = 128
+
+
+class AssociationFailed(ForwardError):
+    """No association with a destination; `verdict` says whether to retry."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        super().__init__(verdict.reason)
+        self.verdict = verdict
+
+
+class ObjectRefused(ForwardError):
+    """This object cannot go to this destination (corrupt file, no accepted context)."""
+
+
+def transfer_syntax_of(delivery: Delivery) -> str:
+    """The transfer syntax of a spooled file, read from its file meta only."""
+    try:
+        meta = read_file_meta_info(delivery.path)
+    except (OSError, InvalidDicomError) as exc:
+        raise ObjectRefused(f"spool file {delivery.path} is unreadable: {exc}") from exc
+    ts = meta.get("TransferSyntaxUID")
+    if not ts:
+        raise ObjectRefused(f"spool file {delivery.path} has no Transfer Syntax UID")
+    return str(ts)
+
+
+def load_verified(delivery: Delivery) -> Dataset:
+    """Read a spooled file, check it against the sha256 committed with it, and parse it."""
+    try:
+        with open(delivery.path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise ObjectRefused(f"spool file {delivery.path} is unreadable: {exc}") from exc
+    if len(data) != delivery.size or hashlib.sha256(data).hexdigest() != delivery.sha256:
+        raise ObjectRefused(f"spool file {delivery.path} does not match its committed sha256/size; "
+                            "it is corrupt and is not sent")
+    try:
+        ds = dcmread(io.BytesIO(data))
+    except InvalidDicomError as exc:
+        raise ObjectRefused(f"spool file {delivery.path} is not valid DICOM: {exc}") from exc
+    if ds.get("SOPInstanceUID") != delivery.sop_instance_uid:
+        raise ObjectRefused(f"spool file {delivery.path} holds SOP Instance UID {ds.get('SOPInstanceUID')}, "
+                            f"not {delivery.sop_instance_uid}")
+    return ds
+
+
+def build_contexts(pairs: Iterable[tuple[str, str]]) -> list[PresentationContext]:
+    """Presentation contexts for (SOP class, transfer syntax) pairs."""
+    wanted = sorted(set(pairs))
+    contexts = [build_context(sop, list(UNCOMPRESSED)) for sop in sorted({sop for sop, _ in wanted})]
+    contexts += [build_context(sop, ts) for sop, ts in wanted if ts not in UNCOMPRESSED]
+    if len(contexts) > MAX_CONTEXTS:
+        raise ForwardError(f"{len(contexts)} presentation contexts needed; an association holds {MAX_CONTEXTS}")
+    return contexts
+
+
+@dataclass(frozen=True)
+class StoreReply:
+    status: int | None  # None: no response (abort, timeout, connection lost)
+
+
+class Session:
+    """An established association to one destination."""
+
+    def __init__(self, assoc: Association, destination: DestinationConfig) -> None:
+        self._assoc = assoc
+        self.destination = destination
+        self.nodelay = socket_nodelay(assoc)
+        self._msg_id = 0
+
+    @property
+    def established(self) -> bool:
+        return bool(self._assoc.is_established)
+
+    def store(self, ds: Dataset) -> StoreReply:
+        self._msg_id = self._msg_id % 0xFFFF + 1
+        try:
+            rsp = self._assoc.send_c_store(ds, msg_id=self._msg_id)
+        except ValueError as exc:  # no accepted presentation context for this object
+            raise ObjectRefused(f"{self.destination.name} accepted no presentation context for "
+                                f"{ds.SOPClassUID} in {ds.file_meta.TransferSyntaxUID}: {exc}") from exc
+        except RuntimeError:  # the association went away between checks
+            return StoreReply(None)
+        status = rsp.get("Status")
+        return StoreReply(None if status is None else int(status))
+
+    def release(self) -> None:
+        if self._assoc.is_established:
+            self._assoc.release()
+
+
+class _ClosingSocket(AssociationSocket):
+    """pynetdicom 3.0 leaks the socket when connect() is refused: shutdown() of an unconnected
+    socket raises and the close() after it is skipped. Close it regardless."""
+
+    def _shutdown_socket(self) -> None:
+        sock = self.socket
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # not connected (refused, reset): nothing to shut down, but still close
+        finally:
+            sock.close()
+
+
+class _AE(AE):
+    def _create_socket(self, assoc: Association, address: Any, tls_args: Any) -> AssociationSocket:
+        sock = _ClosingSocket(assoc, address=address)
+        sock.tls_args = tls_args
+        return sock
+
+
+def open_session(destination: DestinationConfig, calling_ae: str, contexts: Sequence[PresentationContext],
+                 extra_handlers: Sequence[tuple[Any, Any]] = ()) -> Session:
+    """Associate with a destination, or raise AssociationFailed with a retry/quarantine verdict."""
+    ae = _AE(ae_title=calling_ae)
+    ae.acse_timeout = destination.timeout_s
+    ae.dimse_timeout = destination.timeout_s
+    ae.network_timeout = destination.timeout_s
+    ae.connection_timeout = destination.timeout_s
+    ae.maximum_pdu_size = destination.max_pdu
+    assoc = ae.associate(destination.host, destination.port, contexts=list(contexts),
+                         ae_title=destination.called_ae, max_pdu=destination.max_pdu,
+                         evt_handlers=nodelay_handlers() + list(extra_handlers))
+    if assoc.is_established:
+        session = Session(assoc, destination)
+        LOGGER.info("association to %s (%s:%d) established, %d contexts accepted, nodelay=%s",
+                    destination.name, destination.host, destination.port,
+                    len(assoc.accepted_contexts), session.nodelay)
+        return session
+    where = f"{destination.name} ({destination.called_ae}@{destination.host}:{destination.port})"
+    if assoc.is_rejected:
+        rj = assoc.acceptor.primitive
+        verdict = classify_rejection(int(rj.result), int(rj.result_source), int(rj.diagnostic))
+        raise AssociationFailed(Verdict(verdict.outcome, f"{where}: {verdict.reason}"))
+    raise AssociationFailed(classify_transport(
+        f"{where}: no association (connection refused, timed out or aborted)"))

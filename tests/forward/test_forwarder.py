@@ -1,0 +1,195 @@
+"""Forwarder against scripted pynetdicom SCPs: statuses, aborts, PACS down, association reuse."""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pynetdicom import evt
+
+from gateway.config import DestinationConfig
+from gateway.errors import ForwardError
+from gateway.forward import Forwarder, Outcome
+from gateway.netopts import socket_nodelay
+from gateway.spool import DeliveryState, Spool
+from tests.forward.conftest import FakeClock
+from tests.forward.scp import ScriptedSCP, abort_first, always
+from tests.spool.objects import make_object, put
+
+
+def dest(port: int, name: str = "pacs", aet: str = "TESTSCP") -> DestinationConfig:
+    return DestinationConfig(name=name, host="127.0.0.1", port=port, called_ae=aet, timeout_s=10.0)
+
+
+def forwarder(spool: Spool, clock: FakeClock, *dests: DestinationConfig, **kw: object) -> Forwarder:
+    return Forwarder(spool, dests, calling_ae="DXGATE", clock=clock, rng=random.Random(7), **kw)  # type: ignore[arg-type]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_backlog_goes_over_one_association_with_nodelay(spool: Spool, clock: FakeClock,
+                                                        scp_factory: Callable[..., ScriptedSCP]) -> None:
+    scp = scp_factory()
+    objs = [make_object(seed=i) for i in range(6)]
+    for o in objs:
+        put(spool, o)
+    nodelay: list[bool] = []
+    fwd = forwarder(spool, clock, dest(scp.port),
+                    extra_handlers=[(evt.EVT_ESTABLISHED, lambda e: nodelay.append(socket_nodelay(e.assoc)))])
+    results = fwd.forward_due()
+    assert [r.outcome for r in results] == [Outcome.SENT] * 6
+    assert scp.associations == 1 and nodelay == [True]
+    assert sorted(scp.stored) == sorted(o.sop_instance_uid for o in objs)
+    assert spool.counts() == {"pending": 0, "sent": 6, "quarantined": 0}
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in scp.datasets}
+    for o in objs:
+        assert (by_uid[o.sop_instance_uid].pixel_array == o.pixels).all()
+    assert fwd.forward_due() == []  # nothing is sent twice
+    assert scp.associations == 1
+
+
+@pytest.mark.parametrize("status, outcome, state", [
+    (0xB000, Outcome.SENT, DeliveryState.SENT),
+    (0xA700, Outcome.RETRY, DeliveryState.PENDING),
+    (0xA900, Outcome.QUARANTINED, DeliveryState.QUARANTINED),
+    (0xC000, Outcome.QUARANTINED, DeliveryState.QUARANTINED),
+])
+def test_status_decides_the_row(spool: Spool, clock: FakeClock, scp_factory: Callable[..., ScriptedSCP],
+                                status: int, outcome: Outcome, state: DeliveryState) -> None:
+    scp = scp_factory(behaviour=always(status))
+    obj = make_object(seed=1)
+    put(spool, obj)
+    [result] = forwarder(spool, clock, dest(scp.port)).forward_due()
+    assert (result.uid, result.outcome, result.status) == (obj.sop_instance_uid, outcome, status)
+    [row] = spool.deliveries(obj.sop_instance_uid)
+    assert row.state is state and row.last_status == status and row.attempts == 1
+    if outcome is Outcome.QUARANTINED:
+        assert f"0x{status:04X}" in row.last_error and "refused" in row.last_error
+    if outcome is Outcome.RETRY:
+        assert clock() < row.next_attempt_at <= clock() + 2.0  # first backoff: base 2 s with jitter
+        assert "0xA700" in row.last_error
+
+
+def test_transient_status_defers_the_rest_of_the_backlog(spool: Spool, clock: FakeClock,
+                                                         scp_factory: Callable[..., ScriptedSCP]) -> None:
+    scp = scp_factory(behaviour=always(0xA700))
+    for i in range(3):
+        put(spool, make_object(seed=i))
+    results = forwarder(spool, clock, dest(scp.port)).forward_due()
+    assert [r.outcome for r in results] == [Outcome.RETRY] * 3
+    assert scp.stores == 1  # an archive out of resources is not hammered with the rest
+    assert spool.due("pacs", clock(), 10) == []
+
+
+def test_pacs_down_then_up(spool: Spool, clock: FakeClock, scp_factory: Callable[..., ScriptedSCP]) -> None:
+    port = free_port()  # nothing listens here yet
+    obj = make_object(seed=2)
+    put(spool, obj)
+    fwd = forwarder(spool, clock, dest(port))
+    [result] = fwd.forward_due()
+    assert result.outcome is Outcome.RETRY and result.status is None
+    [row] = spool.deliveries(obj.sop_instance_uid)
+    assert row.state is DeliveryState.PENDING and row.next_attempt_at > clock()
+    assert "no association" in row.last_error
+    scp = scp_factory(port=port)
+    assert fwd.forward_due() == []  # not due yet: the backoff holds
+    clock.advance(row.next_attempt_at - clock())
+    [result] = fwd.forward_due()
+    assert result.outcome is Outcome.SENT and scp.stored == [obj.sop_instance_uid]
+    [row] = spool.deliveries(obj.sop_instance_uid)
+    assert row.state is DeliveryState.SENT and row.attempts == 2
+
+
+def test_backoff_grows_exponentially_with_jitter_and_is_capped(spool: Spool, clock: FakeClock) -> None:
+    fwd = forwarder(spool, clock, dest(free_port()), backoff_base_s=2.0, backoff_max_s=60.0)
+    for attempts in range(12):
+        ceiling = min(60.0, 2.0 * 2**attempts)
+        delays = {fwd.backoff_delay(attempts) for _ in range(20)}
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len(delays) > 1  # jitter spreads the retries of many gateways
+
+
+def test_abort_mid_send_resends_the_same_uid_once(spool: Spool, clock: FakeClock,
+                                                  scp_factory: Callable[..., ScriptedSCP]) -> None:
+    scp = scp_factory(behaviour=abort_first())
+    a, b = make_object(seed=3), make_object(seed=4)
+    put(spool, a)
+    put(spool, b)
+    fwd = forwarder(spool, clock, dest(scp.port))
+    first = fwd.forward_due()
+    assert [r.outcome for r in first] == [Outcome.RETRY, Outcome.RETRY]
+    assert "outcome unknown" in first[0].error
+    assert scp.stored == []
+    clock.advance(3600)
+    second = fwd.forward_due()
+    assert [r.outcome for r in second] == [Outcome.SENT, Outcome.SENT]
+    assert {r.uid for r in second} == {a.sop_instance_uid, b.sop_instance_uid}
+    assert sorted(scp.stored) == sorted([a.sop_instance_uid, b.sop_instance_uid])  # stored once each
+
+
+def test_permanent_association_rejection_quarantines(spool: Spool, clock: FakeClock,
+                                                     scp_factory: Callable[..., ScriptedSCP]) -> None:
+    scp = scp_factory(require_called_aet=True)
+    obj = make_object(seed=5)
+    put(spool, obj)
+    [result] = forwarder(spool, clock, dest(scp.port, aet="WRONGAET")).forward_due()
+    assert result.outcome is Outcome.QUARANTINED and "rejected" in result.error
+    [row] = spool.deliveries(obj.sop_instance_uid)
+    assert row.state is DeliveryState.QUARANTINED and "permanent" in row.last_error
+    spool.release(obj.sop_instance_uid, "pacs")  # the operator fixed the AE title and retries
+    [result] = forwarder(spool, clock, dest(scp.port)).forward_due()
+    assert result.outcome is Outcome.SENT
+
+
+def test_corrupt_spool_file_is_quarantined_not_sent(spool: Spool, clock: FakeClock,
+                                                    scp_factory: Callable[..., ScriptedSCP]) -> None:
+    scp = scp_factory()
+    obj = make_object(seed=6)
+    saved = put(spool, obj)
+    raw = bytearray(Path(saved.path).read_bytes())
+    raw[-1] ^= 0xFF
+    Path(saved.path).write_bytes(bytes(raw))
+    [result] = forwarder(spool, clock, dest(scp.port)).forward_due()
+    assert result.outcome is Outcome.QUARANTINED and "sha256" in result.error
+    assert scp.stored == []
+
+
+def test_each_destination_gets_its_own_delivery(spool: Spool, clock: FakeClock,
+                                                scp_factory: Callable[..., ScriptedSCP]) -> None:
+    good, bad = scp_factory(), scp_factory(behaviour=always(0xC001))
+    obj = make_object(seed=7)
+    put(spool, obj, ("main", "backup"))
+    results = forwarder(spool, clock, dest(good.port, "main"), dest(bad.port, "backup")).forward_due()
+    assert {(r.destination, r.outcome) for r in results} == {("main", Outcome.SENT), ("backup", Outcome.QUARANTINED)}
+
+
+def test_run_loop_wakes_on_event_and_stops(spool: Spool, scp_factory: Callable[..., ScriptedSCP]) -> None:
+    scp = scp_factory()
+    fwd = Forwarder(spool, [dest(scp.port)], calling_ae="DXGATE")  # real clock: the loop waits for real
+    stop, wake = threading.Event(), threading.Event()
+    thread = threading.Thread(target=fwd.run, args=(stop, wake), daemon=True)
+    thread.start()
+    obj = make_object(seed=8)
+    put(spool, obj)
+    wake.set()
+    assert scp.received.wait(30), "the forwarder did not send after being woken"
+    stop.set()
+    wake.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert scp.stored == [obj.sop_instance_uid]
+
+
+def test_bad_configuration_is_refused(spool: Spool) -> None:
+    with pytest.raises(ForwardError, match="unique"):
+        Forwarder(spool, [dest(1), dest(2)], calling_ae="DXGATE")
+    with pytest.raises(ForwardError, match="AE title"):
+        Forwarder(spool, [dest(1)], calling_ae="X" * 17)
