@@ -71,6 +71,7 @@ class SimPanel:
         self._last_error = w.E_NONE
         self._closed = False
         self.frames_read_out = 0
+        self.transmissions = 0
         self.pulses_lost = 0
 
     # --- fault injection (tests) -----------------------------------------------------------
@@ -110,6 +111,12 @@ class SimPanel:
     @property
     def mode(self) -> str:
         return self._mode
+
+    @property
+    def held_frame(self) -> int | None:
+        """Number of the frame held for the host (not yet ACKed), if any."""
+        with self._cond:
+            return self._held.number if self._held else None
 
     # --- control endpoint ------------------------------------------------------------------
 
@@ -224,6 +231,7 @@ class SimPanel:
             self.faults.truncate -= 1
             keep = int(len(view) * self.faults.truncate_keep) & ~1
             view = view[:keep]
+        self.transmissions += 1
         self._tx.clear()
         self._tx.append(memoryview(held.header))
         self._tx.append(view)

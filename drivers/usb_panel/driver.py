@@ -181,6 +181,9 @@ class UsbPanelDetector:
             else:
                 assert last_problem is not None
                 number = "?" if last_problem.frame_number is None else last_problem.frame_number
+                self._armed = None
+                # This frame is reported, not missed: count on from the device's frame counter.
+                self._expected_frame = (self._status().last_frame_number + 1) & 0xFFFFFFFF
                 raise FrameError(f"panel {self.info.serial} frame {number}: {last_problem.problem} "
                                  f"after {self._read_attempts} reads")
             expected = self._expected_frame
