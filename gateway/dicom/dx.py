@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from datetime import date, datetime, timedelta
 from importlib import metadata
 
@@ -40,6 +41,7 @@ CHARSET = "ISO_IR 192"
 # Window from these percentiles of the central half of the image (collimator edges and
 # unattenuated beam outside the patient would otherwise dominate).
 WINDOW_PERCENTILES = (1.0, 99.0)
+_ORIENTATION_RE = re.compile(r"^[LRAPHF]{1,3}$")
 
 
 class DicomBuildError(DxgateError):
@@ -68,12 +70,15 @@ def build_dx(
     pps_id: str = "",
     pps_start: datetime | None = None,
     mpps_sop_instance_uid: str = "",
+    patient_orientation: tuple[str, str] | None = None,
 ) -> Dataset:
     """A DX For Presentation dataset (with file meta) whose Pixel Data are exactly frame.pixels.
 
     `laterality` is needed for paired body parts only. `pps_start` (the first exposure of the
     procedure step) dates the study and series so every image of a series agrees; without it
     the exposure time is used. `mpps_sop_instance_uid` references the MPPS when one is used.
+    `patient_orientation` (row, column direction, e.g. ("L", "F")) overrides the conventional
+    display orientation assumed for the view.
     """
     for name, uid in (("study", study_uid), ("series", series_uid), ("SOP instance", sop_instance_uid),
                       ("MPPS", mpps_sop_instance_uid)):
@@ -92,6 +97,9 @@ def build_dx(
         coded_view = lookup_view(view_position)
     except AnatomyError as exc:
         raise DicomBuildError(str(exc)) from None
+    if patient_orientation is not None and (
+            len(patient_orientation) != 2 or not all(_ORIENTATION_RE.match(v) for v in patient_orientation)):
+        raise DicomBuildError(f"patient orientation {patient_orientation!r} is not two directions of L R A P H F")
     if any(not (s > 0 and math.isfinite(s)) for s in pixel_spacing_mm):
         raise DicomBuildError(f"pixel spacing {pixel_spacing_mm} mm must be positive")
 
@@ -107,7 +115,7 @@ def build_dx(
     _series(ds, item, series_uid, series_number, part.term, started,
             pps_id, pps_start, mpps_sop_instance_uid)
     _equipment(ds, site, detector)
-    _image(ds, frame, exposure, instance_number, view_position, now)
+    _image(ds, frame, exposure, instance_number, view_position, patient_orientation, now)
     _pixels(ds, frame)
     _anatomy(ds, part.code, part.meaning, lat, view_position, coded_view)
     _detector(ds, frame, detector, detector_type, pixel_spacing_mm)
@@ -218,10 +226,10 @@ def _equipment(ds: Dataset, site: SiteConfig, detector: DetectorInfo) -> None:
 
 
 def _image(ds: Dataset, frame: CorrectedFrame, exposure: Exposure, instance_number: int,
-           view_position: str, now: datetime) -> None:
+           view_position: str, patient_orientation: tuple[str, str] | None, now: datetime) -> None:
     ds.ImageType = ["ORIGINAL", "PRIMARY", ""]
     ds.InstanceNumber = instance_number
-    ds.PatientOrientation = _PATIENT_ORIENTATION.get(view_position, "")
+    ds.PatientOrientation = list(patient_orientation or _PATIENT_ORIENTATION[view_position.strip().upper()])
     ds.ContentDate = _da(now)
     ds.ContentTime = _tm(now)
     ds.AcquisitionNumber = 1
@@ -243,9 +251,13 @@ def _image(ds: Dataset, frame: CorrectedFrame, exposure: Exposure, instance_numb
         f"frame {frame.meta.frame_number}; mode {frame.meta.mode}; steps: {steps or 'none'}", 1024)
 
 
-# Conventional display orientation (row, column direction) of frontal projections; the
-# detector is assumed mounted so that its readout gives that display. Others stay empty.
-_PATIENT_ORIENTATION: dict[str, list[str]] = {"PA": ["L", "F"], "AP": ["L", "F"]}
+# Conventional display orientation (row direction, column direction) per view: frontal views
+# as if facing the patient, laterals as seen from the side against the detector. The detector
+# is assumed mounted so that its readout gives that display; callers that know better pass
+# patient_orientation. An unknown view ("") is taken as frontal.
+_PATIENT_ORIENTATION: dict[str, tuple[str, str]] = {
+    "PA": ("L", "F"), "AP": ("L", "F"), "": ("L", "F"), "LL": ("P", "F"), "LAT": ("P", "F"), "RL": ("A", "F"),
+}
 
 
 def _pixels(ds: Dataset, frame: CorrectedFrame) -> None:
@@ -264,7 +276,8 @@ def _anatomy(ds: Dataset, code: str, meaning: str, laterality: str, view_positio
     ds.AnatomicRegionSequence = Sequence([_code(code, "SCT", meaning)])
     # DX Positioning module: present because View Position is known.
     ds.ViewPosition = view_position.strip().upper()
-    ds.ViewCodeSequence = Sequence([_code(coded_view.code, "SCT", coded_view.meaning)] if coded_view else [])
+    if coded_view is not None:  # present only with its one item
+        ds.ViewCodeSequence = Sequence([_code(coded_view.code, "SCT", coded_view.meaning)])
     ds.PositionerType = ""  # Type 2: a plain wall stand / table has no defined term here
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 
@@ -28,7 +29,7 @@ def to_bytes(ds: Dataset) -> bytes:
     for kw in ("SOPClassUID", "SOPInstanceUID"):
         if not getattr(ds, kw, ""):
             raise EncodeError(f"dataset has no {kw}: cannot write a Part-10 file")
-    meta = FileMetaDataset(getattr(ds, "file_meta", FileMetaDataset()))
+    meta = copy.deepcopy(getattr(ds, "file_meta", None) or FileMetaDataset())
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
