@@ -7,6 +7,7 @@ backend passed as ``backend``): tests swap what sits behind pyusb, never this dr
 from __future__ import annotations
 
 import array
+import errno
 import logging
 import threading
 import time
@@ -101,7 +102,11 @@ class UsbPanelDetector:
             self._claimed = True
         except usb.core.USBError as exc:
             raise DeviceError(f"cannot claim USB panel {self._where()}: {exc}") from exc
-        ident = p.unpack_identity(self._ctrl_in(p.Request.IDENTIFY, p.IDENTIFY_MAX))
+        try:
+            ident = p.unpack_identity(self._ctrl_in(p.Request.IDENTIFY, p.IDENTIFY_MAX))
+        except p.ProtocolError as exc:
+            raise DeviceError(f"USB panel {self._where()} answered IDENTIFY outside the protocol: "
+                              f"{exc}") from exc
         self._info = DetectorInfo(vendor=ident.vendor, model=ident.model, serial=ident.serial,
                                   firmware=ident.firmware, modes=ident.modes)
         status = self._status()
@@ -162,6 +167,12 @@ class UsbPanelDetector:
         return self._status().temperature_c
 
     def read_frame(self, timeout_s: float) -> RawFrame:
+        """Read, check and ACK the armed frame.
+
+        A bad CRC or size is re-read (RESEND) up to ``read_attempts`` times, then raised as
+        FrameError; a gap in frame numbers is a FrameError too. A timeout raises DeviceError
+        and leaves the panel armed, so the caller may wait again.
+        """
         with self._lock:
             if self._armed is None:
                 raise DeviceError(f"panel {self.info.serial}: read_frame() without arm()")
@@ -225,8 +236,8 @@ class UsbPanelDetector:
                                    f"says {header.payload_length} (short transfer)")
         crc = zlib.crc32(payload)
         if crc != header.payload_crc32:
-            raise _BadTransmission(header.frame_number, f"CRC32 mismatch (header 0x{header.payload_crc32:08x}, "
-                                   f"payload 0x{crc:08x})")
+            raise _BadTransmission(header.frame_number, f"CRC32 mismatch (header "
+                                   f"0x{header.payload_crc32:08x}, payload 0x{crc:08x})")
         pixels = np.frombuffer(payload, dtype="<u2").reshape(header.rows, header.columns)
         return header, pixels.astype(np.uint16, copy=False)
 
@@ -258,7 +269,10 @@ class UsbPanelDetector:
     # --- control requests ------------------------------------------------------------------
 
     def _status(self) -> p.Status:
-        return p.unpack_status(self._ctrl_in(p.Request.STATUS, p.STATUS_STRUCT.size))
+        try:
+            return p.unpack_status(self._ctrl_in(p.Request.STATUS, p.STATUS_STRUCT.size))
+        except p.ProtocolError as exc:
+            raise DeviceError(f"panel {self._where()}: {exc}") from exc
 
     def _ctrl_in(self, request: p.Request, length: int) -> bytes:
         try:
@@ -272,7 +286,7 @@ class UsbPanelDetector:
             self._dev.ctrl_transfer(p.REQ_OUT, request, value, 0, None, timeout=CONTROL_TIMEOUT_MS)
         except usb.core.USBError as exc:
             reason = ""
-            if exc.errno is not None and request is not p.Request.STATUS:
+            if exc.errno == errno.EPIPE:  # STALL: the device says why in STATUS
                 try:
                     err = self._status().last_error
                     reason = f" (device error {getattr(err, 'name', err)})"

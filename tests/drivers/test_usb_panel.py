@@ -196,3 +196,9 @@ def test_unplugged_panel_is_a_device_error(room: SimRoom, detector: UsbPanelDete
     room.usb_backend().unplug("SIM-0001")
     with pytest.raises(DeviceError, match="No such device"):
         detector.arm(FrameKind.DARK)
+
+
+def test_a_refused_request_says_why(detector: UsbPanelDetector) -> None:
+    detector.arm(FrameKind.EXPOSED)
+    with pytest.raises(DeviceError, match=r"SET_MODE wValue=2 refused: .*Pipe error.*\(device error BUSY\)"):
+        detector.set_mode("4x4")
