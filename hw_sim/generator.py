@@ -63,7 +63,7 @@ class SimGenerator:
 
     def garble_next_reply(self, n: int = 1) -> None:
         with self._lock:
-            self._garble += n
+            self._garble = n  # the count still to come, not added to
 
     def interlock(self, reason: str = "door open") -> None:
         """Latch an interlock fault: PREP and EXPOSE are refused until clear_interlock()."""

@@ -76,18 +76,20 @@ class SimPanel:
 
     # --- fault injection (tests) -----------------------------------------------------------
 
+    # Each call sets (not adds to) the count of faults still to come; 0 cancels.
+
     def corrupt_crc(self, n: int = 1) -> None:
         with self._cond:
-            self.faults.corrupt_crc += n
+            self.faults.corrupt_crc = n
 
     def truncate_next(self, n: int = 1, keep: float = 0.5) -> None:
         with self._cond:
-            self.faults.truncate += n
+            self.faults.truncate = n
             self.faults.truncate_keep = keep
 
     def skip_frame_number(self, n: int = 1) -> None:
         with self._cond:
-            self.faults.skip_frame_number += n
+            self.faults.skip_frame_number = n
 
     # --- what the room does to the panel ---------------------------------------------------
 

@@ -95,6 +95,20 @@ class SimRoom:
         self.panel.xray_pulse(kerma, scene)
         return kerma
 
+    # --- fault injection (shortcuts to the panel's and the generator's) ---------------------
+
+    def inject_crc_errors(self, n: int = 1) -> None:
+        """The next ``n`` frame transmissions (re-sends included) fail their CRC."""
+        self.panel.corrupt_crc(n)
+
+    def truncate_frames(self, n: int = 1, keep: float = 0.5) -> None:
+        """The next ``n`` frame transmissions end after ``keep`` of the payload."""
+        self.panel.truncate_next(n, keep)
+
+    def skip_frame_number(self, n: int = 1) -> None:
+        """The next ``n`` readouts skip a frame number (as if a frame was lost)."""
+        self.panel.skip_frame_number(n)
+
     # --- the devices, as the gateway reaches them ------------------------------------------
 
     def usb_backend(self) -> SimUsbBackend:

@@ -58,3 +58,14 @@ def test_generator_pty_answers_raw_sentences() -> None:
             assert link.read_until(b"\n") == b"$READY*4B\r\n"
             assert link.read_until(b"\n").startswith(b"$DONE,")
         assert len(room.pulses) == 1
+
+
+def test_room_fault_shortcuts_reach_the_panel() -> None:
+    with SimRoom(modes=("8x8",)) as room:
+        room.inject_crc_errors(2)
+        room.truncate_frames(1, keep=0.25)
+        room.skip_frame_number(3)
+        f = room.panel.faults
+        assert (f.corrupt_crc, f.truncate, f.truncate_keep, f.skip_frame_number) == (2, 1, 0.25, 3)
+        room.inject_crc_errors(1)  # sets the count still to come
+        assert room.panel.faults.corrupt_crc == 1
