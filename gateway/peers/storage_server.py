@@ -60,6 +60,7 @@ class StorageServer:
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         ae.add_supported_context(Verification)
+        ae.require_called_aet = True  # like a real RIS/PACS: a wrong called AE is rejected
         ae.maximum_pdu_size = 131072
         handlers = [(evt.EVT_C_STORE, self._on_store), *nodelay_handlers()]
         self._server = ae.start_server((self.host, 0), block=False, evt_handlers=handlers)

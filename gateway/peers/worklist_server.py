@@ -17,12 +17,18 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification  # type: ignore[attr-defined]
 
 from gateway.netopts import nodelay_handlers
 
 LOGGER = logging.getLogger(__name__)
+
+# Invariant 7 (no patient data in logs): pynetdicom logs every C-FIND identifier, names and
+# IDs included, at INFO unless told not to.
+pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 
 _RANGE_VRS = ("DA", "TM", "DT")
 _NOT_MATCHED = ("SpecificCharacterSet",)
@@ -56,6 +62,7 @@ class WorklistServer:
         ae = AE(ae_title=self.ae_title)
         ae.add_supported_context(ModalityWorklistInformationFind, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         ae.add_supported_context(Verification)
+        ae.require_called_aet = True  # like a real RIS/PACS: a wrong called AE is rejected
         handlers = [(evt.EVT_C_FIND, self._on_find), *nodelay_handlers()]
         self._server = ae.start_server((self.host, 0), block=False, evt_handlers=handlers)
         port = int(self._server.server_address[1])

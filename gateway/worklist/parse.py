@@ -3,7 +3,7 @@
 Policy for malformed answers: an answer whose *required* content is missing or invalid
 (no Scheduled Procedure Step Sequence, no Patient ID, no or invalid Study Instance UID, an
 unparseable date or time, a string that cannot be decoded) makes `parse_answer` raise
-WorklistError naming the attribute, never its value (values are patient data). The client
+WorklistError naming the attribute (by keyword), never its value (values are patient data). The client
 skips that answer, logs the reason and counts it (QueryResult.skipped), and keeps the other
 answers: one broken RIS entry must not hide the rest of the room's worklist. Optional
 attributes that are absent become "" / None.
@@ -27,22 +27,24 @@ from gateway.types import ProtocolCode, WorklistItem
 
 LOGGER = logging.getLogger(__name__)
 
+_TEXT_VRS = ("PN", "LO", "SH", "LT", "ST", "UT", "UC")
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
 def parse_answer(ds: Dataset) -> list[WorklistItem]:
     """One WorklistItem per item of the Scheduled Procedure Step Sequence (normally one)."""
+    _guess_missing_charset(ds)
     sps_seq = _get(ds, "ScheduledProcedureStepSequence")
     if not sps_seq:
-        raise WorklistError("answer has no Scheduled Procedure Step Sequence item")
+        raise WorklistError("answer has no ScheduledProcedureStepSequence item")
     patient_id = _text(ds, "PatientID")
     if not patient_id:
-        raise WorklistError("answer has no Patient ID")
+        raise WorklistError("answer has no PatientID")
     study_uid = _text(ds, "StudyInstanceUID")
     if not study_uid:
-        raise WorklistError("answer has no Study Instance UID")
+        raise WorklistError("answer has no StudyInstanceUID")
     if len(study_uid) > 64 or not _UID_RE.match(study_uid):
-        raise WorklistError("answer's Study Instance UID is not a valid UID")
+        raise WorklistError("answer's StudyInstanceUID is not a valid UID")
     common = dict(
         patient_name=_text(ds, "PatientName"),
         patient_id=patient_id,
@@ -60,7 +62,7 @@ def parse_answer(ds: Dataset) -> list[WorklistItem]:
     for sps in sps_seq:
         start_date = _date(sps, "ScheduledProcedureStepStartDate")
         if start_date is None:
-            raise WorklistError("answer has no Scheduled Procedure Step Start Date")
+            raise WorklistError("answer has no ScheduledProcedureStepStartDate")
         start_time = _time(sps, "ScheduledProcedureStepStartTime")
         items.append(WorklistItem(
             **common,
@@ -72,6 +74,44 @@ def parse_answer(ds: Dataset) -> list[WorklistItem]:
             protocol_codes=_codes(sps),
         ))
     return items
+
+
+def _guess_missing_charset(ds: Dataset) -> None:
+    """Re-read an answer that declares no character set but carries non-ASCII text.
+
+    Such an answer breaks the standard (the default repertoire is ASCII), yet servers send it
+    (DCMTK wlmscpfs by default drops the file's character set). pydicom then reads the bytes
+    as Latin-1, which loses nothing: if all of them form valid UTF-8 they are re-read as UTF-8,
+    otherwise Latin-1 stands. The guess is logged (without the text).
+    """
+    if "SpecificCharacterSet" in ds:
+        return
+    texts = [e for e in _text_elements(ds) if not str(e.value).isascii()]
+    if not texts:
+        return
+    fixed = []
+    try:
+        for e in texts:
+            values = list(e.value) if isinstance(e.value, MultiValue) else [e.value]
+            fixed.append((e, [str(v).encode("latin-1").decode("utf-8") for v in values]))
+    except UnicodeError:
+        LOGGER.info("worklist answer without Specific Character Set has non-ASCII text: read as Latin-1")
+        return
+    for e, values in fixed:
+        e.value = values if len(values) > 1 else values[0]
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    LOGGER.info("worklist answer without Specific Character Set has non-ASCII text: read as UTF-8")
+
+
+def _text_elements(ds: Dataset) -> list[Any]:
+    out = []
+    for e in ds:
+        if e.VR == "SQ":
+            for item in e.value or ():
+                out.extend(_text_elements(item))
+        elif e.VR in _TEXT_VRS and e.value:
+            out.append(e)
+    return out
 
 
 def _get(ds: Dataset, keyword: str) -> Any:
@@ -126,7 +166,7 @@ def _codes(sps: Dataset) -> tuple[ProtocolCode, ...]:
     for code in _get(sps, "ScheduledProtocolCodeSequence") or ():
         value = _text(code, "CodeValue") or _text(code, "LongCodeValue") or _text(code, "URNCodeValue")
         if not value:
-            raise WorklistError("answer's Scheduled Protocol Code Sequence has an item without a code value")
+            raise WorklistError("answer's ScheduledProtocolCodeSequence has an item without a code value")
         out.append(ProtocolCode(value=value, scheme=_text(code, "CodingSchemeDesignator"),
                                 meaning=_text(code, "CodeMeaning")))
     return tuple(out)
@@ -137,6 +177,6 @@ def _referenced_study(ds: Dataset) -> str:
         uid = _text(ref, "ReferencedSOPInstanceUID")
         if uid:
             if len(uid) > 64 or not _UID_RE.match(uid):
-                raise WorklistError("answer's Referenced Study Sequence has an invalid SOP Instance UID")
+                raise WorklistError("answer's ReferencedStudySequence has an invalid ReferencedSOPInstanceUID")
             return uid
     return ""
