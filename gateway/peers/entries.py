@@ -31,12 +31,12 @@ def make_worklist_entry(*, patient_name: str, patient_id: str, birth_date: date 
     """One MWL entry (patient, order and one Scheduled Procedure Step) in `charset`.
 
     `birth_date` is a date or DICOM "YYYYMMDD" text; `protocol_codes` are (value, scheme, meaning).
-    Every text must be encodable in `charset` (a single-valued character set such as
-    "ISO_IR 100" or "ISO_IR 192"), else ValueError names the attribute.
+    Every text must be encodable in `charset` (one character set such as "ISO_IR 100" or
+    "ISO_IR 192"), else ValueError names the attribute.
     """
     codec = python_encoding.get(charset)
     if codec is None:
-        raise ValueError(f"character set {charset!r} is not a single-valued DICOM character set")
+        raise ValueError(f"character set {charset!r} is not a DICOM character set pydicom knows")
     ds = Dataset()
     ds.SpecificCharacterSet = charset
     ds.PatientName = patient_name

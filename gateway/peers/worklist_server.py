@@ -15,6 +15,7 @@ from typing import Any
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import _config as pynetdicom_config
@@ -146,7 +147,11 @@ def _is_universal(ds: Dataset) -> bool:
 
 def _text(elem: DataElement) -> str:
     v = elem.value
-    return "" if v is None else str(v).strip()
+    if v is None:
+        return ""
+    if isinstance(v, MultiValue):
+        return "\\".join(str(x) for x in v).strip()
+    return str(v).strip()
 
 
 def _wildcard(key: str, value: str, *, case_sensitive: bool) -> bool:
