@@ -127,6 +127,7 @@ class Orthanc:
             "Plugins": [ORTHANC_PLUGINS],
             "Worklists": {"Enable": True, "Database": str(self.worklist_dir)},
             "StableAge": 1,
+            "DefaultEncoding": "Utf8",
         }
         cfg = self.root / "orthanc.json"
         cfg.write_text(json.dumps(config, indent=2))
@@ -210,7 +211,7 @@ class WlmSCP:
         (self.worklist_dir / "lockfile").touch()
         self.port = free_port()
         log = self.root / "wlmscpfs.log"
-        self.proc = _start([exe, "--verbose", "--data-files-path", str(self.worklist_dir.parent),
+        self.proc = _start([exe, "--verbose", "--keep-char-set", "--data-files-path", str(self.worklist_dir.parent),
                             "--max-pdu", "131072", str(self.port)], log, self.root)
         wait_for_port(self.port, self.proc, log)
         return self
