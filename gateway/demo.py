@@ -23,6 +23,7 @@ from gateway.config import (
     Config,
     DestinationConfig,
     DetectorConfig,
+    ExposureConfig,
     GeneratorConfig,
     SpoolConfig,
     WorklistConfig,
@@ -61,6 +62,7 @@ def demo_config(home: Path, generator_port: str, worklist_port: int, pacs_port: 
     return Config(
         state_dir=str(home),
         detector=DetectorConfig(mode="2x2"),
+        exposure=ExposureConfig(kvp=80.0, mas=1.2),  # chest PA behind the phantom: EI near target
         generator=GeneratorConfig(port=generator_port),
         worklist=WorklistConfig(host="127.0.0.1", port=worklist_port, called_ae="DEMO_RIS"),
         spool=SpoolConfig(),
