@@ -94,7 +94,8 @@ class Gateway:
                                          frame_timeout_s=config.detector.frame_timeout_s, clock=clock)
         self.calibrations = CalibrationStore(config.path(config.calibration.directory))
         self.spool = Spool(config.path(config.spool.directory), config.path(config.spool.database))
-        self.forwarder = Forwarder(self.spool, config.destinations, calling_ae=config.site.ae_title)
+        self.forwarder = Forwarder(self.spool, config.destinations, calling_ae=config.site.ae_title,
+                                   clock=lambda: self._clock().timestamp())
         self._corrector: Corrector | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()

@@ -51,8 +51,8 @@ class StorageServer:
         with self._cond:
             return self._cond.wait_for(lambda: len(self._received) >= count, timeout=timeout_s)
 
-    def start(self) -> int:
-        """Listen on an ephemeral port; return it."""
+    def start(self, port: int = 0) -> int:
+        """Listen on `port` (0: an ephemeral one); return the port."""
         if self._server is not None:
             raise RuntimeError("storage server already started")
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,7 @@ class StorageServer:
         ae.require_called_aet = True  # like a real RIS/PACS: a wrong called AE is rejected
         ae.maximum_pdu_size = 131072
         handlers = [(evt.EVT_C_STORE, self._on_store), *nodelay_handlers()]
-        self._server = ae.start_server((self.host, 0), block=False, evt_handlers=handlers)
+        self._server = ae.start_server((self.host, port), block=False, evt_handlers=handlers)
         port = int(self._server.server_address[1])
         LOGGER.info("embedded storage %s listening on %s:%d -> %s", self.ae_title, self.host, port, self.directory)
         return port

@@ -1,0 +1,78 @@
+"""The composition root: what a technologist and an engineer rely on across the stages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from gateway.app import Gateway
+from gateway.config import CalibrationConfig, Config, DestinationConfig, DetectorConfig, GeneratorConfig
+from gateway.errors import CalibrationError
+from gateway.peers import StorageServer
+from hw_sim.room import SimRoom
+from tests.peers import free_port
+
+MODE = "8x8"
+
+
+@pytest.fixture
+def room() -> Iterator[SimRoom]:
+    with SimRoom(seed=3) as sim:
+        yield sim
+
+
+def config_for(tmp_path: Path, room: SimRoom, pacs_port: int) -> Config:
+    return Config(state_dir=str(tmp_path / "state"), detector=DetectorConfig(mode=MODE),
+                  generator=GeneratorConfig(port=room.start_generator()),
+                  calibration=CalibrationConfig(dark_frames=4, flat_frames=4),
+                  destinations=(DestinationConfig(name="pacs", port=pacs_port, called_ae="PACS"),))
+
+
+def test_no_exposure_without_a_valid_calibration(tmp_path: Path, room: SimRoom) -> None:
+    with Gateway(config_for(tmp_path, room, free_port()), usb_backend=room.usb_backend()) as gw:
+        with pytest.raises(CalibrationError, match="SIM-0001"):
+            gw.expose(gw.open_exam(None))
+        assert room.pulses == []  # refused before the tube fired: no dose for nothing
+        assert sum(gw.spool.counts().values()) == 0
+
+
+def test_unscheduled_exam_gets_generated_study_and_empty_accession(
+        tmp_path: Path, room: SimRoom, dciodvfy: Callable[[Path], None]) -> None:
+    with Gateway(config_for(tmp_path, room, free_port()), usb_backend=room.usb_backend()) as gw:
+        gw.calibrate()
+        room.place("chest")
+        exam = gw.open_exam(None)
+        first, second = gw.expose(exam), gw.expose(exam)
+    ds = pydicom.dcmread(first.instance.path)
+    assert ds.AccessionNumber == "" and ds.StudyInstanceUID == exam.study_uid
+    assert ds.StudyInstanceUID.startswith("2.25.")
+    assert pydicom.dcmread(second.instance.path).SeriesInstanceUID == ds.SeriesInstanceUID
+    assert [ds.InstanceNumber, pydicom.dcmread(second.instance.path).InstanceNumber] == [1, 2]
+    dciodvfy(Path(first.instance.path))
+
+
+def test_saved_while_pacs_is_down_then_sent_after_restart(tmp_path: Path, room: SimRoom) -> None:
+    """Acquisition never waits for the archive; a restart picks up the backlog and the calibration."""
+    port = free_port()
+    config = config_for(tmp_path, room, port)
+    with Gateway(config, usb_backend=room.usb_backend()) as gw:
+        calibration_id = gw.calibrate().calibration_id
+        image = gw.expose(gw.open_exam(None))
+        results = gw.forward_due()
+        assert [r.outcome for r in results] == ["retry"]
+        assert [d.state for d in gw.spool.deliveries(image.instance.sop_instance_uid)] == ["pending"]
+
+    pacs = StorageServer(tmp_path / "pacs", ae_title="PACS")
+    pacs.start(port)
+    try:
+        an_hour_later = datetime.now(UTC) + timedelta(hours=1)  # the backoff has elapsed
+        with Gateway(config, usb_backend=room.usb_backend(), clock=lambda: an_hour_later) as gw:
+            assert [r.outcome for r in gw.forward_due()] == ["sent"]
+            assert gw.corrector().cal.calibration_id == calibration_id  # found again on disk
+    finally:
+        pacs.stop()
+    assert [p.name for p in pacs.received] == [f"{image.instance.sop_instance_uid}.dcm"]
