@@ -1,7 +1,11 @@
-"""Socket options for every DICOM association dxgate opens or accepts.
+"""How dxgate opens DICOM associations: socket options, socket hygiene, quiet identifiers.
 
-pynetdicom never sets TCP_NODELAY; with Nagle's algorithm and delayed ACK a C-STORE of a
-DX image is several times slower. Bind these handlers on every association and server.
+- pynetdicom never sets TCP_NODELAY; with Nagle's algorithm and delayed ACK a C-STORE of a
+  DX image is several times slower. Bind nodelay_handlers() on every association and server.
+- pynetdicom 3.0 leaks the socket when a connection is refused (shutdown() of an unconnected
+  socket raises and the close() after it is skipped): use `ApplicationEntity` from here.
+- pynetdicom logs C-FIND identifiers (patient names, IDs) at INFO by default; importing this
+  module turns that off, because patient data never belongs in application logs.
 """
 
 from __future__ import annotations
@@ -10,9 +14,14 @@ import logging
 import socket
 from typing import Any
 
-from pynetdicom import evt
+from pynetdicom import AE, Association, evt
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom.transport import AssociationSocket
 
 LOGGER = logging.getLogger(__name__)
+
+pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 
 
 def _set_nodelay(event: Any) -> None:
@@ -30,3 +39,25 @@ def socket_nodelay(assoc: Any) -> bool:
     """Whether an association's socket has TCP_NODELAY set (for tests and diagnostics)."""
     sock = assoc.dul.socket.socket
     return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+class _ClosingSocket(AssociationSocket):
+    def _shutdown_socket(self) -> None:
+        sock = self.socket
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # never connected (refused, reset): nothing to shut down, but still close
+        finally:
+            sock.close()
+
+
+class ApplicationEntity(AE):
+    """pynetdicom's AE whose requestor sockets are always closed, even when refused."""
+
+    def _create_socket(self, assoc: Association, address: Any, tls_args: Any) -> AssociationSocket:
+        sock = _ClosingSocket(assoc, address=address)
+        sock.tls_args = tls_args
+        return sock

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from gateway.correction.calibration_set import CalibrationSet
+from gateway.durable import fsync_dir, makedirs_durable, write_new_file
 from gateway.errors import CalibrationError
 from gateway.types import CalibrationKey
 
@@ -50,7 +51,7 @@ class CalibrationStore:
         if final.exists():
             raise CalibrationError(f"calibration {cal.calibration_id} is already saved at {final}; sets are never "
                                    "overwritten")
-        _makedirs_durable(parent)
+        makedirs_durable(parent)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{cal.calibration_id}-", dir=parent))
         done = False
         try:
@@ -61,11 +62,11 @@ class CalibrationStore:
                 buf = io.BytesIO()
                 np.save(buf, arr, allow_pickle=False)
                 data = buf.getvalue()
-                _write_durable(tmp / f"{name}.npy", data)
+                write_new_file(tmp / f"{name}.npy", data)
                 files[f"{name}.npy"] = {"sha256": hashlib.sha256(data).hexdigest(), "dtype": str(arr.dtype),
                                         "shape": list(arr.shape)}
-            _write_durable(tmp / MANIFEST, _manifest_bytes(_manifest_body(cal, files)))
-            _fsync_dir(tmp)
+            write_new_file(tmp / MANIFEST, _manifest_bytes(_manifest_body(cal, files)))
+            fsync_dir(tmp)
             try:
                 os.rename(tmp, final)
             except OSError as exc:
@@ -74,7 +75,7 @@ class CalibrationStore:
         finally:
             if not done:
                 shutil.rmtree(tmp, ignore_errors=True)
-        _fsync_dir(parent)
+        fsync_dir(parent)
         LOGGER.info("saved calibration %s at %s", cal.calibration_id, final)
         return final
 
@@ -216,37 +217,3 @@ def _from_manifest(doc: dict[str, Any], path: Path, manifest_path: Path, key: Ca
         temperature_c=float(doc["temperature_c"]),
         provenance=doc["provenance"],
     )
-
-
-def _write_durable(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _makedirs_durable(path: Path) -> None:
-    """Create missing directories, fsyncing each new one's parent so the entry survives a crash."""
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        try:
-            d.mkdir()
-        except FileExistsError:
-            continue
-        _fsync_dir(d.parent)

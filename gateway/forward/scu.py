@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,15 +19,14 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context
+from pynetdicom import build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.transport import AssociationSocket
 
 from gateway.config import DestinationConfig
 from gateway.errors import ForwardError
 from gateway.forward.status import Verdict, classify_rejection, classify_transport
-from gateway.netopts import nodelay_handlers, socket_nodelay
+from gateway.netopts import ApplicationEntity, nodelay_handlers, socket_nodelay
 from gateway.spool import Delivery
 
 LOGGER = logging.getLogger(__name__)
@@ -126,33 +124,10 @@ class Session:
             self._assoc.release()
 
 
-class _ClosingSocket(AssociationSocket):
-    """pynetdicom 3.0 leaks the socket when connect() is refused: shutdown() of an unconnected
-    socket raises and the close() after it is skipped. Close it regardless."""
-
-    def _shutdown_socket(self) -> None:
-        sock = self.socket
-        if sock is None:
-            return
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # not connected (refused, reset): nothing to shut down, but still close
-        finally:
-            sock.close()
-
-
-class _AE(AE):
-    def _create_socket(self, assoc: Association, address: Any, tls_args: Any) -> AssociationSocket:
-        sock = _ClosingSocket(assoc, address=address)
-        sock.tls_args = tls_args
-        return sock
-
-
 def open_session(destination: DestinationConfig, calling_ae: str, contexts: Sequence[PresentationContext],
                  extra_handlers: Sequence[tuple[Any, Any]] = ()) -> Session:
     """Associate with a destination, or raise AssociationFailed with a retry/quarantine verdict."""
-    ae = _AE(ae_title=calling_ae)
+    ae = ApplicationEntity(ae_title=calling_ae)
     ae.acse_timeout = destination.timeout_s
     ae.dimse_timeout = destination.timeout_s
     ae.network_timeout = destination.timeout_s

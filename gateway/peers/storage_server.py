@@ -8,9 +8,7 @@ rename), before the success status is returned.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from gateway.durable import write_atomic
 from gateway.netopts import nodelay_handlers
 
 LOGGER = logging.getLogger(__name__)
@@ -87,22 +86,7 @@ class StorageServer:
         target = self.directory / f"{uid}.dcm"
         try:
             data = event.encoded_dataset(include_meta=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{uid}.", suffix=".tmp", dir=self.directory)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_atomic(target, data)
         except OSError as exc:
             LOGGER.error("could not store %s: %s", uid, exc)
             return OUT_OF_RESOURCES

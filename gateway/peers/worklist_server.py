@@ -18,18 +18,12 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import _config as pynetdicom_config
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification  # type: ignore[attr-defined]
 
 from gateway.netopts import nodelay_handlers
 
 LOGGER = logging.getLogger(__name__)
-
-# Invariant 7 (no patient data in logs): pynetdicom logs every C-FIND identifier, names and
-# IDs included, at INFO unless told not to.
-pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
-pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 
 _RANGE_VRS = ("DA", "TM", "DT")
 _NOT_MATCHED = ("SpecificCharacterSet",)

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from gateway import durable
+from gateway.durable import fsync_dir
 from gateway.errors import SpoolError
 
 LOGGER = logging.getLogger(__name__)
 
-TEMP_SUFFIX = ".part"
+TEMP_SUFFIX = durable.TEMP_SUFFIX
 FILE_SUFFIX = ".dcm"
 
 
@@ -41,38 +41,12 @@ def free_bytes(directory: Path) -> int:
     return shutil.disk_usage(directory).free
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make a directory's entries (a rename, a new file) durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def ensure_dir(directory: Path) -> None:
-    """Create `directory` (one level under an existing parent) durably."""
-    if directory.is_dir():
-        return
-    directory.mkdir(parents=True, exist_ok=True)
-    fsync_dir(directory.parent)
-
-
 def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that `path` is either absent/old or complete and durable."""
-    ensure_dir(path.parent)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.rename(tmp, path)
+        durable.write_atomic(path, data)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise SpoolError(f"cannot write spool file {path}: {exc}") from exc
-    fsync_dir(path.parent)
 
 
 def remove_temp_files(root: Path) -> list[Path]:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.durable import write_atomic
 from gateway.errors import WorklistError
 from gateway.types import ProtocolCode, WorklistItem
 
@@ -36,25 +35,7 @@ def save_cache(items: Iterable[WorklistItem], path: str | Path, *, saved_at: dat
         "items": [_encode(i) for i in items],
     }
     data = json.dumps(doc, ensure_ascii=False, indent=1).encode("utf-8")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(p.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(p, data)
     LOGGER.info("worklist cache %s: %d item(s) saved", p, len(doc["items"]))
 
 

@@ -11,30 +11,20 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import socket
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import _config as pynetdicom_config
-from pynetdicom import AE, Association
 from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
-from pynetdicom.transport import AssociationSocket
 
 from gateway.errors import WorklistError
-from gateway.netopts import nodelay_handlers
+from gateway.netopts import ApplicationEntity, nodelay_handlers
 from gateway.types import WorklistItem
 from gateway.worklist.parse import parse_answer
 
 LOGGER = logging.getLogger(__name__)
-
-# Invariant 7 (no patient data in logs): pynetdicom logs every C-FIND identifier, names and
-# IDs included, at INFO unless told not to.
-pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
-pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 
 PENDING = (0xFF00, 0xFF01)
 MAX_PDU = 131072
@@ -138,32 +128,9 @@ def query_worklist_result(*, host: str, port: int, called_ae: str, calling_ae: s
                        filtered_out=filtered_out)
 
 
-class _ClosingSocket(AssociationSocket):
-    """pynetdicom 3.0 leaks the socket when connect() is refused (shutdown() of an unconnected
-    socket raises, and the close() after it is skipped): close it regardless."""
-
-    def _shutdown_socket(self) -> None:
-        sock = self.socket
-        if sock is None:
-            return
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # never connected: nothing to shut down, but still close
-        finally:
-            sock.close()
-
-
-class _AE(AE):
-    def _create_socket(self, assoc: Association, address: Any, tls_args: Any) -> AssociationSocket:
-        sock = _ClosingSocket(assoc, address=address)
-        sock.tls_args = tls_args
-        return sock
-
-
 def _find(query: Dataset, *, host: str, port: int, called_ae: str, calling_ae: str, timeout_s: float,
           where: str) -> list[Dataset]:
-    ae = _AE(ae_title=calling_ae)
+    ae = ApplicationEntity(ae_title=calling_ae)
     ae.add_requested_context(ModalityWorklistInformationFind, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
     ae.maximum_pdu_size = MAX_PDU

@@ -160,7 +160,7 @@ def test_save_failure_leaves_no_trace(tmp_path: Path, cal8: CalibrationSet, monk
         raise OSError(28, "No space left on device")
 
     store = CalibrationStore(tmp_path)
-    monkeypatch.setattr(store_mod, "_write_durable", boom)
+    monkeypatch.setattr(store_mod, "write_new_file", boom)
     with pytest.raises(OSError, match="No space"):
         store.save(cal8)
     assert list((tmp_path / "SIM-0001" / "8x8").iterdir()) == []

@@ -1,0 +1,69 @@
+"""Crash-safe file writes shared by every stage that keeps something on disk.
+
+A file is written under a temporary name in its final directory, fsynced, renamed into
+place and the directory fsynced: after a crash at any instant the final name holds either
+the old content (or nothing) or the complete new content, never a half file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+TEMP_SUFFIX = ".part"
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a directory's entries (a rename, a new file) durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def makedirs_durable(directory: Path) -> None:
+    """Create missing directories, fsyncing each new one's parent so the entry survives a crash."""
+    missing = []
+    p = directory
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        fsync_dir(d.parent)
+
+
+def write_new_file(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Create `path` (it must not exist) with `data`, fsynced; the caller fsyncs the directory.
+
+    Owner-only by default: spool files and caches hold patient data.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data` atomically and durably. Raises OSError; leaves no temp file."""
+    makedirs_durable(path.parent)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        tmp.unlink()
+        write_new_file(tmp, data, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
