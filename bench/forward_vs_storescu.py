@@ -3,9 +3,7 @@
 Starts /usr/bin/storescp (TCP_NODELAY=1) on loopback, generates N DX-sized instances
 (default 20 x 1536x1536 uint16, ~4.7 MB each) and times
   (a) dxgate: Forwarder.forward_due() sending the whole backlog over one association,
-  (b) /usr/bin/storescu (TCP_NODELAY=1) sending the same files over one association,
-  (c) for reference, bare pynetdicom streaming the files from disk (its process-global
-      STORE_SEND_CHUNKED_DATASET mode, which dxgate does not switch on), with TCP_NODELAY.
+  (b) /usr/bin/storescu (TCP_NODELAY=1) sending the same files over one association.
 Each is repeated; the JSON output gives every run, the median, MB/s and dxgate/storescu.
 
     .venv/bin/python bench/forward_vs_storescu.py [--count 20] [--repeat 3]
@@ -36,7 +34,6 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, gene
 
 from gateway.config import DestinationConfig
 from gateway.forward import Forwarder, Outcome
-from gateway.netopts import nodelay_handlers
 from gateway.spool import Spool
 
 STORESCP = "/usr/bin/storescp"
@@ -112,25 +109,6 @@ def time_dxgate(work: Path, instances: list[tuple[str, str, bytes]], port: int) 
     return elapsed
 
 
-def time_pynetdicom_chunked(paths: list[Path], port: int) -> float:
-    ae = pynetdicom.AE(ae_title="DXGATE")
-    ae.add_requested_context(DX_FOR_PRESENTATION, [ExplicitVRLittleEndian])
-    assoc = ae.associate("127.0.0.1", port, ae_title="STORESCP", max_pdu=MAX_PDU, evt_handlers=nodelay_handlers())
-    if not assoc.is_established:
-        raise RuntimeError("pynetdicom reference: no association")
-    pynetdicom._config.STORE_SEND_CHUNKED_DATASET = True  # this benchmark process only
-    try:
-        t0 = time.perf_counter()
-        statuses = [assoc.send_c_store(p).get("Status") for p in paths]
-        elapsed = time.perf_counter() - t0
-    finally:
-        pynetdicom._config.STORE_SEND_CHUNKED_DATASET = False
-        assoc.release()
-    if any(s != 0 for s in statuses):
-        raise RuntimeError(f"pynetdicom reference: statuses {statuses}")
-    return elapsed
-
-
 def time_storescu(paths: list[Path], port: int) -> float:
     env = dict(os.environ, TCP_NODELAY="1")
     cmd = [STORESCU, "-aet", "DXGATE", "-aec", "STORESCP", "--required", "--max-pdu", str(MAX_PDU),
@@ -170,10 +148,9 @@ def main() -> None:
         scp = subprocess.Popen([STORESCP, "--aetitle", "STORESCP", "--output-directory", str(received),
                                 "--max-pdu", str(MAX_PDU), "--filename-extension", ".dcm", str(port)],
                                env=dict(os.environ, TCP_NODELAY="1"), stdout=log, stderr=subprocess.STDOUT)
-        runs: dict[str, list[float]] = {"dxgate": [], "storescu": [], "pynetdicom_chunked_reference": []}
+        runs: dict[str, list[float]] = {"dxgate": [], "storescu": []}
         timers = {"dxgate": lambda: time_dxgate(work, instances, port),
-                  "storescu": lambda: time_storescu(paths, port),
-                  "pynetdicom_chunked_reference": lambda: time_pynetdicom_chunked(paths, port)}
+                  "storescu": lambda: time_storescu(paths, port)}
         try:
             wait_for_port(port, scp)
             for i in range(args.repeat):

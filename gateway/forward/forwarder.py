@@ -120,11 +120,11 @@ class Forwarder:
             LOGGER.warning("%s: %s; %d deliveries wait", dest.name, exc.verdict.reason, len(ready))
             return results + [self._settle(row, exc.verdict, None) for row, _ in ready]
         try:
-            for i, (row, _) in enumerate(ready):
+            for i, (row, ts) in enumerate(ready):
                 if not session.established:
                     results += self._defer([r for r, _ in ready[i:]], "association lost before sending")
                     break
-                verdict, status = self._send_one(session, row)
+                verdict, status = self._send_one(session, row, ts)
                 results.append(self._settle(row, verdict, status))
                 if verdict.outcome is Outcome.RETRY:
                     rest = [r for r, _ in ready[i + 1:]]
@@ -134,10 +134,10 @@ class Forwarder:
             session.release()
         return results
 
-    def _send_one(self, session: scu.Session, row: Delivery) -> tuple[Verdict, int | None]:
+    def _send_one(self, session: scu.Session, row: Delivery, transfer_syntax: str) -> tuple[Verdict, int | None]:
         try:
-            ds = scu.load_verified(row)
-            reply = session.store(ds)
+            scu.verify(row)
+            reply = session.store(row, transfer_syntax)
         except scu.ObjectRefused as exc:
             return Verdict(Outcome.QUARANTINED, str(exc)), None
         if reply.status is None:

@@ -12,6 +12,7 @@ import io
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
@@ -59,8 +60,8 @@ def transfer_syntax_of(delivery: Delivery) -> str:
     return str(ts)
 
 
-def load_verified(delivery: Delivery) -> Dataset:
-    """Read a spooled file, check it against the sha256 committed with it, and parse it."""
+def verify(delivery: Delivery) -> None:
+    """Check a spooled file against the sha256 and size committed with it, and its UID."""
     try:
         with open(delivery.path, "rb") as fh:
             data = fh.read()
@@ -70,13 +71,12 @@ def load_verified(delivery: Delivery) -> Dataset:
         raise ObjectRefused(f"spool file {delivery.path} does not match its committed sha256/size; "
                             "it is corrupt and is not sent")
     try:
-        ds = dcmread(io.BytesIO(data))
+        ds = dcmread(io.BytesIO(data), stop_before_pixels=True)
     except InvalidDicomError as exc:
         raise ObjectRefused(f"spool file {delivery.path} is not valid DICOM: {exc}") from exc
     if ds.get("SOPInstanceUID") != delivery.sop_instance_uid:
         raise ObjectRefused(f"spool file {delivery.path} holds SOP Instance UID {ds.get('SOPInstanceUID')}, "
                             f"not {delivery.sop_instance_uid}")
-    return ds
 
 
 def build_contexts(pairs: Iterable[tuple[str, str]]) -> list[PresentationContext]:
@@ -107,13 +107,19 @@ class Session:
     def established(self) -> bool:
         return bool(self._assoc.is_established)
 
-    def store(self, ds: Dataset) -> StoreReply:
+    def store(self, delivery: Delivery, transfer_syntax: str) -> StoreReply:
+        """Send a verified spool file: streamed from disk as it is stored when the archive
+        accepted its transfer syntax (no decode, no re-encode), else decoded and converted."""
         self._msg_id = self._msg_id % 0xFFFF + 1
+        accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in self._assoc.accepted_contexts}
+        item: Path | Dataset = Path(delivery.path)
+        if (delivery.sop_class_uid, transfer_syntax) not in accepted:
+            item = dcmread(delivery.path)
         try:
-            rsp = self._assoc.send_c_store(ds, msg_id=self._msg_id)
+            rsp = self._assoc.send_c_store(item, msg_id=self._msg_id)
         except ValueError as exc:  # no accepted presentation context for this object
             raise ObjectRefused(f"{self.destination.name} accepted no presentation context for "
-                                f"{ds.SOPClassUID} in {ds.file_meta.TransferSyntaxUID}: {exc}") from exc
+                                f"{delivery.sop_class_uid} in {transfer_syntax}: {exc}") from exc
         except RuntimeError:  # the association went away between checks
             return StoreReply(None)
         status = rsp.get("Status")

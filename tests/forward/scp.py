@@ -31,6 +31,7 @@ class ScriptedSCP:
     port: int = 0
     aet: str = "TESTSCP"
     require_called_aet: bool = False
+    transfer_syntaxes: list[str] = field(default_factory=lambda: list(ALL_TRANSFER_SYNTAXES))
     associations: int = 0
     stores: int = 0
     stored: list[str] = field(default_factory=list)  # SOP Instance UIDs answered with success/warning
@@ -44,7 +45,7 @@ class ScriptedSCP:
         ae.require_called_aet = self.require_called_aet
         ae.maximum_pdu_size = 131072
         for sop in (DigitalXRayImageStorageForPresentation, SecondaryCaptureImageStorage):
-            ae.add_supported_context(sop, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(sop, self.transfer_syntaxes)
         handlers = nodelay_handlers() + [(evt.EVT_C_STORE, self._on_store), (evt.EVT_REQUESTED, self._on_request)]
         self._server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
         self.port = int(self._server.server_address[1])

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import evt
 
 from gateway.config import DestinationConfig
@@ -54,6 +55,19 @@ def test_backlog_goes_over_one_association_with_nodelay(spool: Spool, clock: Fak
         assert (by_uid[o.sop_instance_uid].pixel_array == o.pixels).all()
     assert fwd.forward_due() == []  # nothing is sent twice
     assert scp.associations == 1
+
+
+@pytest.mark.parametrize("accepts", [[ExplicitVRLittleEndian, ImplicitVRLittleEndian], [ImplicitVRLittleEndian]])
+def test_sent_in_the_stored_syntax_or_converted_when_the_archive_wants_another(
+        spool: Spool, clock: FakeClock, scp_factory: Callable[..., ScriptedSCP], accepts: list[str]) -> None:
+    """Explicit VR files stream from disk as stored; an Implicit-only archive gets a conversion."""
+    scp = scp_factory(transfer_syntaxes=accepts)
+    obj = make_object(seed=3)
+    put(spool, obj)
+    assert [r.outcome for r in forwarder(spool, clock, dest(scp.port)).forward_due()] == [Outcome.SENT]
+    (ds,) = scp.datasets
+    assert ds.file_meta.TransferSyntaxUID == accepts[0]
+    assert (ds.pixel_array == obj.pixels).all()
 
 
 @pytest.mark.parametrize("status, outcome, state", [
