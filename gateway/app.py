@@ -19,7 +19,7 @@ from gateway.acquisition import ExposureSequence
 from gateway.config import Config
 from gateway.correction import CalibrationSet, CalibrationStore, Corrector, calibrate, exposure_index
 from gateway.dicom import build_dx, new_uid, to_bytes
-from gateway.errors import CalibrationError, ConfigError
+from gateway.errors import CalibrationError, ConfigError, WorklistError
 from gateway.forward import DeliveryResult, Forwarder
 from gateway.ports import Detector, Generator
 from gateway.spool import Spool
@@ -32,7 +32,7 @@ from gateway.types import (
     Technique,
     WorklistItem,
 )
-from gateway.worklist import query_worklist
+from gateway.worklist import load_cache_with_time, query_worklist, save_cache
 
 LOGGER = logging.getLogger(__name__)
 
@@ -46,6 +46,16 @@ class Exam:
     series_uid: str
     series_number: int = 1
     images: list[SpooledInstance] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WorklistView:
+    """The scheduled steps the console shows, and whether they are live or from the offline cache."""
+
+    items: list[WorklistItem]
+    source: str  # "ris" (answered now) or "cache" (the RIS is unreachable)
+    as_of: datetime | None
+    error: str = ""  # why the RIS could not be asked, when source is "cache"
 
 
 @dataclass(frozen=True)
@@ -86,7 +96,7 @@ class Gateway:
             raise ConfigError("no destination configured: images would have nowhere to go")
         self.config = config
         self._clock = clock
-        for d in (config.state_dir, config.path(config.calibration.directory), config.path(config.spool.directory)):
+        for d in (config.state_dir, config.calibration.directory, config.spool.directory):
             config.path(d).mkdir(parents=True, exist_ok=True)
         self.detector, self.generator = open_hardware(config, usb_backend)
         self.mode = self.detector.info.mode(config.detector.mode)
@@ -132,12 +142,25 @@ class Gateway:
 
     # --- technologist -------------------------------------------------------------------
 
-    def worklist(self, on: date | None = None) -> list[WorklistItem]:
+    def worklist(self, on: date | None = None) -> WorklistView:
+        """Ask the RIS; while it is unreachable, show its last answer (marked as cached)."""
         wl = self.config.worklist
-        return query_worklist(host=wl.host, port=wl.port, called_ae=wl.called_ae,
-                              calling_ae=self.config.site.ae_title, modality=wl.modality,
-                              station_ae=self.config.site.ae_title, on=on or self._clock().date(),
-                              days_ahead=wl.days_ahead, timeout_s=wl.timeout_s)
+        cache = self.config.path(wl.cache)
+        now = self._clock()
+        try:
+            items = query_worklist(host=wl.host, port=wl.port, called_ae=wl.called_ae,
+                                   calling_ae=self.config.site.ae_title, modality=wl.modality,
+                                   station_ae=self.config.site.ae_title, on=on or now.date(),
+                                   days_ahead=wl.days_ahead, timeout_s=wl.timeout_s)
+        except WorklistError as exc:
+            if not cache.exists():
+                raise
+            cached, saved_at = load_cache_with_time(cache)
+            LOGGER.warning("worklist: RIS unreachable (%s); showing %d cached step(s) from %s",
+                           exc, len(cached), saved_at.isoformat() if saved_at else "an unknown time")
+            return WorklistView(items=cached, source="cache", as_of=saved_at, error=str(exc))
+        save_cache(items, cache, saved_at=now)
+        return WorklistView(items=items, source="ris", as_of=now)
 
     def open_exam(self, item: WorklistItem | None) -> Exam:
         """Start an exam; the Study Instance UID comes from the worklist whenever it gives one."""

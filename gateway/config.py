@@ -75,6 +75,8 @@ class WorklistConfig:
     modality: str = setting("DX", "Modality queried for.")
     days_ahead: int = setting(0, "Also fetch steps scheduled up to this many days ahead.", lo=0, hi=30)
     timeout_s: float = setting(10.0, "Network timeout for the query.", lo=0.5, hi=300)
+    cache: str = setting("worklist-cache.json",
+                         "Last worklist answer, used while the RIS is unreachable (relative: under state_dir).")
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,7 @@ def _build(cls: type, raw: Any, where: str) -> Any:
 
 
 def _coerce(hint: Any, value: Any, where: str, meta: Any) -> Any:
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, where)
     origin = typing.get_origin(hint)
     if origin is tuple:

@@ -83,6 +83,16 @@ def scheduled_entries(count: int, station_ae: str, uid_root: str, now: datetime)
     return entries
 
 
+def forward_until_done(gateway: Gateway, deadline_s: float) -> None:
+    """Send the backlog; a transient failure is retried after its backoff, until the deadline."""
+    deadline = time.monotonic() + deadline_s
+    gateway.forward_due()
+    while gateway.spool.counts().get("pending", 0) and time.monotonic() < deadline:
+        next_at = gateway.spool.next_attempt_at() or time.time()
+        time.sleep(min(max(0.0, next_at - time.time()), max(0.0, deadline - time.monotonic())))
+        gateway.forward_due()
+
+
 def run_demo(*, home: Path | None, exposures: int, as_json: bool, out: TextIO) -> int:
     made_home = home is None
     home = Path(tempfile.mkdtemp(prefix="dxgate-demo-")) if home is None else home.resolve()
@@ -106,24 +116,22 @@ def run_demo(*, home: Path | None, exposures: int, as_json: bool, out: TextIO) -
             room.place("open")
             gateway.calibrate(operator="demo")
             calibrated = True
-        items = gateway.worklist()
+        items = gateway.worklist().items
         if not items:
             raise RuntimeError("the embedded worklist returned no scheduled step")
         room.place("chest")
         acquired = []
-        for i in range(exposures):
-            exam = gateway.open_exam(items[i % len(items)])
+        for n in range(exposures):
+            exam = gateway.open_exam(items[n % len(items)])
             acquired.append(gateway.expose(exam))
-        deadline = time.monotonic() + FORWARD_DEADLINE_S
-        while gateway.spool.counts().get("pending", 0) and time.monotonic() < deadline:
-            gateway.forward_due()
+        forward_until_done(gateway, FORWARD_DEADLINE_S)
         images = []
-        for img in acquired:
-            states = {d.destination: d.state for d in gateway.spool.deliveries(img.instance.sop_instance_uid)}
+        for acq in acquired:
+            states = {d.destination: d.state for d in gateway.spool.deliveries(acq.instance.sop_instance_uid)}
             images.append(DemoImage(
-                accession_number=img.instance.accession_number, sop_instance_uid=img.instance.sop_instance_uid,
-                exposure_index=round(img.exposure_index.ei, 1),
-                deviation_index=round(img.exposure_index.deviation_index, 2),
+                accession_number=acq.instance.accession_number, sop_instance_uid=acq.instance.sop_instance_uid,
+                exposure_index=round(acq.exposure_index.ei, 1),
+                deviation_index=round(acq.exposure_index.deviation_index, 2),
                 status=",".join(f"{k}:{v}" for k, v in sorted(states.items()))))
     finally:
         if gateway is not None:
@@ -131,19 +139,19 @@ def run_demo(*, home: Path | None, exposures: int, as_json: bool, out: TextIO) -
         wl.stop()
         pacs.stop()
         room.close()
-    ok = all(all(s.endswith(":sent") for s in i.status.split(",")) for i in images)
     summary = {"home": str(home), "calibrated_now": calibrated, "seconds": round(time.monotonic() - started, 1),
-               "received_by_pacs": len(list((home / "pacs").glob("*.dcm"))), "images": [dataclasses.asdict(i) for i in images]}
+               "received_by_pacs": len(list((home / "pacs").glob("*.dcm"))),
+               "images": [dataclasses.asdict(img) for img in images]}
     if as_json:
         json.dump(summary, out, indent=2)
         out.write("\n")
     else:
-        for i in images:
-            out.write(f"{i.accession_number}  {i.sop_instance_uid}  EI={i.exposure_index:g} "
-                      f"DI={i.deviation_index:+.1f}  {i.status}\n")
+        for img in images:
+            out.write(f"{img.accession_number}  {img.sop_instance_uid}  EI={img.exposure_index:g} "
+                      f"DI={img.deviation_index:+.1f}  {img.status}\n")
         out.write(f"{len(images)} image(s) in {summary['seconds']} s; "
                   f"calibration {'made now' if calibrated else 'reused'}; "
                   f"PACS copies in {home / 'pacs'}\n")
         if made_home:
             out.write(f"everything this run made is under {home}\n")
-    return 0 if ok else 1
+    return 0 if all(part.endswith(":sent") for img in images for part in img.status.split(",")) else 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,9 +11,16 @@ import pydicom
 import pytest
 
 from gateway.app import Gateway
-from gateway.config import CalibrationConfig, Config, DestinationConfig, DetectorConfig, GeneratorConfig
-from gateway.errors import CalibrationError
-from gateway.peers import StorageServer
+from gateway.config import (
+    CalibrationConfig,
+    Config,
+    DestinationConfig,
+    DetectorConfig,
+    GeneratorConfig,
+    WorklistConfig,
+)
+from gateway.errors import CalibrationError, WorklistError
+from gateway.peers import StorageServer, WorklistServer, make_worklist_entry
 from hw_sim.room import SimRoom
 from tests.peers import free_port
 
@@ -76,3 +84,24 @@ def test_saved_while_pacs_is_down_then_sent_after_restart(tmp_path: Path, room: 
     finally:
         pacs.stop()
     assert [p.name for p in pacs.received] == [f"{image.instance.sop_instance_uid}.dcm"]
+
+
+def test_ris_outage_shows_the_last_worklist_marked_as_cached(tmp_path: Path, room: SimRoom) -> None:
+    entry = make_worklist_entry(patient_name="Doe^Jane", patient_id="P1", birth_date="19700101", sex="F",
+                                accession="ACC1", study_uid="1.2.826.0.1.3680043.10.999.5",
+                                requested_procedure_id="RP1", sps_id="S1", sps_description="Chest PA",
+                                station_ae="DXGATE", start=datetime.now(UTC))
+    ris = WorklistServer([entry], ae_title="RIS")
+    port = ris.start()
+    config = dataclasses.replace(config_for(tmp_path, room, free_port()),
+                                 worklist=WorklistConfig(port=port, called_ae="RIS", timeout_s=2.0))
+    with Gateway(config, usb_backend=room.usb_backend()) as gw:
+        live = gw.worklist()
+        assert live.source == "ris" and [i.accession_number for i in live.items] == ["ACC1"]
+        ris.stop()
+        offline = gw.worklist()
+        assert offline.source == "cache" and offline.items == live.items
+        assert offline.as_of == live.as_of and str(port) in offline.error
+        Path(config.path(config.worklist.cache)).unlink()
+        with pytest.raises(WorklistError, match=str(port)):  # no cache either: say so, show nothing stale
+            gw.worklist()

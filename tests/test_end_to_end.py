@@ -76,7 +76,7 @@ def test_exposure_reaches_orthanc_with_worklist_identity_and_exact_pixels(
     dest = DestinationConfig(name="orthanc", port=orthanc.dicom_port, called_ae=orthanc.aet)
     config = make_config(tmp_path, room, worklist_port=orthanc.dicom_port, worklist_ae=orthanc.aet, dest=dest)
     with calibrated_gateway(config, room) as gw:
-        items = gw.worklist()
+        items = gw.worklist().items
         assert [(i.patient_id, i.accession_number) for i in items] == [("PID-77", "ACC-2026-1")]
         assert items[0].patient_name == "Παπαδόπουλος^Νίκος"
         image = gw.expose(gw.open_exam(items[0]))
@@ -108,7 +108,7 @@ def test_exposure_reaches_dcmtk_storescp(tmp_path: Path, room: SimRoom, storescp
     dest = DestinationConfig(name="dcmtk", port=storescp.port, called_ae=storescp.aet)
     config = make_config(tmp_path, room, worklist_port=orthanc.dicom_port, worklist_ae=orthanc.aet, dest=dest)
     with calibrated_gateway(config, room) as gw:
-        exam = gw.open_exam(gw.worklist()[0])
+        exam = gw.open_exam(gw.worklist().items[0])
         images = [gw.expose(exam) for _ in range(2)]
         results = gw.forward_due()
         assert sorted(r.outcome for r in results) == ["sent", "sent"]
