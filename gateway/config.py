@@ -138,18 +138,30 @@ def load(path: str | Path) -> Config:
 
 
 def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
-    return _build(Config, raw, source)
+    """Validate a parsed config; errors read "<source>: <key path>: <problem>"."""
+    try:
+        return _build(Config, raw, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _key(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _at(where: str) -> str:
+    return f"{where}: " if where else ""
 
 
 def _build(cls: type, raw: Any, where: str) -> Any:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a table, got {type(raw).__name__}")
+        raise ConfigError(f"{_at(where)}expected a table, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(fields)})")
-    values = {name: _coerce(hints[name], raw[name], f"{where}.{name}", fields[name].metadata)
+        raise ConfigError(f"{_at(where)}unknown key(s) {', '.join(unknown)} (known: {', '.join(fields)})")
+    values = {name: _coerce(hints[name], raw[name], _key(where, name), fields[name].metadata)
               for name in raw}
     return cls(**values)
 

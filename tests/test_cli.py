@@ -28,7 +28,7 @@ def test_check_config_names_the_wrong_key_and_exits_2(tmp_path: Path) -> None:
     path.write_text('[[destinations]]\nname = "pacs"\nport = 104\ncalled_ae = "PACS"\nhsot = "10.0.0.5"\n')
     out = dxgate("check-config", str(path))
     assert out.returncode == 2
-    assert "config.destinations[0]: unknown key(s) hsot" in out.stderr
+    assert f"dxgate: {path}: destinations[0]: unknown key(s) hsot" in out.stderr
     assert out.stdout == ""
 
 

@@ -26,12 +26,12 @@ def test_every_key_is_documented() -> None:
 
 
 @pytest.mark.parametrize(("raw", "message"), [
-    ({"detector": {"mdoe": "2x2"}}, "config.detector: unknown key(s) mdoe"),
-    ({"detector": {"vendor_id": "0x1209"}}, "config.detector.vendor_id: expected int, got str"),
-    ({"destinations": [{"port": 70000}]}, "config.destinations[0].port: 70000 is outside [1, 65535]"),
-    ({"exposure": {"view_position": "XX"}}, "config.exposure.view_position: 'XX' is not one of"),
-    ({"site": "DXGATE"}, "config.site: expected a table"),
-    ({"calibration": {"dark_frames": True}}, "config.calibration.dark_frames: expected int, got bool"),
+    ({"detector": {"mdoe": "2x2"}}, "config: detector: unknown key(s) mdoe"),
+    ({"detector": {"vendor_id": "0x1209"}}, "config: detector.vendor_id: expected int, got str"),
+    ({"destinations": [{"port": 70000}]}, "config: destinations[0].port: 70000 is outside [1, 65535]"),
+    ({"exposure": {"view_position": "XX"}}, "config: exposure.view_position: 'XX' is not one of"),
+    ({"site": "DXGATE"}, "config: site: expected a table"),
+    ({"calibration": {"dark_frames": True}}, "config: calibration.dark_frames: expected int, got bool"),
 ])
 def test_mistakes_are_named(raw: dict, message: str) -> None:
     with pytest.raises(ConfigError) as err:
