@@ -12,7 +12,6 @@ Each is repeated; the JSON output gives every run, the median, MB/s and dxgate/s
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -29,12 +28,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pynetdicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
-from gateway.config import DestinationConfig
-from gateway.forward import Forwarder, Outcome
-from gateway.spool import Spool
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: tests.dicom_inputs
+from gateway.config import DestinationConfig  # noqa: E402
+from gateway.dicom import to_bytes  # noqa: E402
+from gateway.forward import Forwarder, Outcome  # noqa: E402
+from gateway.spool import Spool  # noqa: E402
+from tests.dicom_inputs import build_test_dx, make_frame  # noqa: E402
 
 STORESCP = "/usr/bin/storescp"
 STORESCU = "/usr/bin/storescu"
@@ -43,25 +43,9 @@ MAX_PDU = 131072
 
 
 def make_dx(rows: int, columns: int, rng: np.random.Generator) -> tuple[str, str, bytes]:
-    """A DX-sized 16-bit image with fresh UIDs: (SOP Instance UID, Study UID, Part-10 bytes)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.SOPClassUID = DX_FOR_PRESENTATION
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "DX"
-    ds.PatientName = "Bench^Forward"
-    ds.PatientID = "BENCH"
-    ds.set_pixel_data(rng.integers(0, 16384, size=(rows, columns), dtype=np.uint16),
-                      photometric_interpretation="MONOCHROME2", bits_stored=14)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), buf.getvalue()
+    """A DX-sized image from dxgate's own builder: (SOP Instance UID, Study UID, Part-10 bytes)."""
+    ds = build_test_dx(frame=make_frame(rng.integers(0, 16384, size=(rows, columns), dtype=np.uint16)))
+    return str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), to_bytes(ds)
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from gateway.dicom import DX_FOR_PRESENTATION, DicomBuildError, new_uid, to_bytes
-from tests.dicom.conftest import DETECTOR, EI, EXPOSURE, MODE, NOW, make_frame, make_item
+from tests.dicom_inputs import DETECTOR, EI, EXPOSURE, MODE, NOW, make_frame, make_item
 
 NAMES = ["Müller^Jürgen", "Παπαδόπουλος^Νίκος", "山田^太郎", "Yamada^Tarou=山田^太郎=やまだ^たろう"]
 

@@ -18,7 +18,7 @@ from gateway.config import SiteConfig
 from gateway.dicom import build_dx, new_uid, to_bytes
 from gateway.netopts import nodelay_handlers, socket_nodelay
 from gateway.peers import StorageServer
-from tests.dicom.conftest import DETECTOR, EI, EXPOSURE, MODE, NOW, make_frame, make_item
+from tests.dicom_inputs import DETECTOR, EI, EXPOSURE, MODE, NOW, make_frame, make_item
 from tests.peers import require
 
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.dataset import Dataset
 
+from gateway.dicom import new_uid, to_bytes
 from gateway.spool import Spool
 from gateway.types import SpooledInstance
+from tests.dicom_inputs import build_test_dx, make_frame, make_item
 
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -30,31 +30,38 @@ class TestObject:
 
 def make_object(rows: int = 64, columns: int = 64, *, seed: int = 0, sop_class_uid: str = DX_FOR_PRESENTATION,
                 study_instance_uid: str | None = None, pixels: np.ndarray | None = None) -> TestObject:
-    """A small 16-bit MONOCHROME2 image with fresh UIDs (DX for presentation by default)."""
+    """A small valid image with fresh UIDs: DX For Presentation from dxgate's own builder by
+    default, or a Secondary Capture (a second SOP class on the same association)."""
     if pixels is None:
         pixels = np.random.default_rng(seed).integers(0, 4096, size=(rows, columns), dtype=np.uint16)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.SOPClassUID = sop_class_uid
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID = study_instance_uid or generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "DX" if sop_class_uid == DX_FOR_PRESENTATION else "OT"
-    ds.PatientName = "Test^Spool"
-    ds.PatientID = "SPOOL-TEST"
-    ds.AccessionNumber = f"ACC{seed:05d}"
-    ds.StudyDate = "20240101"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
-    ds.set_pixel_data(pixels, photometric_interpretation="MONOCHROME2", bits_stored=16)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return TestObject(buf.getvalue(), str(ds.SOPInstanceUID), sop_class_uid, str(ds.StudyInstanceUID),
-                      str(ds.AccessionNumber), pixels)
+    accession = f"ACC{seed:05d}"
+    item = make_item(accession_number=accession, study_instance_uid=study_instance_uid or new_uid("2.25"))
+    ds = build_test_dx(item, make_frame(pixels))
+    if sop_class_uid == SECONDARY_CAPTURE:
+        ds = secondary_capture(ds)
+    elif sop_class_uid != DX_FOR_PRESENTATION:
+        raise ValueError(f"no test object for SOP class {sop_class_uid}")
+    return TestObject(to_bytes(ds), str(ds.SOPInstanceUID), sop_class_uid, str(ds.StudyInstanceUID),
+                      accession, pixels)
+
+
+def secondary_capture(dx: Dataset) -> Dataset:
+    """The same patient, study and pixels as a Secondary Capture Image (PS3.3 A.8.1)."""
+    sc = Dataset()
+    for kw in ("SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+               "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber", "StudyInstanceUID",
+               "SeriesInstanceUID", "SeriesNumber", "InstanceNumber", "Manufacturer", "SamplesPerPixel",
+               "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
+               "PixelRepresentation", "PixelData"):
+        setattr(sc, kw, dx[kw].value)
+    sc.SOPClassUID = SECONDARY_CAPTURE
+    sc.SOPInstanceUID = new_uid("2.25")
+    sc.Modality = "OT"
+    sc.ConversionType = "WSD"
+    sc.PatientOrientation = ""
+    sc.Laterality = ""
+    sc.PresentationLUTShape = "INVERSE" if sc.PhotometricInterpretation == "MONOCHROME1" else "IDENTITY"
+    return sc
 
 
 def put(spool: Spool, obj: TestObject, destinations: tuple[str, ...] = ("pacs",)) -> SpooledInstance:
