@@ -19,6 +19,7 @@ from typing import Any
 
 from pynetdicom import AE, Association, evt
 from pynetdicom import _config as pynetdicom_config
+from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import AssociationSocket
 
 LOGGER = logging.getLogger(__name__)
@@ -28,21 +29,27 @@ pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
 
 
-def _set_nodelay(event: Any) -> None:
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+def _os_socket(assoc: Association) -> socket.socket | None:
+    transport = assoc.dul.socket
+    return None if transport is None else transport.socket
+
+
+def _set_nodelay(event: evt.Event) -> None:
+    sock = _os_socket(event.assoc)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def nodelay_handlers() -> list[tuple[Any, Any]]:
+def nodelay_handlers() -> list[EventHandlerType]:
     """Event handlers that set TCP_NODELAY as soon as a connection opens."""
     return [(evt.EVT_CONN_OPEN, _set_nodelay)]
 
 
-def socket_nodelay(assoc: Any) -> bool:
-    """Whether an association's socket has TCP_NODELAY set (for tests and diagnostics)."""
-    sock = assoc.dul.socket.socket
-    return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+def socket_nodelay(assoc: Association) -> bool:
+    """Whether an association's socket has TCP_NODELAY set (for tests and diagnostics);
+    False once the association has no socket left."""
+    sock = _os_socket(assoc)
+    return sock is not None and bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
 
 class _ClosingSocket(AssociationSocket):

@@ -109,7 +109,7 @@ class DetectorModel:
         """One raw frame: dark when kerma_ugy is 0, else exposed through the scene."""
         t = self.truth
         drift = 2.0 * (self.temperature_c - self._reference_temperature_c)
-        signal = np.zeros((self.rows, self.columns), np.float32)
+        signal: np.ndarray = np.zeros((self.rows, self.columns), np.float32)
         if kerma_ugy > 0:
             trans = self.transmission(scene)
             mean = self.counts_per_ugy * kerma_ugy * t.gain

@@ -15,6 +15,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 from hw_sim import usb_wire as w
 from hw_sim.detector_model import BITS_STORED, MODES, DetectorModel
@@ -244,7 +245,7 @@ class SimPanel:
         self._tx.clear()
         self._armed, self._pulse = None, None
 
-    def _stall(self, code: int, why: str) -> None:
+    def _stall(self, code: int, why: str) -> NoReturn:
         self._last_error = code
         LOGGER.info("panel %s: STALL: %s", self.serial, why)
         raise Stall(why)

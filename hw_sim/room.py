@@ -148,7 +148,8 @@ class SimRoom:
         self.close()
 
 
-def open_room(**options: object) -> SimRoom:
-    """Factory for configuration (``hw_sim.room:open_room``): SimRoom(**options)."""
-    seed = options.pop("seed", 1)
-    return SimRoom(int(seed), **options)  # type: ignore[arg-type]
+def open_room(*, seed: int = 1, serial: str = "SIM-0001", modes: Sequence[str] = tuple(MODES),
+              temperature_c: float = 30.0, prep_time_s: float = 0.0, counts_per_ugy: float = 400.0) -> SimRoom:
+    """Factory for configuration (``hw_sim.room:open_room``): SimRoom with keyword options only."""
+    return SimRoom(seed, serial=serial, modes=modes, temperature_c=temperature_c, prep_time_s=prep_time_s,
+                   counts_per_ugy=counts_per_ugy)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Protocol
 
 import serial
 
@@ -33,10 +34,21 @@ def open_generator(*, port: str, baudrate: int = 115200, timeout_s: float = 5.0)
     return gen
 
 
+class SerialLink(Protocol):
+    """What the driver needs of a pyserial port; every URL handler's class provides it
+    (``SerialBase`` itself lacks ``reset_input_buffer``)."""
+
+    def reset_input_buffer(self) -> None: ...
+    def write(self, b: bytes, /) -> int | None: ...
+    def flush(self) -> None: ...
+    def read_until(self, expected: bytes = b"\n", size: int | None = None) -> bytes: ...
+    def close(self) -> None: ...
+
+
 class SerialGenerator:
     """One generator on a serial link. Implements gateway.ports.Generator structurally."""
 
-    def __init__(self, link: serial.SerialBase, *, port: str, timeout_s: float) -> None:
+    def __init__(self, link: SerialLink, *, port: str, timeout_s: float) -> None:
         self._link = link
         self._port = port
         self._timeout_s = timeout_s

@@ -112,8 +112,8 @@ def repair_tables(defects: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
         usable = inside.copy()
         usable[inside] = good[ny[inside], nx[inside]]
         found = usable.any(axis=1)
-        for i in np.nonzero(found)[0]:
-            chosen[pending[i]] = (ny[i][usable[i]], nx[i][usable[i]])
+        for row in np.nonzero(found)[0]:
+            chosen[pending[row]] = (ny[row][usable[row]], nx[row][usable[row]])
         pending = pending[~found]
     if pending.size:
         y, x = int(dy[pending[0]]), int(dx[pending[0]])

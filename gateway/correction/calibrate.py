@@ -61,7 +61,7 @@ def calibrate(darks: Sequence[RawFrame], flats: Sequence[RawFrame], *, flat_kerm
     shape = (ref.meta.rows, ref.meta.columns)
 
     offset, dark_sd = _mean_and_sd(darks)
-    flat_mean = _mean_and_sd(flats, with_sd=False)[0]
+    flat_mean = _mean(flats)
     signal = (flat_mean - offset).astype(np.float32)
 
     median_sd = float(np.median(dark_sd))
@@ -138,7 +138,7 @@ def local_median(image: np.ndarray, window: int = LOCAL_WINDOW) -> np.ndarray:
     pr, pc = padded.shape
     tiles = padded.reshape(pr // tile, tile, pc // tile, tile).transpose(0, 2, 1, 3).reshape(
         pr // tile, pc // tile, tile * tile)
-    medians = np.ascontiguousarray(np.median(tiles, axis=2), dtype=np.float32)
+    medians: np.ndarray = np.ascontiguousarray(np.median(tiles, axis=2), dtype=np.float32)
     if min(medians.shape) >= 3:
         medians = cv2.medianBlur(medians, 3)
     full = cv2.resize(medians, (pc, pr), interpolation=cv2.INTER_LINEAR)
@@ -167,21 +167,26 @@ def _check_frames(darks: Sequence[RawFrame], flats: Sequence[RawFrame]) -> RawFr
     return ref
 
 
-def _mean_and_sd(frames: Sequence[RawFrame], with_sd: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+def _mean(frames: Sequence[RawFrame]) -> np.ndarray:
+    """Per-pixel mean (float64), accumulated frame by frame."""
+    total = np.zeros(frames[0].pixels.shape, np.float64)
+    for f in frames:
+        total += f.pixels
+    return total / len(frames)
+
+
+def _mean_and_sd(frames: Sequence[RawFrame]) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel mean (float64) and temporal SD (float32), accumulated frame by frame."""
     total = np.zeros(frames[0].pixels.shape, np.float64)
-    squares = np.zeros_like(total) if with_sd else None
+    squares = np.zeros_like(total)
     scratch = np.empty_like(total)
     for f in frames:
         np.copyto(scratch, f.pixels)
         total += scratch
-        if squares is not None:
-            scratch *= scratch
-            squares += scratch
+        scratch *= scratch
+        squares += scratch
     n = len(frames)
     mean = total / n
-    if squares is None:
-        return mean, None
     var = (squares - total * mean) / (n - 1)
     return mean, np.sqrt(np.maximum(var, 0)).astype(np.float32)
 

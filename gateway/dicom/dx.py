@@ -129,7 +129,7 @@ def _sop_common(ds: Dataset, sop_instance_uid: str, now: datetime) -> None:
     ds.SOPClassUID = DX_FOR_PRESENTATION
     ds.SOPInstanceUID = sop_instance_uid
     ds.file_meta.MediaStorageSOPClassUID = DX_FOR_PRESENTATION
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
     ds.InstanceCreationDate = _da(now)
     ds.InstanceCreationTime = _tm(now)
     if now.tzinfo is not None:

@@ -13,7 +13,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+
+from pynetdicom.events import EventHandlerType
 
 from gateway.config import DestinationConfig
 from gateway.errors import ForwardError
@@ -42,7 +43,7 @@ class Forwarder:
     def __init__(self, spool: Spool, destinations: Sequence[DestinationConfig], *, calling_ae: str,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
                  backoff_base_s: float = 2.0, backoff_max_s: float = 300.0, batch_size: int = 1000,
-                 extra_handlers: Sequence[tuple[Any, Any]] = ()) -> None:
+                 extra_handlers: Sequence[EventHandlerType] = ()) -> None:
         """`extra_handlers`: pynetdicom (event, handler) pairs bound on every association
         besides TCP_NODELAY (for metrics and tests)."""
         names = [d.name for d in destinations]

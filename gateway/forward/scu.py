@@ -13,7 +13,6 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -22,6 +21,7 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context
 from pynetdicom.association import Association
+from pynetdicom.events import EventHandlerType
 from pynetdicom.presentation import PresentationContext
 
 from gateway.config import DestinationConfig
@@ -131,7 +131,7 @@ class Session:
 
 
 def open_session(destination: DestinationConfig, calling_ae: str, contexts: Sequence[PresentationContext],
-                 extra_handlers: Sequence[tuple[Any, Any]] = ()) -> Session:
+                 extra_handlers: Sequence[EventHandlerType] = ()) -> Session:
     """Associate with a destination, or raise AssociationFailed with a retry/quarantine verdict."""
     ae = ApplicationEntity(ae_title=calling_ae)
     ae.acse_timeout = destination.timeout_s
@@ -151,6 +151,9 @@ def open_session(destination: DestinationConfig, calling_ae: str, contexts: Sequ
     where = f"{destination.name} ({destination.called_ae}@{destination.host}:{destination.port})"
     if assoc.is_rejected:
         rj = assoc.acceptor.primitive
+        if rj is None or rj.result is None or rj.result_source is None or rj.diagnostic is None:
+            # pynetdicom sets all three from the A-ASSOCIATE-RJ; without them the cause is unknown
+            raise AssociationFailed(classify_transport(f"{where}: association rejected without a reason"))
         verdict = classify_rejection(int(rj.result), int(rj.result_source), int(rj.diagnostic))
         raise AssociationFailed(Verdict(verdict.outcome, f"{where}: {verdict.reason}"))
     raise AssociationFailed(classify_transport(

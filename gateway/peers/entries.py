@@ -15,11 +15,11 @@ from pydicom import dcmwrite
 from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 LOGGER = logging.getLogger(__name__)
 
-MWL_FIND = "1.2.840.10008.5.1.4.31"  # Modality Worklist Information Model - FIND
+MWL_FIND = UID("1.2.840.10008.5.1.4.31")  # Modality Worklist Information Model - FIND
 
 
 def make_worklist_entry(*, patient_name: str, patient_id: str, birth_date: date | str, sex: str, accession: str,

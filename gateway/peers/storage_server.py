@@ -15,6 +15,8 @@ from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.events import EventHandlerType
+# pynetdicom makes its SOP class names at import time, where mypy cannot see them
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from gateway.durable import write_atomic
@@ -57,11 +59,12 @@ class StorageServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         ae = AE(ae_title=self.ae_title)
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+            if cx.abstract_syntax is not None:  # always set in pynetdicom's list
+                ae.add_supported_context(cx.abstract_syntax, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         ae.add_supported_context(Verification)
         ae.require_called_aet = True  # like a real RIS/PACS: a wrong called AE is rejected
         ae.maximum_pdu_size = 131072
-        handlers = [(evt.EVT_C_STORE, self._on_store), *nodelay_handlers()]
+        handlers: list[EventHandlerType] = [(evt.EVT_C_STORE, self._on_store), *nodelay_handlers()]
         self._server = ae.start_server((self.host, port), block=False, evt_handlers=handlers)
         port = int(self._server.server_address[1])
         LOGGER.info("embedded storage %s listening on %s:%d -> %s", self.ae_title, self.host, port, self.directory)

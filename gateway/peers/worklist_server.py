@@ -19,6 +19,8 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
+from pynetdicom.events import EventHandlerType
+# pynetdicom makes its SOP class names at import time, where mypy cannot see them
 from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification  # type: ignore[attr-defined]
 
 from gateway.netopts import nodelay_handlers
@@ -58,7 +60,7 @@ class WorklistServer:
         ae.add_supported_context(ModalityWorklistInformationFind, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         ae.add_supported_context(Verification)
         ae.require_called_aet = True  # like a real RIS/PACS: a wrong called AE is rejected
-        handlers = [(evt.EVT_C_FIND, self._on_find), *nodelay_handlers()]
+        handlers: list[EventHandlerType] = [(evt.EVT_C_FIND, self._on_find), *nodelay_handlers()]
         self._server = ae.start_server((self.host, 0), block=False, evt_handlers=handlers)
         port = int(self._server.server_address[1])
         LOGGER.info("embedded worklist %s listening on %s:%d", self.ae_title, self.host, port)

@@ -87,19 +87,19 @@ class Queue:
             if version not in (0, SCHEMA_VERSION):
                 raise SpoolError(f"state database has schema version {version}; "
                                  f"this dxgate knows version {SCHEMA_VERSION}")
-            self._db["instances"].create({
+            self._db.table("instances").create({
                 "sop_instance_uid": str, "sop_class_uid": str, "study_instance_uid": str,
                 "accession_number": str, "path": str, "sha256": str, "size": int, "created_at": float,
             }, pk="sop_instance_uid", not_null={"sop_class_uid", "study_instance_uid", "accession_number",
                                                 "path", "sha256", "size", "created_at"}, if_not_exists=True)
-            self._db["deliveries"].create({
+            self._db.table("deliveries").create({
                 "sop_instance_uid": str, "destination": str, "state": str, "attempts": int,
                 "next_attempt_at": float, "last_status": int, "last_error": str, "updated_at": float,
             }, pk=("sop_instance_uid", "destination"),
                 not_null={"state", "attempts", "next_attempt_at", "updated_at"},
                 foreign_keys=[("sop_instance_uid", "instances", "sop_instance_uid")], if_not_exists=True)
-            self._db["deliveries"].create_index(["destination", "state", "next_attempt_at"],
-                                                index_name="deliveries_due", if_not_exists=True)
+            self._db.table("deliveries").create_index(["destination", "state", "next_attempt_at"],
+                                                     index_name="deliveries_due", if_not_exists=True)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # --- instances -------------------------------------------------------------------------
@@ -112,7 +112,7 @@ class Queue:
     def insert_instance(self, row: dict[str, Any], destinations: Sequence[str], now: float) -> None:
         """Insert an instance and its delivery rows in ONE transaction."""
         with self._lock, self._db.atomic():
-            self._db["instances"].insert(row)
+            self._db.table("instances").insert(row)
             self._insert_deliveries(row["sop_instance_uid"], destinations, now)
 
     def add_deliveries(self, uid: str, destinations: Sequence[str], now: float) -> None:
@@ -121,7 +121,7 @@ class Queue:
             self._insert_deliveries(uid, destinations, now)
 
     def _insert_deliveries(self, uid: str, destinations: Iterable[str], now: float) -> None:
-        self._db["deliveries"].insert_all(
+        self._db.table("deliveries").insert_all(
             ({"sop_instance_uid": uid, "destination": d, "state": DeliveryState.PENDING.value,
               "attempts": 0, "next_attempt_at": now, "last_status": None, "last_error": None,
               "updated_at": now} for d in destinations), ignore=True)

@@ -28,15 +28,16 @@ VERSION = 1
 def save_cache(items: Iterable[WorklistItem], path: str | Path, *, saved_at: datetime | None = None) -> None:
     """Replace the cache at `path` with `items`, atomically."""
     p = Path(path)
+    encoded = [_encode(i) for i in items]
     doc = {
         "format": FORMAT,
         "version": VERSION,
         "saved_at": (saved_at or datetime.now(UTC)).isoformat(),
-        "items": [_encode(i) for i in items],
+        "items": encoded,
     }
     data = json.dumps(doc, ensure_ascii=False, indent=1).encode("utf-8")
     write_atomic(p, data)
-    LOGGER.info("worklist cache %s: %d item(s) saved", p, len(doc["items"]))
+    LOGGER.info("worklist cache %s: %d item(s) saved", p, len(encoded))
 
 
 def load_cache(path: str | Path) -> list[WorklistItem]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 from datetime import date, datetime, time
+from functools import partial
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -45,7 +46,8 @@ def parse_answer(ds: Dataset) -> list[WorklistItem]:
         raise WorklistError("answer has no StudyInstanceUID")
     if len(study_uid) > 64 or not _UID_RE.match(study_uid):
         raise WorklistError("answer's StudyInstanceUID is not a valid UID")
-    common = dict(
+    item_of_step = partial(
+        WorklistItem,
         patient_name=_text(ds, "PatientName"),
         patient_id=patient_id,
         patient_birth_date=_date(ds, "PatientBirthDate"),
@@ -64,8 +66,7 @@ def parse_answer(ds: Dataset) -> list[WorklistItem]:
         if start_date is None:
             raise WorklistError("answer has no ScheduledProcedureStepStartDate")
         start_time = _time(sps, "ScheduledProcedureStepStartTime")
-        items.append(WorklistItem(
-            **common,
+        items.append(item_of_step(
             sps_id=_text(sps, "ScheduledProcedureStepID"),
             sps_description=_text(sps, "ScheduledProcedureStepDescription"),
             sps_start=datetime.combine(start_date, start_time or time()),
