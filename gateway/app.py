@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -66,6 +67,7 @@ class AcquiredImage:
     exposure: Exposure
     exposure_index: ExposureIndex
     frame: CorrectedFrame
+    stage_seconds: dict[str, float]  # acquire, correct, build, spool: where an exposure's latency goes
 
 
 def open_hardware(config: Config, usb_backend: Any | None = None) -> tuple[Detector, Generator]:
@@ -85,6 +87,17 @@ def open_hardware(config: Config, usb_backend: Any | None = None) -> tuple[Detec
         detector.close()
         raise
     return detector, generator
+
+
+class _StageClock:
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps[stage] = now - self._t
+        self._t = now
 
 
 class Gateway:
@@ -177,23 +190,30 @@ class Gateway:
             raise
         exp_cfg = self.config.exposure
         technique = technique or Technique(kvp=exp_cfg.kvp, mas=exp_cfg.mas)
+        stages = _StageClock()
         raw, exposure = self.sequence.expose(technique)
+        stages.lap("acquire")
         frame = corrector.apply(raw)
         ei = exposure_index(frame, exp_cfg.target_ei)
+        stages.lap("correct")
         ds = build_dx(frame, exposure, exam.item, ei, site=self.config.site, detector=self.detector.info,
                       pixel_spacing_mm=self.mode.pixel_spacing_mm, study_uid=exam.study_uid,
                       series_uid=exam.series_uid, sop_instance_uid=new_uid(self.config.site.uid_root),
                       series_number=exam.series_number, instance_number=len(exam.images) + 1,
                       body_part=exp_cfg.body_part, view_position=exp_cfg.view_position, now=self._clock())
-        instance = self.spool.put(to_bytes(ds), sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
+        data = to_bytes(ds)
+        stages.lap("build")
+        instance = self.spool.put(data, sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
                                   study_instance_uid=exam.study_uid,
                                   accession_number=exam.item.accession_number if exam.item else "",
                                   destinations=[d.name for d in self.config.destinations])
+        stages.lap("spool")
         exam.images.append(instance)
         LOGGER.info("saved %s (frame %d, EI %.0f, DI %+.1f)", instance.sop_instance_uid,
                     raw.meta.frame_number, ei.ei, ei.deviation_index)
         self._wake.set()
-        return AcquiredImage(instance=instance, exposure=exposure, exposure_index=ei, frame=frame)
+        return AcquiredImage(instance=instance, exposure=exposure, exposure_index=ei, frame=frame,
+                             stage_seconds=stages.laps)
 
     # --- store and forward --------------------------------------------------------------
 
