@@ -37,6 +37,8 @@ from gateway.worklist import load_cache_with_time, query_worklist, save_cache
 
 LOGGER = logging.getLogger(__name__)
 
+IMAGE_OVERHEAD_BYTES = 64 * 1024  # header and attributes of a DX object beyond its pixel data
+
 
 @dataclass
 class Exam:
@@ -116,7 +118,8 @@ class Gateway:
         self.sequence = ExposureSequence(self.detector, self.generator,
                                          frame_timeout_s=config.detector.frame_timeout_s, clock=clock)
         self.calibrations = CalibrationStore(config.path(config.calibration.directory))
-        self.spool = Spool(config.path(config.spool.directory), config.path(config.spool.database))
+        self.spool = Spool(config.path(config.spool.directory), config.path(config.spool.database),
+                           min_free_bytes=config.spool.min_free_mb * 1024 * 1024)
         self.forwarder = Forwarder(self.spool, config.destinations, calling_ae=config.site.ae_title,
                                    clock=lambda: self._clock().timestamp())
         self._corrector: Corrector | None = None
@@ -188,6 +191,8 @@ class Gateway:
         except CalibrationError:
             LOGGER.error("exposure refused: no valid calibration for %s", self.calibration_key)
             raise
+        # Invariant 5: a full disk refuses the exposure before the tube fires, never after.
+        self.spool.check_room(self.mode.rows * self.mode.columns * 2 + IMAGE_OVERHEAD_BYTES)
         exp_cfg = self.config.exposure
         technique = technique or Technique(kvp=exp_cfg.kvp, mas=exp_cfg.mas)
         stages = _StageClock()

@@ -102,6 +102,8 @@ class ExposureConfig:
 class SpoolConfig:
     directory: str = setting("spool", "Where DICOM files wait to be forwarded (relative: under state_dir).")
     database: str = setting("state.db", "SQLite state database (relative: under state_dir).")
+    min_free_mb: int = setting(512, "Refuse acquisition when the spool disk would fall below this much free space.",
+                               lo=0, hi=1_000_000)
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ from gateway.config import (
     GeneratorConfig,
     WorklistConfig,
 )
-from gateway.errors import CalibrationError, WorklistError
+from gateway.errors import CalibrationError, SpoolError, WorklistError
 from gateway.peers import StorageServer, WorklistServer, make_worklist_entry
+from gateway.spool import files as spool_files
 from hw_sim.room import SimRoom
 from tests.peers import free_port
 
@@ -105,3 +106,17 @@ def test_ris_outage_shows_the_last_worklist_marked_as_cached(tmp_path: Path, roo
         Path(config.path(config.worklist.cache)).unlink()
         with pytest.raises(WorklistError, match=str(port)):  # no cache either: say so, show nothing stale
             gw.worklist()
+
+
+def test_full_disk_refuses_the_exposure_before_the_tube_fires(tmp_path: Path, room: SimRoom,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    with Gateway(config_for(tmp_path, room, free_port()), usb_backend=room.usb_backend()) as gw:
+        gw.calibrate()
+        kept = gw.expose(gw.open_exam(None))
+        pulses = len(room.pulses)
+        monkeypatch.setattr(spool_files, "free_bytes", lambda _d: gw.spool.min_free_bytes + 1024)
+        with pytest.raises(SpoolError, match="acquisition refused until space is freed"):
+            gw.expose(gw.open_exam(None))
+        assert len(room.pulses) == pulses  # no dose for an image that could not be kept
+        assert Path(kept.instance.path).exists()  # spooled images are never deleted to make room
+        assert gw.spool.counts()["pending"] == 1

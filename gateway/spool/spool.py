@@ -98,6 +98,14 @@ class Spool:
         LOGGER.info("spooled %s (%d bytes) for %s", sop_instance_uid, len(data), ", ".join(dests))
         return self._spooled(row)
 
+    def check_room(self, size: int) -> None:
+        """Raise SpoolError unless an object of `size` bytes fits above the free-space minimum.
+
+        Called before an exposure is made, so a full disk refuses acquisition before the
+        patient is irradiated, not after; spooled images are never deleted to make room.
+        """
+        self._guard_space("the next image", size)
+
     def _guard_space(self, uid: str, size: int) -> None:
         free = files.free_bytes(self.directory)
         if free - size < self.min_free_bytes:
