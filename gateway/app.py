@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 from drivers import registry
@@ -112,7 +113,9 @@ class Gateway:
         self.config = config
         self._clock = clock
         for d in (config.state_dir, config.calibration.directory, config.spool.directory):
-            config.path(d).mkdir(parents=True, exist_ok=True)
+            # owner-only: the spool, the state database and the worklist cache hold patient data
+            config.path(d).mkdir(mode=0o700, parents=True, exist_ok=True)
+        Path(config.state_dir).chmod(0o700)
         self.detector, self.generator = open_hardware(config, usb_backend)
         self.mode = self.detector.info.mode(config.detector.mode)
         self.sequence = ExposureSequence(self.detector, self.generator,

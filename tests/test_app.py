@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import stat
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,6 +48,8 @@ def test_no_exposure_without_a_valid_calibration(tmp_path: Path, room: SimRoom) 
             gw.expose(gw.open_exam(None))
         assert room.pulses == []  # refused before the tube fired: no dose for nothing
         assert sum(gw.spool.counts().values()) == 0
+    state = Path(tmp_path / "state")
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700  # spool, state.db, worklist cache: owner only
 
 
 def test_unscheduled_exam_gets_generated_study_and_empty_accession(
