@@ -39,6 +39,9 @@ class PanelFaults:
     truncate: int = 0  # next N transmissions end early
     truncate_keep: float = 0.5  # fraction of the payload a truncated transmission carries
     skip_frame_number: int = 0  # next N readouts skip one frame number
+    mangle_header: int = 0  # next N transmissions carry a header with one byte changed
+    mangle_offset: int = 0
+    mangle_xor: int = 0x01
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,13 @@ class SimPanel:
         with self._cond:
             self.faults.truncate = n
             self.faults.truncate_keep = keep
+
+    def mangle_header(self, offset: int, xor: int = 0x01, n: int = 1) -> None:
+        """The next N transmissions carry a header whose byte at `offset` is XORed with `xor`."""
+        if not 0 <= offset < w.HEADER_SIZE or not 0 < xor < 256:
+            raise ValueError(f"header offset {offset} / xor {xor:#x} out of range")
+        with self._cond:
+            self.faults.mangle_header, self.faults.mangle_offset, self.faults.mangle_xor = n, offset, xor
 
     def skip_frame_number(self, n: int = 1) -> None:
         with self._cond:
@@ -234,9 +244,14 @@ class SimPanel:
             self.faults.truncate -= 1
             keep = int(len(view) * self.faults.truncate_keep) & ~1
             view = view[:keep]
+        header: bytes | bytearray = held.header
+        if self.faults.mangle_header:
+            self.faults.mangle_header -= 1
+            header = bytearray(header)
+            header[self.faults.mangle_offset] ^= self.faults.mangle_xor
         self.transmissions += 1
         self._tx.clear()
-        self._tx.append(memoryview(held.header))
+        self._tx.append(memoryview(header))
         self._tx.append(view)
         self._cond.notify_all()
 

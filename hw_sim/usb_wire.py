@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import zlib
 
 LOGGER = logging.getLogger(__name__)
 
@@ -24,14 +25,15 @@ IDLE, ARMED, HOLDING = 0, 1, 2
 E_NONE, E_BAD_REQUEST, E_BAD_MODE, E_BAD_KIND, E_NO_FRAME, E_WRONG_FRAME, E_BUSY = range(7)
 KIND_DARK, KIND_EXPOSED = 0, 1
 
-_HEADER = struct.Struct("<4sHHIHHBBHhxxQII24x")
+_HEADER = struct.Struct("<4sHHIHHBBHhxxQII20xI")
 HEADER_SIZE = _HEADER.size
 
 
 def frame_header(*, frame_number: int, rows: int, columns: int, bits: int, kind: int, mode_id: int,
                  temperature_c: float, timestamp_us: int, payload_length: int, crc32: int) -> bytes:
-    return _HEADER.pack(b"DXFR", 1, HEADER_SIZE, frame_number & 0xFFFFFFFF, rows, columns, bits, kind,
-                        mode_id, round(temperature_c * 100), timestamp_us, payload_length, crc32)
+    raw = _HEADER.pack(b"DXFR", 1, HEADER_SIZE, frame_number & 0xFFFFFFFF, rows, columns, bits, kind,
+                       mode_id, round(temperature_c * 100), timestamp_us, payload_length, crc32, 0)
+    return raw[:60] + struct.pack("<I", zlib.crc32(raw[:60]))
 
 
 def status_record(*, state: int, last_error: int, mode_id: int, last_frame: int,

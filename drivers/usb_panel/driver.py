@@ -226,6 +226,8 @@ class UsbPanelDetector:
         if n != p.HEADER_SIZE:
             raise _BadTransmission(None, f"frame header of {n} bytes, expected {p.HEADER_SIZE}")
         header = p.unpack_header(memoryview(hbuf)[:n])
+        if p.header_crc32(memoryview(hbuf)[:n]) != header.header_crc32:
+            raise _BadTransmission(None, "header CRC32 mismatch (header fields corrupt in transit)")
         self._check_header(header)
         payload = array.array("B", bytes(header.payload_length))
         got = self._bulk_read(payload, max(deadline - time.monotonic(), PAYLOAD_TIMEOUT_FLOOR_S),

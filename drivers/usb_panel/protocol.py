@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import logging
 import struct
+import zlib
 from dataclasses import dataclass
 
 from gateway.types import FrameKind, ReadoutMode
@@ -55,8 +56,9 @@ KINDS_BY_CODE: dict[int, FrameKind] = {v: k for k, v in KIND_CODES.items()}
 
 MAGIC = b"DXFR"
 HEADER_VERSION = 1
-HEADER_STRUCT = struct.Struct("<4sHHIHHBBHhxxQII24x")
+HEADER_STRUCT = struct.Struct("<4sHHIHHBBHhxxQII20xI")
 HEADER_SIZE = HEADER_STRUCT.size  # 64
+HEADER_CRC_SPAN = 60  # the header CRC32 (last 4 bytes) covers bytes 0..59
 STATUS_STRUCT = struct.Struct("<BBHIh6x")
 
 
@@ -79,16 +81,23 @@ class FrameHeader:
     timestamp_us: int
     payload_length: int
     payload_crc32: int
+    header_crc32: int = 0  # as received; pack_header computes it
 
     @property
     def temperature_c(self) -> float:
         return self.temperature_centi_c / 100.0
 
 
+def header_crc32(raw: bytes | memoryview) -> int:
+    """CRC-32 of the header fields: temperature, timestamp, kind... are not in the payload CRC."""
+    return zlib.crc32(raw[:HEADER_CRC_SPAN])
+
+
 def pack_header(h: FrameHeader) -> bytes:
-    return HEADER_STRUCT.pack(h.magic, h.version, h.header_size, h.frame_number, h.rows, h.columns,
-                              h.bits_stored, h.kind_code, h.mode_id, h.temperature_centi_c,
-                              h.timestamp_us, h.payload_length, h.payload_crc32)
+    raw = HEADER_STRUCT.pack(h.magic, h.version, h.header_size, h.frame_number, h.rows, h.columns,
+                             h.bits_stored, h.kind_code, h.mode_id, h.temperature_centi_c,
+                             h.timestamp_us, h.payload_length, h.payload_crc32, 0)
+    return raw[:HEADER_CRC_SPAN] + struct.pack("<I", header_crc32(raw))
 
 
 def unpack_header(data: bytes | memoryview) -> FrameHeader:

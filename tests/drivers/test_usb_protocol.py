@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import zlib
 
 from drivers.usb_panel import protocol as p
 from gateway.types import ReadoutMode
@@ -18,7 +19,8 @@ def test_header_layout_matches_the_table() -> None:
     assert struct.unpack_from("<HHI", raw, 4) == (1, 64, 0x01020304)
     assert struct.unpack_from("<HHBBHh", raw, 12) == (384, 256, 16, 1, 3, -125)
     assert struct.unpack_from("<QII", raw, 24) == (1_700_000_000_000_000, 196608, 0xDEADBEEF)
-    assert raw[40:] == bytes(24) and raw[22:24] == bytes(2)
+    assert raw[40:60] == bytes(20) and raw[22:24] == bytes(2)
+    assert struct.unpack_from("<I", raw, 60) == (zlib.crc32(raw[:60]),)
     h = p.unpack_header(raw)
     assert (h.frame_number, h.rows, h.columns, h.kind_code, h.mode_id) == (0x01020304, 384, 256, 1, 3)
     assert h.temperature_c == -1.25 and h.payload_crc32 == 0xDEADBEEF
