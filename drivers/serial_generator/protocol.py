@@ -40,6 +40,8 @@ def decode(raw: bytes) -> list[str]:
     line = raw.rstrip(b"\r\n")
     if not raw.endswith(b"\r\n"):
         raise SentenceError(f"incomplete line (no CR LF) {quote(raw)}")
+    if len(raw) > MAX_SENTENCE:
+        raise SentenceError(f"line of {len(raw)} bytes, longer than the {MAX_SENTENCE} allowed {quote(raw)}")
     try:
         text = line.decode("ascii")
     except UnicodeDecodeError:
@@ -47,7 +49,7 @@ def decode(raw: bytes) -> list[str]:
     if len(text) < 4 or text[0] != "$" or text[-3] != "*":
         raise SentenceError(f"malformed line {quote(raw)}")
     body, given = text[1:-3], text[-2:]
-    if "$" in body or "*" in body or not body.isprintable():
+    if not body or "$" in body or "*" in body or not body.isprintable():
         raise SentenceError(f"malformed line {quote(raw)}")
     if given.upper() != checksum(body):
         raise SentenceError(f"checksum mismatch (line says {given}, computed {checksum(body)}) "
