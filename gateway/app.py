@@ -20,7 +20,7 @@ from drivers import registry
 from gateway.acquisition import ExposureSequence
 from gateway.config import Config
 from gateway.correction import CalibrationSet, CalibrationStore, Corrector, calibrate, exposure_index
-from gateway.dicom import build_dx, new_uid, to_bytes
+from gateway.dicom import build_dx, check_anatomy, new_uid, to_bytes
 from gateway.errors import CalibrationError, ConfigError, WorklistError
 from gateway.forward import DeliveryResult, Forwarder
 from gateway.ports import Detector, Generator
@@ -112,23 +112,35 @@ class Gateway:
             raise ConfigError("no destination configured: images would have nowhere to go")
         self.config = config
         self._clock = clock
-        for d in (config.state_dir, config.calibration.directory, config.spool.directory):
-            # owner-only: the spool, the state database and the worklist cache hold patient data
-            config.path(d).mkdir(mode=0o700, parents=True, exist_ok=True)
+        exp = config.exposure
+        check_anatomy(exp.body_part, exp.view_position, exp.laterality or None)  # at start, not at exposure
+        # owner-only: the spool, the state database and the worklist cache hold patient data
+        Path(config.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         Path(config.state_dir).chmod(0o700)
+        for d in (config.calibration.directory, config.spool.directory):
+            config.path(d).mkdir(mode=0o700, parents=True, exist_ok=True)
         self.detector, self.generator = open_hardware(config, usb_backend)
-        self.mode = self.detector.info.mode(config.detector.mode)
-        self.sequence = ExposureSequence(self.detector, self.generator,
-                                         frame_timeout_s=config.detector.frame_timeout_s, clock=clock)
-        self.calibrations = CalibrationStore(config.path(config.calibration.directory))
-        self.spool = Spool(config.path(config.spool.directory), config.path(config.spool.database),
-                           min_free_bytes=config.spool.min_free_mb * 1024 * 1024)
-        self.forwarder = Forwarder(self.spool, config.destinations, calling_ae=config.site.ae_title,
-                                   clock=lambda: self._clock().timestamp())
+        try:
+            self.mode = self.detector.info.mode(config.detector.mode)
+            self.sequence = ExposureSequence(self.detector, self.generator,
+                                             frame_timeout_s=config.detector.frame_timeout_s, clock=clock)
+            self.calibrations = CalibrationStore(config.path(config.calibration.directory))
+            self.spool = Spool(config.path(config.spool.directory), config.path(config.spool.database),
+                               min_free_bytes=config.spool.min_free_mb * 1024 * 1024, clock=self._epoch)
+            self.forwarder = Forwarder(self.spool, config.destinations, calling_ae=config.site.ae_title,
+                                       clock=self._epoch)
+        except BaseException:
+            self.generator.close()  # leave no USB interface claimed, no pty open
+            self.detector.close()
+            raise
         self._corrector: Corrector | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._forward_thread: threading.Thread | None = None
+
+    def _epoch(self) -> float:
+        """The gateway clock as seconds: one clock for the spool and the forwarder."""
+        return self._clock().timestamp()
 
     @property
     def calibration_key(self) -> CalibrationKey:
@@ -153,10 +165,18 @@ class Gateway:
         return self.calibrations.latest(self.calibration_key) is not None
 
     def corrector(self) -> Corrector:
-        if self._corrector is None:
+        """The corrector of the newest valid calibration set, checked again at every exposure:
+        a set that aged past its limit while the daemon ran is refused, a newer one is used."""
+        latest = self.calibrations.latest(self.calibration_key)
+        if self._corrector is None or latest is None or latest.calibration_id != self._corrector.cal.calibration_id:
             cal = self.calibrations.load(self.calibration_key, max_age_days=self.config.calibration.max_age_days,
                                          now=self._clock())
             self._corrector = Corrector(cal)
+        age_days = (self._clock() - self._corrector.cal.created_at).total_seconds() / 86400
+        if age_days > self.config.calibration.max_age_days:
+            raise CalibrationError(
+                f"calibration {self._corrector.cal.calibration_id} is {age_days:.1f} days old, over the "
+                f"{self.config.calibration.max_age_days:g}-day limit: recalibrate the detector")
         return self._corrector
 
     # --- technologist -------------------------------------------------------------------
@@ -169,7 +189,7 @@ class Gateway:
         try:
             items = query_worklist(host=wl.host, port=wl.port, called_ae=wl.called_ae,
                                    calling_ae=self.config.site.ae_title, modality=wl.modality,
-                                   station_ae=self.config.site.ae_title, on=on or now.date(),
+                                   station_ae=self.config.site.ae_title, on=on or now.astimezone().date(),
                                    days_ahead=wl.days_ahead, timeout_s=wl.timeout_s)
         except WorklistError as exc:
             if not cache.exists():
@@ -187,16 +207,22 @@ class Gateway:
         study_uid = item.study_instance_uid if item and item.study_instance_uid else new_uid(root)
         return Exam(item=item, study_uid=study_uid, series_uid=new_uid(root))
 
-    def expose(self, exam: Exam, technique: Technique | None = None) -> AcquiredImage:
-        """Expose, correct, build the DX image and spool it; returns once it is saved."""
+    def expose(self, exam: Exam, technique: Technique | None = None, *, laterality: str | None = None) -> AcquiredImage:
+        """Expose, correct, build the DX image and spool it; returns once it is saved.
+
+        Everything that could refuse the image (calibration, anatomy coding, disk space) is
+        checked before the tube fires: no dose for an image that cannot be kept.
+        """
         try:
             corrector = self.corrector()
         except CalibrationError:
             LOGGER.error("exposure refused: no valid calibration for %s", self.calibration_key)
             raise
+        exp_cfg = self.config.exposure
+        laterality = laterality or exp_cfg.laterality or None
+        check_anatomy(exp_cfg.body_part, exp_cfg.view_position, laterality)
         # Invariant 5: a full disk refuses the exposure before the tube fires, never after.
         self.spool.check_room(self.mode.rows * self.mode.columns * 2 + IMAGE_OVERHEAD_BYTES)
-        exp_cfg = self.config.exposure
         technique = technique or Technique(kvp=exp_cfg.kvp, mas=exp_cfg.mas)
         stages = _StageClock()
         raw, exposure = self.sequence.expose(technique)
@@ -208,7 +234,8 @@ class Gateway:
                       pixel_spacing_mm=self.mode.pixel_spacing_mm, study_uid=exam.study_uid,
                       series_uid=exam.series_uid, sop_instance_uid=new_uid(self.config.site.uid_root),
                       series_number=exam.series_number, instance_number=len(exam.images) + 1,
-                      body_part=exp_cfg.body_part, view_position=exp_cfg.view_position, now=self._clock())
+                      body_part=exp_cfg.body_part, view_position=exp_cfg.view_position, laterality=laterality,
+                      now=self._clock())
         data = to_bytes(ds)
         stages.lap("build")
         instance = self.spool.put(data, sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
@@ -226,7 +253,11 @@ class Gateway:
     # --- store and forward --------------------------------------------------------------
 
     def forward_due(self) -> list[DeliveryResult]:
-        return self.forwarder.forward_due()
+        return self.forwarder.forward_due(self._stop)
+
+    def forwarding_alive(self) -> bool:
+        """Whether the forwarding thread runs (for the health check and the watchdog)."""
+        return self._forward_thread is not None and self._forward_thread.is_alive()
 
     def start_forwarding(self) -> None:
         if self._forward_thread is None:
@@ -239,8 +270,12 @@ class Gateway:
         self._wake.set()
         if self._forward_thread is not None:
             self._forward_thread.join(timeout=30)
-        for closing in (self.generator.close, self.detector.close, self.spool.close):
-            closing()
+        self.generator.close()
+        self.detector.close()
+        if self.forwarding_alive():  # mid C-STORE past the join: closing the DB would kill it
+            LOGGER.error("forwarder still busy at shutdown; spool left open for it to finish")
+            return
+        self.spool.close()
 
     def __enter__(self) -> Gateway:
         return self

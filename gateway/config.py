@@ -96,6 +96,8 @@ class ExposureConfig:
     target_ei: float = setting(400.0, "Target exposure index (IEC 62494-1).", lo=1, hi=100000)
     body_part: str = setting("CHEST", "Body Part Examined for unscheduled exposures.")
     view_position: str = setting("PA", "View Position.", choices=("PA", "AP", "LL", "RL", "LAT", ""))
+    laterality: str = setting("", "Image Laterality for paired body parts (R, L, B); empty for unpaired ones.",
+                              choices=("", "R", "L", "B", "U"))
 
 
 @dataclass(frozen=True)

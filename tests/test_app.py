@@ -17,9 +17,11 @@ from gateway.config import (
     Config,
     DestinationConfig,
     DetectorConfig,
+    ExposureConfig,
     GeneratorConfig,
     WorklistConfig,
 )
+from gateway.dicom import AnatomyError
 from gateway.errors import CalibrationError, SpoolError, WorklistError
 from gateway.peers import StorageServer, WorklistServer, make_worklist_entry
 from gateway.spool import files as spool_files
@@ -123,3 +125,38 @@ def test_full_disk_refuses_the_exposure_before_the_tube_fires(tmp_path: Path, ro
         assert len(room.pulses) == pulses  # no dose for an image that could not be kept
         assert Path(kept.instance.path).exists()  # spooled images are never deleted to make room
         assert gw.spool.counts()["pending"] == 1
+
+
+def test_anatomy_that_cannot_be_coded_is_refused_before_the_tube_fires(tmp_path: Path, room: SimRoom) -> None:
+    base = config_for(tmp_path, room, free_port())
+    knee = dataclasses.replace(base, exposure=ExposureConfig(body_part="KNEE"))
+    with pytest.raises(AnatomyError, match="KNEE is paired"):  # refused at start, not at the first exposure
+        Gateway(knee, usb_backend=room.usb_backend())
+    with Gateway(dataclasses.replace(base, exposure=ExposureConfig(body_part="KNEE", laterality="R")),
+                 usb_backend=room.usb_backend()) as gw:
+        gw.calibrate()
+        pulses = len(room.pulses)
+        with pytest.raises(AnatomyError, match="laterality 'X'"):
+            gw.expose(gw.open_exam(None), laterality="X")
+        assert len(room.pulses) == pulses  # no dose for an image that could not be coded
+        left = gw.expose(gw.open_exam(None), laterality="L")
+    assert pydicom.dcmread(left.instance.path).ImageLaterality == "L"
+
+
+def test_a_calibration_that_expires_while_running_is_refused(tmp_path: Path, room: SimRoom) -> None:
+    now = [datetime.now(UTC)]
+    config = dataclasses.replace(config_for(tmp_path, room, free_port()),
+                                 calibration=CalibrationConfig(dark_frames=4, flat_frames=4, max_age_days=30))
+    with Gateway(config, usb_backend=room.usb_backend(), clock=lambda: now[0]) as gw:
+        gw.calibrate()
+        gw.expose(gw.open_exam(None))
+        now[0] += timedelta(days=31)  # the daemon kept running for a month
+        pulses = len(room.pulses)
+        with pytest.raises(CalibrationError, match="recalibrate"):
+            gw.expose(gw.open_exam(None))
+        assert len(room.pulses) == pulses
+        room.place("open")
+        fresh = gw.calibrate()  # a new set is picked up at once
+        room.place("chest")
+        image = gw.expose(gw.open_exam(None))
+    assert fresh.calibration_id in image.frame.calibration_id

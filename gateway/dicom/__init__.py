@@ -1,8 +1,9 @@
 """Stage: dicom. Corrected frame + exposure + worklist item -> DX For Presentation dataset."""
 
+from gateway.dicom.anatomy import AnatomyError, check_anatomy
 from gateway.dicom.dx import DX_FOR_PRESENTATION, DicomBuildError, build_dx
 from gateway.dicom.encode import EncodeError, to_bytes
 from gateway.dicom.uids import is_valid_uid, new_uid
 
-__all__ = ["DX_FOR_PRESENTATION", "DicomBuildError", "EncodeError", "build_dx", "is_valid_uid", "new_uid",
+__all__ = ["DX_FOR_PRESENTATION", "AnatomyError", "DicomBuildError", "check_anatomy", "EncodeError", "build_dx", "is_valid_uid", "new_uid",
            "to_bytes"]

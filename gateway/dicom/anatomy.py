@@ -86,6 +86,12 @@ def body_part(term: str) -> BodyPart:
         ) from None
 
 
+def check_anatomy(body_part_term: str, view_position: str, laterality: str | None) -> None:
+    """Raise AnatomyError unless the image could be coded: checked before the tube fires."""
+    image_laterality(body_part(body_part_term), laterality)
+    view(view_position)
+
+
 def image_laterality(part: BodyPart, laterality: str | None) -> str:
     """Image Laterality (0020,0062): 'U' for unpaired parts; paired parts need R, L or B."""
     if laterality is None or laterality == "":

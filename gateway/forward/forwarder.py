@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pynetdicom.events import EventHandlerType
 
 from gateway.config import DestinationConfig
-from gateway.errors import ForwardError
+from gateway.errors import DxgateError, ForwardError
 from gateway.forward import scu
 from gateway.forward.status import Outcome, Verdict, classify_status, classify_transport, describe
 from gateway.spool import Delivery, Spool
@@ -64,16 +65,20 @@ class Forwarder:
         self._max = backoff_max_s
         self._batch = batch_size
         self._handlers = tuple(extra_handlers)
+        self.loop_failures = 0  # passes of run() that failed (a metric; the loop goes on)
 
-    def forward_due(self) -> list[DeliveryResult]:
-        """Send every due delivery once; return what happened to each."""
+    def forward_due(self, stop: threading.Event | None = None) -> list[DeliveryResult]:
+        """Send every due delivery once; return what happened to each.
+
+        With `stop`, returns between deliveries once it is set (what is unsent stays pending).
+        """
         results: list[DeliveryResult] = []
         for dest in self._destinations:
-            while True:
+            while stop is None or not stop.is_set():
                 batch = self._spool.due(dest.name, self._clock(), self._batch)
                 if not batch:
                     break
-                done = self._forward_batch(dest, batch)
+                done = self._forward_batch(dest, batch, stop)
                 results += done
                 if len(batch) < self._batch or any(r.outcome is Outcome.RETRY for r in done):
                     break
@@ -85,10 +90,21 @@ class Forwarder:
         To stop promptly, set `stop` and then `wake`. Set `wake` after every put.
         """
         LOGGER.info("forwarder started for %s", ", ".join(d.name for d in self._destinations))
+        failures = 0
         while not stop.is_set():
             wake.clear()
-            self.forward_due()
-            wake.wait(self._idle_timeout())
+            try:
+                self.forward_due(stop)
+                failures = 0
+                timeout = self._idle_timeout()
+            except (DxgateError, sqlite3.Error, OSError) as exc:
+                # Nothing is lost (rows stay pending); the thread must not die, nor spin.
+                failures += 1
+                self.loop_failures += 1
+                timeout = self.backoff_delay(failures)
+                LOGGER.error("forwarder pass failed (%d in a row), retrying in %.0f s: %s",
+                             failures, timeout, exc)
+            wake.wait(timeout)
         LOGGER.info("forwarder stopped")
 
     def backoff_delay(self, attempts: int) -> float:
@@ -104,7 +120,8 @@ class Forwarder:
             return self._max
         return min(self._max, max(0.0, min(due) - self._clock()))
 
-    def _forward_batch(self, dest: DestinationConfig, batch: list[Delivery]) -> list[DeliveryResult]:
+    def _forward_batch(self, dest: DestinationConfig, batch: list[Delivery],
+                       stop: threading.Event | None = None) -> list[DeliveryResult]:
         results: list[DeliveryResult] = []
         ready: list[tuple[Delivery, str]] = []
         for row in batch:
@@ -122,6 +139,8 @@ class Forwarder:
             return results + [self._settle(row, exc.verdict, None) for row, _ in ready]
         try:
             for i, (row, ts) in enumerate(ready):
+                if stop is not None and stop.is_set():
+                    break  # shutting down: the rest stays pending, untouched
                 if not session.established:
                     results += self._defer([r for r, _ in ready[i:]], "association lost before sending")
                     break

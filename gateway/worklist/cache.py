@@ -59,9 +59,15 @@ def load_cache_with_time(path: str | Path) -> tuple[list[WorklistItem], datetime
         if doc.get("version") != VERSION:
             raise ValueError(f"cache version {doc.get('version')!r}, this dxgate reads {VERSION}")
         saved_at = datetime.fromisoformat(doc["saved_at"])
-        items = [_decode(d) for d in doc["items"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise WorklistError(f"worklist cache {p} is unreadable: {exc}") from None
+    items = []
+    for n, d in enumerate(doc.get("items", ()) if isinstance(doc.get("items"), list) else [None]):
+        try:
+            items.append(_decode(d))
+        except (ValueError, KeyError, TypeError):
+            # the parser's message may quote a value (a birth date): name the item, not its data
+            raise WorklistError(f"worklist cache {p} is unreadable: item {n} is malformed") from None
     return items, saved_at
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
+import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -200,6 +201,48 @@ def test_run_loop_wakes_on_event_and_stops(spool: Spool, scp_factory: Callable[.
     thread.join(10)
     assert not thread.is_alive()
     assert scp.stored == [obj.sop_instance_uid]
+
+
+def test_run_loop_survives_a_failing_pass_and_sends_later(spool: Spool, scp_factory: Callable[..., ScriptedSCP],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database error mid-pass (disk trouble) must not end forwarding: nothing is sent silently never."""
+    scp = scp_factory()
+    fwd = Forwarder(spool, [dest(scp.port)], calling_ae="DXGATE", backoff_base_s=0.01, backoff_max_s=0.02)
+    real_mark_sent, marked = spool.mark_sent, threading.Event()
+    failures = [sqlite3.OperationalError("disk I/O error")]
+
+    def flaky_mark_sent(*args: object, **kwargs: object) -> None:
+        if failures:
+            raise failures.pop()
+        real_mark_sent(*args, **kwargs)  # type: ignore[arg-type]
+        marked.set()
+
+    monkeypatch.setattr(spool, "mark_sent", flaky_mark_sent)
+    stop, wake = threading.Event(), threading.Event()
+    thread = threading.Thread(target=fwd.run, args=(stop, wake), daemon=True)
+    obj = make_object(seed=9)
+    put(spool, obj)
+    thread.start()
+    try:
+        assert marked.wait(30), "forwarding never recovered from the failed pass"
+        assert thread.is_alive() and fwd.loop_failures == 1
+    finally:
+        stop.set()
+        wake.set()
+        thread.join(10)
+    assert spool.counts()["sent"] == 1
+    # stored twice (the first acknowledgement could not be recorded), same UID, same bytes
+    assert scp.stored == [obj.sop_instance_uid] * 2
+
+
+def test_forward_due_leaves_everything_pending_once_stopping(spool: Spool, clock: FakeClock,
+                                                           scp_factory: Callable[..., ScriptedSCP]) -> None:
+    scp = scp_factory()
+    put(spool, make_object(seed=10))
+    stop = threading.Event()
+    stop.set()
+    assert forwarder(spool, clock, dest(scp.port)).forward_due(stop) == []
+    assert scp.stores == 0 and spool.counts()["pending"] == 1
 
 
 def test_bad_configuration_is_refused(spool: Spool) -> None:

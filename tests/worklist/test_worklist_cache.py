@@ -61,3 +61,13 @@ def test_corrupt_cache_is_a_clear_error(tmp_path: Path, content: bytes) -> None:
     path.write_bytes(content)
     with pytest.raises(WorklistError, match="worklist.json is unreadable"):
         load_cache(path)
+
+
+def test_a_corrupt_item_is_refused_without_quoting_patient_data(tmp_path: Path) -> None:
+    path = tmp_path / "worklist.json"
+    save_cache([item(1)], path)
+    path.write_text(path.read_text(encoding="utf-8").replace("1955-11-03", "1955-13-03"), encoding="utf-8")
+    with pytest.raises(WorklistError) as err:
+        load_cache(path)
+    assert "item 0 is malformed" in str(err.value)
+    assert "1955" not in str(err.value) and "Müller" not in str(err.value)
