@@ -198,7 +198,10 @@ class Gateway:
             LOGGER.warning("worklist: RIS unreachable (%s); showing %d cached step(s) from %s",
                            exc, len(cached), saved_at.isoformat() if saved_at else "an unknown time")
             return WorklistView(items=cached, source="cache", as_of=saved_at, error=str(exc))
-        save_cache(items, cache, saved_at=now)
+        try:
+            save_cache(items, cache, saved_at=now)
+        except OSError as exc:  # the live answer still stands; only the offline copy is stale
+            LOGGER.error("worklist cache %s could not be saved: %s", cache, exc)
         return WorklistView(items=items, source="ris", as_of=now)
 
     def open_exam(self, item: WorklistItem | None) -> Exam:

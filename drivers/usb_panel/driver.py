@@ -164,7 +164,8 @@ class UsbPanelDetector:
             self._armed = kind
 
     def temperature_c(self) -> float:
-        return self._status().temperature_c
+        with self._lock:
+            return self._status().temperature_c
 
     def read_frame(self, timeout_s: float) -> RawFrame:
         """Read, check and ACK the armed frame.

@@ -66,6 +66,7 @@ class Forwarder:
         self._batch = batch_size
         self._handlers = tuple(extra_handlers)
         self.loop_failures = 0  # passes of run() that failed (a metric; the loop goes on)
+        self._dest_failures: dict[str, int] = {}  # consecutive association failures per destination
 
     def forward_due(self, stop: threading.Event | None = None) -> list[DeliveryResult]:
         """Send every due delivery once; return what happened to each.
@@ -135,8 +136,15 @@ class Forwarder:
         try:
             session = scu.open_session(dest, self._calling_ae, contexts, self._handlers)
         except scu.AssociationFailed as exc:
+            # The destination failed, not the objects: one retry time for the whole backlog, so
+            # a down PACS sees one connection attempt per backoff, and all of it goes on recovery.
+            shared = None
+            if exc.verdict.outcome is Outcome.RETRY:
+                self._dest_failures[dest.name] = self._dest_failures.get(dest.name, 0) + 1
+                shared = self.backoff_delay(self._dest_failures[dest.name] - 1)
             LOGGER.warning("%s: %s; %d deliveries wait", dest.name, exc.verdict.reason, len(ready))
-            return results + [self._settle(row, exc.verdict, None) for row, _ in ready]
+            return results + [self._settle(row, exc.verdict, None, delay=shared) for row, _ in ready]
+        self._dest_failures.pop(dest.name, None)
         try:
             for i, (row, ts) in enumerate(ready):
                 if stop is not None and stop.is_set():
@@ -167,7 +175,8 @@ class Forwarder:
     def _defer(self, rows: list[Delivery], reason: str) -> list[DeliveryResult]:
         return [self._settle(row, classify_transport(reason), None) for row in rows]
 
-    def _settle(self, row: Delivery, verdict: Verdict, status: int | None) -> DeliveryResult:
+    def _settle(self, row: Delivery, verdict: Verdict, status: int | None,
+                delay: float | None = None) -> DeliveryResult:
         now = self._clock()
         uid, dest = row.sop_instance_uid, row.destination
         if verdict.outcome is Outcome.SENT:
@@ -175,7 +184,7 @@ class Forwarder:
             LOGGER.info("sent %s to %s: %s", uid, dest, describe(status or 0))
             return DeliveryResult(uid, dest, Outcome.SENT, status, None)
         if verdict.outcome is Outcome.RETRY:
-            at = now + self.backoff_delay(row.attempts)
+            at = now + (self.backoff_delay(row.attempts) if delay is None else delay)
             self._spool.mark_retry(uid, dest, status, verdict.reason, at, now)
             LOGGER.warning("retry %s to %s in %.1f s: %s", uid, dest, at - now, verdict.reason)
         else:

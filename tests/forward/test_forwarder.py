@@ -123,6 +123,27 @@ def test_pacs_down_then_up(spool: Spool, clock: FakeClock, scp_factory: Callable
     assert row.state is DeliveryState.SENT and row.attempts == 2
 
 
+def test_a_down_pacs_gets_one_retry_time_for_the_whole_backlog(spool: Spool, clock: FakeClock,
+                                                               scp_factory: Callable[..., ScriptedSCP]) -> None:
+    port = free_port()
+    objs = [make_object(seed=30 + i) for i in range(5)]
+    for o in objs:
+        put(spool, o)
+    fwd = forwarder(spool, clock, dest(port))
+    delays = []
+    for _ in range(3):  # three failed passes: the shared delay grows, one connection attempt each
+        results = fwd.forward_due()
+        assert [r.outcome for r in results] == [Outcome.RETRY] * 5
+        times = {row.next_attempt_at for o in objs for row in spool.deliveries(o.sop_instance_uid)}
+        assert len(times) == 1
+        delays.append(times.pop() - clock())
+        clock.advance(delays[-1])
+    assert delays[0] < delays[2]
+    scp = scp_factory(port=port)
+    assert sorted(r.outcome for r in fwd.forward_due()) == [Outcome.SENT] * 5  # all of it, at once
+    assert scp.associations == 1
+
+
 def test_backoff_grows_exponentially_with_jitter_and_is_capped(spool: Spool, clock: FakeClock) -> None:
     fwd = forwarder(spool, clock, dest(free_port()), backoff_base_s=2.0, backoff_max_s=60.0)
     for attempts in range(12):
