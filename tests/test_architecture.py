@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -36,3 +38,34 @@ def test_runtime_never_loads_the_simulator() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+PLANTED = {
+    "against the flow": ("gateway/spool/queue.py", "import gateway.forward.status\n", "Data flows one way"),
+    "skipping a stage": ("gateway/forward/status.py", "import gateway.dicom.uids\n", "never one further upstream"),
+    "a driver reaching into the gateway": ("drivers/registry.py", "import gateway.config\n", "Drivers import only"),
+    "runtime importing the simulator": ("gateway/app.py", "import hw_sim.room\n", "Nothing at runtime imports"),
+    "a circle inside a package": ("gateway/correction/store.py", "import gateway.correction.apply\n", "No circle"),
+}
+
+
+def test_each_rule_catches_a_planted_violation(tmp_path: Path) -> None:
+    """The contracts are not vacuous: one planted import breaks exactly the rule it violates."""
+    for pkg in ("gateway", "drivers", "hw_sim"):
+        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    # the circle's other half (correction.apply -> correction.store)
+    apply_py = tmp_path / "gateway/correction/apply.py"
+    apply_py.write_text(apply_py.read_text() + "\nimport gateway.correction.store  # noqa\n")
+    lint = Path(sys.executable).parent / "lint-imports"
+    for what, (path, line, contract) in PLANTED.items():
+        target = tmp_path / path
+        original = target.read_text()
+        target.write_text(original + "\n" + line)
+        try:
+            out = subprocess.run([str(lint), "--no-cache"], cwd=tmp_path, capture_output=True, text=True,
+                                 timeout=120, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+        finally:
+            target.write_text(original)
+        assert out.returncode != 0 and "Broken contracts" in out.stdout, f"{what}: not caught\n{out.stdout}"
+        assert contract in out.stdout.split("Broken contracts")[1], f"{what}: caught by the wrong rule\n{out.stdout}"
