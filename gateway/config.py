@@ -58,7 +58,8 @@ class GeneratorConfig:
 @dataclass(frozen=True)
 class CalibrationConfig:
     directory: str = setting("calibration", "Where calibration sets live (relative: under state_dir).")
-    dark_frames: int = setting(16, "Dark frames averaged into the offset map (16+ finds noisy pixels reliably).", lo=2, hi=256)
+    dark_frames: int = setting(16, "Dark frames averaged into the offset map (16+ finds noisy pixels reliably).",
+                               lo=2, hi=256)
     flat_frames: int = setting(8, "Flat-field frames averaged into the gain map.", lo=2, hi=256)
     flat_kvp: float = setting(70.0, "Tube voltage for flat-field exposures.", lo=40, hi=150)
     flat_mas: float = setting(2.0, "Tube current-time product for flat-field exposures.", lo=0.1, hi=100)

@@ -31,7 +31,8 @@ MODE = ReadoutMode(mode_id=3, name="8x8", rows=ROWS, columns=COLS, pixel_spacing
 DETECTOR = DetectorInfo(vendor="SimPanel Inc.", model="SP-4343", serial="SIM-0001", firmware="2.1.0", modes=(MODE,))
 
 
-def make_frame(pixels: np.ndarray | None = None, history: tuple[str, ...] = ("offset", "gain", "defects")) -> CorrectedFrame:
+def make_frame(pixels: np.ndarray | None = None,
+               history: tuple[str, ...] = ("offset", "gain", "defects")) -> CorrectedFrame:
     if pixels is None:
         rng = np.random.default_rng(7)
         pixels = rng.integers(200, 12000, size=(ROWS, COLS), dtype=np.uint16)

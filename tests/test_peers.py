@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from tests.peers import Orthanc, StoreSCP, WlmSCP
+import pytest
+
+from tests.peers import Orthanc, StoreSCP, WlmSCP, require
 
 
 def test_orthanc_answers_rest_and_lists_worklist_plugin(orthanc: Orthanc) -> None:
@@ -19,3 +21,12 @@ def test_storescp_listens(storescp: StoreSCP) -> None:
 def test_wlmscpfs_listens(wlmscpfs: WlmSCP) -> None:
     assert wlmscpfs.proc is not None and wlmscpfs.proc.poll() is None
     assert (wlmscpfs.worklist_dir / "lockfile").exists()
+
+
+def test_a_missing_peer_fails_in_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="real peer /usr/bin/no-such-peer is not installed"):
+        require("/usr/bin/no-such-peer")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        require("/usr/bin/no-such-peer")

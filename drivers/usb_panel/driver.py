@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import zlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -211,7 +211,7 @@ class UsbPanelDetector:
                 mode=self.mode.name, rows=header.rows, columns=header.columns,
                 bits_stored=header.bits_stored, kind=p.KINDS_BY_CODE[header.kind_code],
                 temperature_c=header.temperature_c,
-                acquired_at=datetime.fromtimestamp(header.timestamp_us / 1e6, tz=timezone.utc),
+                acquired_at=datetime.fromtimestamp(header.timestamp_us / 1e6, tz=UTC),
                 crc32=header.payload_crc32)
             return RawFrame(pixels=pixels, meta=meta)
 

@@ -23,8 +23,8 @@ class Corrector:
 
     Scratch buffers are allocated once; apply() allocates only the output frame. The frame is
     corrected in bands of rows whose float32 intermediate stays in cache (on 1536x1536,
-    measured 3.9 -> 3.3 ms median against whole-frame passes; see bench/correction.py). A lock serialises apply(), so one Corrector
-    may be shared between threads (one frame at a time).
+    measured 3.9 -> 3.3 ms median against whole-frame passes; see bench/correction.py).
+    A lock serialises apply(), so one Corrector may be shared between threads (one frame at a time).
     A frame whose temperature differs from the calibration's by more than
     warn_temperature_delta_c is corrected, with a warning: the offset drifts with temperature.
     """

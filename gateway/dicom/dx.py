@@ -20,12 +20,13 @@ from importlib import metadata
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, UID
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
 
 from gateway.config import SiteConfig
-from gateway.dicom.anatomy import AnatomyError, View, image_laterality, view as lookup_view
+from gateway.dicom.anatomy import AnatomyError, View, image_laterality
 from gateway.dicom.anatomy import body_part as lookup_body_part
+from gateway.dicom.anatomy import view as lookup_view
 from gateway.dicom.uids import is_valid_uid
 from gateway.errors import DxgateError
 from gateway.types import CorrectedFrame, DetectorInfo, Exposure, ExposureIndex, WorklistItem

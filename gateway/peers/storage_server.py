@@ -16,6 +16,7 @@ from typing import Any
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.events import EventHandlerType
+
 # pynetdicom makes its SOP class names at import time, where mypy cannot see them
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import fnmatch
 import logging
 import threading
-from collections.abc import Iterator, Sequence as Seq
+from collections.abc import Iterator
+from collections.abc import Sequence as Seq
 from typing import Any
 
 from pydicom.dataelem import DataElement
@@ -20,6 +21,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.events import EventHandlerType
+
 # pynetdicom makes its SOP class names at import time, where mypy cannot see them
 from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification  # type: ignore[attr-defined]
 

@@ -17,6 +17,7 @@ from datetime import date, timedelta
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
 # pynetdicom makes its SOP class names at import time, where mypy cannot see them
 from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
 

@@ -51,7 +51,8 @@ def test_flat_field_uniformity(panel4: Panel, cal4: CalibrationSet) -> None:
         "100x100 ROI-mean (max-min)/mean before": float(np.ptp(roi_before) / roi_before.mean()),
         "100x100 ROI-mean (max-min)/mean after": float(np.ptp(roi_after) / roi_after.mean()),
     }
-    print("\nflat field at %.0f uGy:\n" % TEST_KERMA_UGY + "\n".join(f"  {k}: {100 * v:.3f} %" for k, v in figures.items()))
+    print(f"\nflat field at {TEST_KERMA_UGY:.0f} uGy:\n"
+          + "\n".join(f"  {k}: {100 * v:.3f} %" for k, v in figures.items()))
     assert figures["pixel CV offset-subtracted (good pixels)"] > 0.05
     assert figures["pixel CV corrected (all pixels)"] < 1.05 * floor
     assert figures["100x100 ROI-mean CV before"] > 0.03

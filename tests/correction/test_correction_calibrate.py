@@ -26,7 +26,8 @@ def test_offset_map_matches_truth(panel4: Panel, cal4: CalibrationSet) -> None:
     ok = ~truth.defective
     err = cal4.offset[ok] - truth.offset[ok]
     rms = float(np.sqrt(np.mean(err**2)))
-    print(f"\noffset map error vs truth: rms {rms:.2f} counts, mean {err.mean():+.3f}, max |err| {np.abs(err).max():.1f}")
+    print(f"\noffset map error vs truth: rms {rms:.2f} counts, mean {err.mean():+.3f}, "
+          f"max |err| {np.abs(err).max():.1f}")
     # 16 darks of read noise 6 counts: the mean has an error of 6 / sqrt(16) = 1.5 counts.
     assert rms < 1.5 * 1.1
     assert abs(float(err.mean())) < 0.1

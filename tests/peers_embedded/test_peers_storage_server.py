@@ -67,7 +67,7 @@ def test_stores_each_instance_under_its_uid(pacs: StorageServer, syntax: str) ->
     assert statuses == [0, 0] and nodelay
     assert pacs.wait_for(2, timeout_s=5)
     assert [p.name for p in pacs.received] == [f"{ds.SOPInstanceUID}.dcm" for ds in sent]
-    for ds, path in zip(sent, pacs.received):
+    for ds, path in zip(sent, pacs.received, strict=True):
         back = pydicom.dcmread(path)
         assert back.file_meta.TransferSyntaxUID == syntax
         assert back.SOPInstanceUID == ds.SOPInstanceUID and str(back.PatientName) == "Müller^Jürgen"

@@ -17,7 +17,8 @@ from gateway.worklist import load_cache, load_cache_with_time, save_cache
 
 def item(n: int, **kw: object) -> WorklistItem:
     values: dict[str, object] = dict(
-        patient_name="Müller^Jürgen" if n == 1 else "山田^太郎", patient_id=f"P{n}", patient_birth_date=date(1955, 11, 3),
+        patient_name="Müller^Jürgen" if n == 1 else "山田^太郎", patient_id=f"P{n}",
+        patient_birth_date=date(1955, 11, 3),
         patient_sex="M", accession_number=f"A{n}", study_instance_uid=f"1.2.3.{n}", requested_procedure_id=f"RP{n}",
         requested_procedure_description="Thorax", sps_id=f"S{n}", sps_description="Thorax p.a.",
         sps_start=datetime(2026, 11, 22, 9, n), modality="DX", scheduled_station_ae="DXGATE",
