@@ -68,7 +68,7 @@ class AcquiredImage:
 
     instance: SpooledInstance
     exposure: Exposure
-    exposure_index: ExposureIndex
+    exposure_index: ExposureIndex | None  # None: not computable (e.g. saturated centre); image kept
     frame: CorrectedFrame
     stage_seconds: dict[str, float]  # acquire, correct, build, spool: where an exposure's latency goes
 
@@ -231,7 +231,12 @@ class Gateway:
         raw, exposure = self.sequence.expose(technique)
         stages.lap("acquire")
         frame = corrector.apply(raw)
-        ei = exposure_index(frame, exp_cfg.target_ei)
+        ei: ExposureIndex | None
+        try:
+            ei = exposure_index(frame, exp_cfg.target_ei)
+        except CalibrationError as exc:  # the dose is given: keep the image, without an EI
+            LOGGER.warning("no exposure index for frame %d: %s", raw.meta.frame_number, exc)
+            ei = None
         stages.lap("correct")
         ds = build_dx(frame, exposure, exam.item, ei, site=self.config.site, detector=self.detector.info,
                       pixel_spacing_mm=self.mode.pixel_spacing_mm, study_uid=exam.study_uid,
@@ -247,8 +252,8 @@ class Gateway:
                                   destinations=[d.name for d in self.config.destinations])
         stages.lap("spool")
         exam.images.append(instance)
-        LOGGER.info("saved %s (frame %d, EI %.0f, DI %+.1f)", instance.sop_instance_uid,
-                    raw.meta.frame_number, ei.ei, ei.deviation_index)
+        LOGGER.info("saved %s (frame %d, %s)", instance.sop_instance_uid, raw.meta.frame_number,
+                    f"EI {ei.ei:.0f}, DI {ei.deviation_index:+.1f}" if ei else "no EI")
         self._wake.set()
         return AcquiredImage(instance=instance, exposure=exposure, exposure_index=ei, frame=frame,
                              stage_seconds=stages.laps)

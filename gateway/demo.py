@@ -53,8 +53,8 @@ class SimulatedRoom(Protocol):
 class DemoImage:
     accession_number: str
     sop_instance_uid: str
-    exposure_index: float
-    deviation_index: float
+    exposure_index: float | None
+    deviation_index: float | None
     status: str
 
 
@@ -130,8 +130,8 @@ def run_demo(*, home: Path | None, exposures: int, as_json: bool, out: TextIO) -
             states = {d.destination: d.state for d in gateway.spool.deliveries(acq.instance.sop_instance_uid)}
             images.append(DemoImage(
                 accession_number=acq.instance.accession_number, sop_instance_uid=acq.instance.sop_instance_uid,
-                exposure_index=round(acq.exposure_index.ei, 1),
-                deviation_index=round(acq.exposure_index.deviation_index, 2),
+                exposure_index=round(acq.exposure_index.ei, 1) if acq.exposure_index else None,
+                deviation_index=round(acq.exposure_index.deviation_index, 2) if acq.exposure_index else None,
                 status=",".join(f"{k}:{v}" for k, v in sorted(states.items()))))
     finally:
         if gateway is not None:
@@ -147,8 +147,9 @@ def run_demo(*, home: Path | None, exposures: int, as_json: bool, out: TextIO) -
         out.write("\n")
     else:
         for img in images:
-            out.write(f"{img.accession_number}  {img.sop_instance_uid}  EI={img.exposure_index:g} "
-                      f"DI={img.deviation_index:+.1f}  {img.status}\n")
+            index = (f"EI={img.exposure_index:g} DI={img.deviation_index:+.1f}"
+                     if img.exposure_index is not None and img.deviation_index is not None else "EI=n/a")
+            out.write(f"{img.accession_number}  {img.sop_instance_uid}  {index}  {img.status}\n")
         out.write(f"{len(images)} image(s) in {summary['seconds']} s; "
                   f"calibration {'made now' if calibrated else 'reused'}; "
                   f"PACS copies in {home / 'pacs'}\n")

@@ -25,6 +25,7 @@ from gateway.dicom import AnatomyError
 from gateway.errors import CalibrationError, SpoolError, WorklistError
 from gateway.peers import StorageServer, WorklistServer, make_worklist_entry
 from gateway.spool import files as spool_files
+from gateway.types import Technique
 from hw_sim.room import SimRoom
 from tests.peers import free_port
 
@@ -160,3 +161,15 @@ def test_a_calibration_that_expires_while_running_is_refused(tmp_path: Path, roo
         room.place("chest")
         image = gw.expose(gw.open_exam(None))
     assert fresh.calibration_id in image.frame.calibration_id
+
+
+def test_an_image_without_a_computable_exposure_index_is_still_kept(
+        tmp_path: Path, room: SimRoom, dciodvfy: Callable[[Path], None]) -> None:
+    with Gateway(config_for(tmp_path, room, free_port()), usb_backend=room.usb_backend()) as gw:
+        gw.calibrate()
+        room.place("open")
+        image = gw.expose(gw.open_exam(None), Technique(kvp=120.0, mas=200.0))  # the panel saturates
+    assert image.exposure_index is None
+    ds = pydicom.dcmread(image.instance.path)
+    assert "ExposureIndex" not in ds and float(ds.KVP) == pytest.approx(120, abs=1)
+    dciodvfy(Path(image.instance.path))

@@ -34,6 +34,7 @@ class Corrector:
         self.warn_temperature_delta_c = warn_temperature_delta_c
         self._band = max(1, min(cal.shape[0], CHUNK_BYTES // (4 * cal.shape[1])))
         self._work = np.empty((self._band, cal.shape[1]), np.float32)
+        self._saturated = np.empty((self._band, cal.shape[1]), np.uint8)
         self._defect_index, self._neighbour_index, self._neighbour_weight = repair_tables(cal.defects)
         self._gathered_raw = np.empty(self._neighbour_index.shape, np.uint16)
         self._gathered = np.empty(self._neighbour_index.shape, np.float32)
@@ -54,6 +55,11 @@ class Corrector:
                 # cv2 arithmetic with dtype= rounds (half to even) and saturates into uint16 in one pass.
                 cv2.subtract(raw.pixels[rows], self.cal.offset[rows], dst=work, dtype=cv2.CV_32F)
                 cv2.multiply(work, self.cal.gain[rows], dst=out[rows], dtype=cv2.CV_16U)
+                # A saturated raw pixel has lost its signal: it stays saturated, never a plausible
+                # value after gain (the exposure index and the viewer must see it as clipped).
+                sat = self._saturated[:work.shape[0]]
+                cv2.compare(raw.pixels[rows], full_scale, cv2.CMP_EQ, dst=sat)
+                cv2.bitwise_or(out[rows], full_scale, dst=out[rows], mask=sat)  # then >= full scale
             if full_scale < 0xFFFF:
                 np.minimum(out, full_scale, out=out)
             if self._defect_index.size:

@@ -53,7 +53,7 @@ def build_dx(
     frame: CorrectedFrame,
     exposure: Exposure,
     item: WorklistItem | None,
-    ei: ExposureIndex,
+    ei: ExposureIndex | None,
     *,
     site: SiteConfig,
     detector: DetectorInfo,
@@ -296,7 +296,7 @@ def _detector(ds: Dataset, frame: CorrectedFrame, detector: DetectorInfo, detect
     ds.ImagerPixelSpacing = [_ds(spacing[0]), _ds(spacing[1])]
 
 
-def _dose(ds: Dataset, exposure: Exposure, ei: ExposureIndex) -> None:
+def _dose(ds: Dataset, exposure: Exposure, ei: ExposureIndex | None) -> None:
     act = exposure.actual
     ds.KVP = _ds(act.kvp)
     ds.Exposure = round(act.mas)
@@ -306,6 +306,8 @@ def _dose(ds: Dataset, exposure: Exposure, ei: ExposureIndex) -> None:
     if act.exposure_time_ms > 0:
         ds.XRayTubeCurrent = round(act.mas / (act.exposure_time_ms / 1000.0))
     ds.ImageAndFluoroscopyAreaDoseProduct = _ds(act.dap_dgy_cm2)
+    if ei is None:  # Type 3: an image whose EI could not be computed is still kept
+        return
     ds.ExposureIndex = _ds(ei.ei)
     ds.TargetExposureIndex = _ds(ei.target_ei)
     ds.DeviationIndex = _ds(ei.deviation_index)

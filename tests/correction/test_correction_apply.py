@@ -111,6 +111,19 @@ def test_clipping_and_rounding(make_panel: Callable[..., Panel]) -> None:
     assert bright.max() == 65535
 
 
+def test_saturated_raw_pixels_stay_saturated(make_panel: Callable[..., Panel]) -> None:
+    """Gain must not turn a clipped raw pixel into a plausible value (it would fake the EI)."""
+    panel = make_panel("8x8")
+    corrector = Corrector(panel.calibrate(4, 4))
+    raw = panel.frame(1000.0)  # far beyond full scale: every good pixel clips in the raw frame
+    clipped = raw.pixels == 65535
+    assert clipped.mean() > 0.99
+    out = corrector.apply(raw).pixels
+    assert (out[clipped] == 65535).all()
+    with pytest.raises(CalibrationError, match="all zero or saturated"):
+        exposure_index(corrector.apply(raw), target_ei=400.0)
+
+
 def test_shared_between_threads(make_panel: Callable[..., Panel]) -> None:
     panel = make_panel("8x8")
     corrector = Corrector(panel.calibrate(4, 4))
