@@ -57,9 +57,10 @@ class Corrector:
                 cv2.multiply(work, self.cal.gain[rows], dst=out[rows], dtype=cv2.CV_16U)
                 # A saturated raw pixel has lost its signal: it stays saturated, never a plausible
                 # value after gain (the exposure index and the viewer must see it as clipped).
+                # (OpenCV's type stubs lack the cv::Scalar overloads used here, hence the ignores.)
                 sat = self._saturated[:work.shape[0]]
-                cv2.compare(raw.pixels[rows], full_scale, cv2.CMP_EQ, dst=sat)
-                cv2.bitwise_or(out[rows], full_scale, dst=out[rows], mask=sat)  # then >= full scale
+                cv2.compare(raw.pixels[rows], full_scale, cv2.CMP_EQ, dst=sat)  # type: ignore[call-overload]
+                cv2.bitwise_or(out[rows], full_scale, dst=out[rows], mask=sat)  # type: ignore[call-overload]
             if full_scale < 0xFFFF:
                 np.minimum(out, full_scale, out=out)
             if self._defect_index.size:
