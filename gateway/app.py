@@ -181,25 +181,31 @@ class Gateway:
 
     # --- technologist -------------------------------------------------------------------
 
-    def worklist(self, on: date | None = None) -> WorklistView:
-        """Ask the RIS; while it is unreachable, show its last answer (marked as cached)."""
+    def worklist(self, on: date | None = None, *, patient_id: str = "", accession_number: str = "") -> WorklistView:
+        """Ask the RIS (for the day, or for one patient or accession); while it is unreachable,
+        show its last answer for the day, filtered the same way and marked as cached."""
         wl = self.config.worklist
         cache = self.config.path(wl.cache)
         now = self._clock()
+        search = bool(patient_id or accession_number)
         try:
             items = query_worklist(host=wl.host, port=wl.port, called_ae=wl.called_ae,
                                    calling_ae=self.config.site.ae_title, modality=wl.modality,
                                    station_ae=self.config.site.ae_title, on=on or now.astimezone().date(),
-                                   days_ahead=wl.days_ahead, timeout_s=wl.timeout_s)
+                                   days_ahead=wl.days_ahead, patient_id=patient_id,
+                                   accession_number=accession_number, timeout_s=wl.timeout_s)
         except WorklistError as exc:
             if not cache.exists():
                 raise
             cached, saved_at = load_cache_with_time(cache)
+            cached = [i for i in cached if (not patient_id or i.patient_id == patient_id)
+                      and (not accession_number or i.accession_number == accession_number)]
             LOGGER.warning("worklist: RIS unreachable (%s); showing %d cached step(s) from %s",
                            exc, len(cached), saved_at.isoformat() if saved_at else "an unknown time")
             return WorklistView(items=cached, source="cache", as_of=saved_at, error=str(exc))
         try:
-            save_cache(items, cache, saved_at=now)
+            if not search:  # a search answer is not the day's list: keep the cache whole
+                save_cache(items, cache, saved_at=now)
         except OSError as exc:  # the live answer still stands; only the offline copy is stale
             LOGGER.error("worklist cache %s could not be saved: %s", cache, exc)
         return WorklistView(items=items, source="ris", as_of=now)

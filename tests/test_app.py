@@ -98,17 +98,26 @@ def test_ris_outage_shows_the_last_worklist_marked_as_cached(tmp_path: Path, roo
                                 accession="ACC1", study_uid="1.2.826.0.1.3680043.10.999.5",
                                 requested_procedure_id="RP1", sps_id="S1", sps_description="Chest PA",
                                 station_ae="DXGATE", start=datetime.now(UTC))
-    ris = WorklistServer([entry], ae_title="RIS")
+    second = make_worklist_entry(patient_name="Roe^Richard", patient_id="P2", birth_date="19600202", sex="M",
+                                 accession="ACC2", study_uid="1.2.826.0.1.3680043.10.999.6",
+                                 requested_procedure_id="RP2", sps_id="S2", sps_description="Chest PA",
+                                 station_ae="DXGATE", start=datetime.now(UTC))
+    ris = WorklistServer([entry, second], ae_title="RIS")
     port = ris.start()
     config = dataclasses.replace(config_for(tmp_path, room, free_port()),
                                  worklist=WorklistConfig(port=port, called_ae="RIS", timeout_s=2.0))
     with Gateway(config, usb_backend=room.usb_backend()) as gw:
         live = gw.worklist()
-        assert live.source == "ris" and [i.accession_number for i in live.items] == ["ACC1"]
+        assert live.source == "ris" and sorted(i.accession_number for i in live.items) == ["ACC1", "ACC2"]
+        assert [i.patient_id for i in gw.worklist(accession_number="ACC1").items] == ["P1"]
+        assert gw.worklist(patient_id="P9").items == []
+        day = gw.worklist()
+        assert day.items == live.items  # a search did not shrink the day's cache
         ris.stop()
         offline = gw.worklist()
-        assert offline.source == "cache" and offline.items == live.items
-        assert offline.as_of == live.as_of and str(port) in offline.error
+        assert offline.source == "cache" and offline.items == day.items
+        assert offline.as_of == day.as_of and str(port) in offline.error
+        assert [i.accession_number for i in gw.worklist(patient_id="P2").items] == ["ACC2"]  # searched offline
         Path(config.path(config.worklist.cache)).unlink()
         with pytest.raises(WorklistError, match=str(port)):  # no cache either: say so, show nothing stale
             gw.worklist()
