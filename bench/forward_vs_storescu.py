@@ -17,7 +17,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from gateway.dicom import to_bytes  # noqa: E402
 from gateway.forward import Forwarder, Outcome  # noqa: E402
 from gateway.spool import Spool  # noqa: E402
 from tests.dicom_inputs import build_test_dx, make_frame  # noqa: E402
+from tests.peers import free_port, wait_for_port  # noqa: E402
 
 STORESCP = "/usr/bin/storescp"
 STORESCU = "/usr/bin/storescu"
@@ -46,25 +46,6 @@ def make_dx(rows: int, columns: int, rng: np.random.Generator) -> tuple[str, str
     """A DX-sized image from dxgate's own builder: (SOP Instance UID, Study UID, Part-10 bytes)."""
     ds = build_test_dx(frame=make_frame(rng.integers(0, 16384, size=(rows, columns), dtype=np.uint16)))
     return str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), to_bytes(ds)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"storescp exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"storescp did not listen on {port} within {timeout_s}s")
 
 
 def clear(directory: Path) -> None:
@@ -136,7 +117,7 @@ def main() -> None:
         timers = {"dxgate": lambda: time_dxgate(work, instances, port),
                   "storescu": lambda: time_storescu(paths, port)}
         try:
-            wait_for_port(port, scp)
+            wait_for_port(port, scp, work / "storescp.log")
             for i in range(args.repeat):
                 order = list(timers) if i % 2 == 0 else list(reversed(timers))
                 for who in order:
