@@ -134,7 +134,7 @@ def _sop_common(ds: Dataset, sop_instance_uid: str, now: datetime) -> None:
     ds.InstanceCreationDate = _da(now)
     ds.InstanceCreationTime = _tm(now)
     if now.tzinfo is not None:
-        ds.TimezoneOffsetFromUTC = _tz_offset(now)
+        ds.TimezoneOffsetFromUTC = _tz_offset(_local(now))
 
 
 def _patient(ds: Dataset, item: WorklistItem | None) -> None:
@@ -332,17 +332,23 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
     return c
 
 
+def _local(t: datetime) -> datetime:
+    """An aware time in the edge box's own (the hospital's) zone: viewers show DA/TM as written,
+    most ignoring Timezone Offset From UTC, so UTC times would read hours off."""
+    return t.astimezone() if t.tzinfo is not None else t
+
+
 def _da(d: date | datetime) -> str:
-    return d.strftime("%Y%m%d")
+    return (_local(d) if isinstance(d, datetime) else d).strftime("%Y%m%d")
 
 
 def _tm(t: datetime) -> str:
-    return t.strftime("%H%M%S.%f")
+    return _local(t).strftime("%H%M%S.%f")
 
 
 def _dt(t: datetime) -> str:
-    s = t.strftime("%Y%m%d%H%M%S.%f")
-    return s + _tz_offset(t) if t.tzinfo is not None else s
+    s = _local(t).strftime("%Y%m%d%H%M%S.%f")
+    return s + _tz_offset(_local(t)) if t.tzinfo is not None else s
 
 
 def _tz_offset(t: datetime) -> str:

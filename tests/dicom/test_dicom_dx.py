@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +186,20 @@ def test_patient_orientation_follows_the_view_unless_given(build: Callable[..., 
     assert list(build(None, view_position="AP", patient_orientation=("R", "F")).PatientOrientation) == ["R", "F"]
     with pytest.raises(DicomBuildError, match="patient orientation"):
         build(None, patient_orientation=("X", "F"))
+
+
+def test_times_are_written_in_the_local_zone_with_its_offset(build: Callable[..., Dataset],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Viewers show StudyTime as written: a UTC time would read hours off in the hospital."""
+    monkeypatch.setenv("TZ", "EST5")  # UTC-5, POSIX form: no zoneinfo needed
+    time.tzset()
+    try:
+        ds = build(make_item())
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    started = EXPOSURE.started_at  # 10:30:03 UTC
+    assert ds.TimezoneOffsetFromUTC == "-0500"
+    assert ds.AcquisitionTime.startswith((started - timedelta(hours=5)).strftime("%H%M%S"))
+    assert ds.AcquisitionDateTime.endswith("-0500") and ds.ContentTime.startswith("0530")
+    assert ds.StudyDate == "20261122"
