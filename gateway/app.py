@@ -19,7 +19,7 @@ from typing import Any
 from drivers import registry
 from gateway.acquisition import ExposureSequence
 from gateway.config import Config
-from gateway.correction import CalibrationSet, CalibrationStore, Corrector, calibrate, exposure_index
+from gateway.correction import CalibrationSet, CalibrationStore, Corrector, calibrate, check_age, exposure_index
 from gateway.dicom import build_dx, check_anatomy, new_uid, to_bytes
 from gateway.errors import CalibrationError, ConfigError, WorklistError
 from gateway.forward import DeliveryResult, Forwarder
@@ -162,21 +162,18 @@ class Gateway:
         return cal
 
     def has_calibration(self) -> bool:
-        return self.calibrations.latest(self.calibration_key) is not None
+        return self.calibrations.latest_id(self.calibration_key) is not None
 
     def corrector(self) -> Corrector:
         """The corrector of the newest valid calibration set, checked again at every exposure:
         a set that aged past its limit while the daemon ran is refused, a newer one is used."""
-        latest = self.calibrations.latest(self.calibration_key)
-        if self._corrector is None or latest is None or latest.calibration_id != self._corrector.cal.calibration_id:
-            cal = self.calibrations.load(self.calibration_key, max_age_days=self.config.calibration.max_age_days,
-                                         now=self._clock())
+        max_age = self.config.calibration.max_age_days
+        newest = self.calibrations.latest_id(self.calibration_key)
+        if self._corrector is None or newest != self._corrector.cal.calibration_id:
+            cal = self.calibrations.load(self.calibration_key, max_age_days=max_age, now=self._clock())
             self._corrector = Corrector(cal)
-        age_days = (self._clock() - self._corrector.cal.created_at).total_seconds() / 86400
-        if age_days > self.config.calibration.max_age_days:
-            raise CalibrationError(
-                f"calibration {self._corrector.cal.calibration_id} is {age_days:.1f} days old, over the "
-                f"{self.config.calibration.max_age_days:g}-day limit: recalibrate the detector")
+        else:
+            check_age(self._corrector.cal, max_age_days=max_age, now=self._clock())
         return self._corrector
 
     # --- technologist -------------------------------------------------------------------

@@ -42,7 +42,7 @@ def test_runtime_never_loads_the_simulator() -> None:
 
 PLANTED = {
     "against the flow": ("gateway/spool/queue.py", "import gateway.forward.status\n", "Data flows one way"),
-    "skipping a stage": ("gateway/forward/status.py", "import gateway.dicom.uids\n", "never one further upstream"),
+    "skipping a stage": ("gateway/forward/status.py", "import gateway.dicom.dx\n", "never one further upstream"),
     "a driver reaching into the gateway": ("drivers/registry.py", "import gateway.config\n", "Drivers import only"),
     "runtime importing the simulator": ("gateway/app.py", "import hw_sim.room\n", "Nothing at runtime imports"),
     "a circle inside a package": ("gateway/correction/store.py", "import gateway.correction.apply\n", "No circle"),

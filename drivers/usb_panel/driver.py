@@ -29,6 +29,10 @@ CONTROL_TIMEOUT_MS = 2000
 PAYLOAD_TIMEOUT_FLOOR_S = 2.0  # once the header is in, the payload follows at bus speed
 
 
+def _buffer(size: int) -> array.array:
+    """A zeroed byte buffer for pyusb to read into, made in one allocation (a frame is megabytes)."""
+    return array.array("B", b"\0") * size
+
 class _BadTransmission(Exception):
     """A transmission that a RESEND may cure (bad CRC, short payload, garbled header)."""
 
@@ -219,7 +223,7 @@ class UsbPanelDetector:
 
     def _read_transmission(self, deadline: float, timeout_s: float,
                            kind: FrameKind) -> tuple[p.FrameHeader, np.ndarray]:
-        hbuf = array.array("B", bytes(p.MAX_PACKET))
+        hbuf = _buffer(p.MAX_PACKET)
         n = self._bulk_read(hbuf, max(deadline - time.monotonic(), 0.001),
                             lambda: f"no frame from panel {self.info.serial} within {timeout_s:g} s "
                                     f"(armed {kind.value}"
@@ -230,7 +234,7 @@ class UsbPanelDetector:
         if p.header_crc32(memoryview(hbuf)[:n]) != header.header_crc32:
             raise _BadTransmission(None, "header CRC32 mismatch (header fields corrupt in transit)")
         self._check_header(header)
-        payload = array.array("B", bytes(header.payload_length))
+        payload = _buffer(header.payload_length)
         got = self._bulk_read(payload, max(deadline - time.monotonic(), PAYLOAD_TIMEOUT_FLOOR_S),
                               lambda: f"panel {self.info.serial} frame {header.frame_number}: payload "
                                       f"did not arrive")

@@ -9,6 +9,6 @@ from gateway.correction.apply import Corrector
 from gateway.correction.calibrate import calibrate
 from gateway.correction.calibration_set import CalibrationSet, DefectClass
 from gateway.correction.exposure_index import exposure_index
-from gateway.correction.store import CalibrationStore
+from gateway.correction.store import CalibrationStore, check_age
 
-__all__ = ["CalibrationSet", "CalibrationStore", "Corrector", "DefectClass", "calibrate", "exposure_index"]
+__all__ = ["CalibrationSet", "CalibrationStore", "Corrector", "DefectClass", "calibrate", "check_age", "exposure_index"]

@@ -79,12 +79,22 @@ class CalibrationStore:
         LOGGER.info("saved calibration %s at %s", cal.calibration_id, final)
         return final
 
+    def latest_id(self, key: CalibrationKey) -> str | None:
+        """The id of the newest set for this serial and mode, from the directory names alone
+        (cheap enough to ask at every exposure); None if there is none."""
+        newest = self._newest_dir(key)
+        return None if newest is None else newest.name
+
     def latest(self, key: CalibrationKey) -> CalibrationSet | None:
         """The newest set for this serial and mode, verified; None if there is none.
 
         A newest set that fails verification raises CalibrationError: an older set is never
         silently used in its place.
         """
+        newest = self._newest_dir(key)
+        return None if newest is None else _read(newest, key)
+
+    def _newest_dir(self, key: CalibrationKey) -> Path | None:
         parent = self._key_dir(key)
         if not parent.is_dir():
             return None
@@ -99,7 +109,7 @@ class CalibrationStore:
             ids.append(((parts[1], parts[2]), p))
         if not ids:
             return None
-        return _read(max(ids)[1], key)
+        return max(ids)[1]
 
     def load(self, key: CalibrationKey, *, max_age_days: float | None = None,
              now: datetime | None = None) -> CalibrationSet:
@@ -109,21 +119,27 @@ class CalibrationStore:
             raise CalibrationError(f"no calibration for detector {key.detector_serial} mode {key.mode} in "
                                    f"{self._key_dir(key)}: calibrate the detector first")
         if max_age_days is not None:
-            now = datetime.now(UTC) if now is None else now
-            if now.tzinfo is None or now.utcoffset() is None:
-                raise CalibrationError(f"current time {now} has no time zone")
-            age_days = (now - cal.created_at).total_seconds() / 86400.0
-            if age_days > max_age_days:
-                raise CalibrationError(
-                    f"calibration {cal.calibration_id} for detector {key.detector_serial} mode {key.mode} is "
-                    f"{age_days:.1f} days old, older than the limit of {max_age_days:g} days: recalibrate")
-            if age_days < -1:
-                LOGGER.warning("calibration %s is dated %.1f days in the future: check the clock",
-                               cal.calibration_id, -age_days)
+            check_age(cal, max_age_days=max_age_days, now=now)
         return cal
 
     def _key_dir(self, key: CalibrationKey) -> Path:
         return self.directory / _safe_name("detector serial", key.detector_serial) / _safe_name("mode", key.mode)
+
+
+def check_age(cal: CalibrationSet, *, max_age_days: float, now: datetime | None = None) -> None:
+    """CalibrationError if the set is older than `max_age_days` at `now` (default: the real time)."""
+    now = datetime.now(UTC) if now is None else now
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise CalibrationError(f"current time {now} has no time zone")
+    age_days = (now - cal.created_at).total_seconds() / 86400.0
+    key = cal.key
+    if age_days > max_age_days:
+        raise CalibrationError(
+            f"calibration {cal.calibration_id} for detector {key.detector_serial} mode {key.mode} is "
+            f"{age_days:.1f} days old, older than the limit of {max_age_days:g} days: recalibrate")
+    if age_days < -1:
+        LOGGER.warning("calibration %s is dated %.1f days in the future: check the clock",
+                       cal.calibration_id, -age_days)
 
 
 def _safe_name(what: str, name: str) -> str:

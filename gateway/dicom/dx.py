@@ -27,9 +27,9 @@ from gateway.config import SiteConfig
 from gateway.dicom.anatomy import AnatomyError, View, image_laterality
 from gateway.dicom.anatomy import body_part as lookup_body_part
 from gateway.dicom.anatomy import view as lookup_view
-from gateway.dicom.uids import is_valid_uid
 from gateway.errors import DxgateError
 from gateway.types import CorrectedFrame, DetectorInfo, Exposure, ExposureIndex, WorklistItem
+from gateway.uids import is_valid_uid
 
 LOGGER = logging.getLogger(__name__)
 

@@ -102,6 +102,8 @@ class Session:
         self.destination = destination
         self.nodelay = socket_nodelay(assoc)
         self._msg_id = 0
+        # (SOP class, transfer syntax) pairs the archive accepted: fixed for the association
+        self._accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
 
     @property
     def established(self) -> bool:
@@ -111,9 +113,8 @@ class Session:
         """Send a verified spool file: streamed from disk as it is stored when the archive
         accepted its transfer syntax (no decode, no re-encode), else decoded and converted."""
         self._msg_id = self._msg_id % 0xFFFF + 1
-        accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in self._assoc.accepted_contexts}
         item: Path | Dataset = Path(delivery.path)
-        if (delivery.sop_class_uid, transfer_syntax) not in accepted:
+        if (delivery.sop_class_uid, transfer_syntax) not in self._accepted:
             item = dcmread(delivery.path)
         try:
             rsp = self._assoc.send_c_store(item, msg_id=self._msg_id)

@@ -8,7 +8,6 @@ rename), before the success status is returned.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,10 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from gateway.durable import write_atomic
 from gateway.netopts import nodelay_handlers
+from gateway.uids import is_valid_uid
 
 LOGGER = logging.getLogger(__name__)
 
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
@@ -84,7 +83,7 @@ class StorageServer:
 
     def _on_store(self, event: Any) -> int:
         uid = str(event.request.AffectedSOPInstanceUID or "")
-        if len(uid) > 64 or not _UID_RE.match(uid):
+        if not is_valid_uid(uid):
             LOGGER.warning("refused an instance with an invalid SOP Instance UID")
             return CANNOT_UNDERSTAND
         target = self.directory / f"{uid}.dcm"

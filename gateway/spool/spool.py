@@ -8,7 +8,6 @@ commit leaves at most an unreferenced file, which the next start reports and nev
 from __future__ import annotations
 
 import logging
-import re
 import sqlite3
 import threading
 import time
@@ -20,11 +19,11 @@ from gateway.errors import SpoolError
 from gateway.spool import files
 from gateway.spool.queue import Delivery, DeliveryState, Queue
 from gateway.types import SpooledInstance
+from gateway.uids import is_valid_uid
 
 LOGGER = logging.getLogger(__name__)
 
 DEFAULT_MIN_FREE_BYTES = 512 * 1024 * 1024
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
 @dataclass(frozen=True)
@@ -204,5 +203,5 @@ class Spool:
 
 
 def _check_uid(name: str, uid: str) -> None:
-    if not uid or len(uid) > 64 or not _UID.match(uid):
+    if not is_valid_uid(uid):
         raise SpoolError(f"{name} {uid!r} is not a valid DICOM UID")

@@ -59,10 +59,12 @@ def load_cache_with_time(path: str | Path) -> tuple[list[WorklistItem], datetime
         if doc.get("version") != VERSION:
             raise ValueError(f"cache version {doc.get('version')!r}, this dxgate reads {VERSION}")
         saved_at = datetime.fromisoformat(doc["saved_at"])
+        if not isinstance(doc.get("items"), list):
+            raise ValueError("no item list")
     except (ValueError, KeyError, TypeError) as exc:
         raise WorklistError(f"worklist cache {p} is unreadable: {exc}") from None
     items = []
-    for n, d in enumerate(doc.get("items", ()) if isinstance(doc.get("items"), list) else [None]):
+    for n, d in enumerate(doc["items"]):
         try:
             items.append(_decode(d))
         except (ValueError, KeyError, TypeError):

@@ -15,7 +15,6 @@ a WorklistItem is a Python str whatever the RIS encoding was.
 from __future__ import annotations
 
 import logging
-import re
 from datetime import date, datetime, time
 from functools import partial
 from typing import Any
@@ -25,11 +24,11 @@ from pydicom.multival import MultiValue
 
 from gateway.errors import WorklistError
 from gateway.types import ProtocolCode, WorklistItem
+from gateway.uids import is_valid_uid
 
 LOGGER = logging.getLogger(__name__)
 
 _TEXT_VRS = ("PN", "LO", "SH", "LT", "ST", "UT", "UC")
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
 def parse_answer(ds: Dataset) -> list[WorklistItem]:
@@ -44,7 +43,7 @@ def parse_answer(ds: Dataset) -> list[WorklistItem]:
     study_uid = _text(ds, "StudyInstanceUID")
     if not study_uid:
         raise WorklistError("answer has no StudyInstanceUID")
-    if len(study_uid) > 64 or not _UID_RE.match(study_uid):
+    if not is_valid_uid(study_uid):
         raise WorklistError("answer's StudyInstanceUID is not a valid UID")
     item_of_step = partial(
         WorklistItem,
@@ -177,7 +176,7 @@ def _referenced_study(ds: Dataset) -> str:
     for ref in _get(ds, "ReferencedStudySequence") or ():
         uid = _text(ref, "ReferencedSOPInstanceUID")
         if uid:
-            if len(uid) > 64 or not _UID_RE.match(uid):
+            if not is_valid_uid(uid):
                 raise WorklistError("answer's ReferencedStudySequence has an invalid ReferencedSOPInstanceUID")
             return uid
     return ""

@@ -1,4 +1,7 @@
-"""UID generation under the site's UID root (PS3.5 9 and B.2)."""
+"""DICOM UIDs: their syntax, and generation under the site's UID root (PS3.5 9 and B.2).
+
+In the shared bottom layer: the worklist parser, the DICOM builder, the spool and the
+embedded PACS all check UIDs the same way."""
 
 from __future__ import annotations
 
