@@ -76,6 +76,9 @@ class WorklistConfig:
     modality: str = setting("DX", "Modality queried for.")
     days_ahead: int = setting(0, "Also fetch steps scheduled up to this many days ahead.", lo=0, hi=30)
     timeout_s: float = setting(10.0, "Network timeout for the query.", lo=0.5, hi=300)
+    max_query_s: float = setting(30.0, "Longest a whole worklist query may take, answers included.", lo=1, hi=600)
+    max_answers: int = setting(2000, "Most answers one worklist query may return; more end the query.",
+                               lo=1, hi=100_000)
     cache: str = setting("worklist-cache.json",
                          "Last worklist answer, used while the RIS is unreachable (relative: under state_dir).")
 
@@ -107,6 +110,14 @@ class SpoolConfig:
     database: str = setting("state.db", "SQLite state database (relative: under state_dir).")
     min_free_mb: int = setting(512, "Refuse acquisition when the spool disk would fall below this much free space.",
                                lo=0, hi=1_000_000)
+    min_free_inodes: int = setting(1000, "Refuse acquisition when a state file system would fall below this many "
+                                   "free inodes.", lo=0, hi=1_000_000_000)
+    raw_directory: str = setting("raw", "Where raw frames are kept from the moment X-rays may have been delivered "
+                                 "until their image is spooled (relative: under state_dir).")
+    keep_raw_after_image: bool = setting(False, "Keep each raw frame after its image is spooled (for reprocessing "
+                                         "with another calibration); false deletes it once the image is saved.")
+    db_busy_timeout_s: float = setting(5.0, "Longest wait for another process's lock on the state database.",
+                                       lo=0.1, hi=600)
 
 
 @dataclass(frozen=True)
