@@ -8,6 +8,7 @@ exposure becomes "saved"; the forwarder drains the spool on its own thread.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -18,18 +19,21 @@ from typing import Any
 
 from drivers import registry
 from gateway.acquisition import ExposureSequence
+from gateway.acquisition.raw_store import RawStoreError
+from gateway.alarms import Alarms
 from gateway.config import Config
-from gateway.correction import CalibrationSet, CalibrationStore, Corrector, calibrate, check_age, exposure_index
-from gateway.dicom import build_dx, check_anatomy, new_uid, to_bytes
-from gateway.errors import CalibrationError, ConfigError, WorklistError
+from gateway.correction import CalibrationSet, Corrector, calibrate
+from gateway.dicom import check_anatomy, new_uid
+from gateway.errors import ConfigError, DxgateError, ExposureRefused, FrameKeptError, WorklistError
 from gateway.forward import DeliveryResult, Forwarder
+from gateway.imaging import ImageContext, ImagePipeline, state_directories
 from gateway.ports import Detector, Generator
-from gateway.spool import Spool
 from gateway.types import (
     CalibrationKey,
     CorrectedFrame,
     Exposure,
     ExposureIndex,
+    RawFrame,
     SpooledInstance,
     Technique,
     WorklistItem,
@@ -38,7 +42,9 @@ from gateway.worklist import load_cache_with_time, query_worklist, save_cache
 
 LOGGER = logging.getLogger(__name__)
 
-IMAGE_OVERHEAD_BYTES = 64 * 1024  # header and attributes of a DX object beyond its pixel data
+# Techniques outside these are refused before the tube fires (the configuration's own bounds).
+KVP_RANGE = (40.0, 150.0)
+MAS_RANGE = (0.1, 500.0)
 
 
 @dataclass
@@ -70,7 +76,8 @@ class AcquiredImage:
     exposure: Exposure
     exposure_index: ExposureIndex | None  # None: not computable (e.g. saturated centre); image kept
     frame: CorrectedFrame
-    stage_seconds: dict[str, float]  # acquire, correct, build, spool: where an exposure's latency goes
+    stage_seconds: dict[str, float]  # acquire, keep, correct, build, spool: where an exposure's latency goes
+    kept_id: str = ""  # the raw record kept through the image's making ("" if it could not be written)
 
 
 def open_hardware(config: Config, usb_backend: Any | None = None) -> tuple[Detector, Generator]:
@@ -92,15 +99,12 @@ def open_hardware(config: Config, usb_backend: Any | None = None) -> tuple[Detec
     return detector, generator
 
 
-class _StageClock:
-    def __init__(self) -> None:
-        self.laps: dict[str, float] = {}
-        self._t = time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.laps[stage] = now - self._t
-        self._t = now
+def make_state_directories(config: Config) -> None:
+    """Create the state directories owner-only when they are new (they hold patient data); an
+    existing directory keeps its permissions (a --home of /tmp must not become 0700)."""
+    for d in [Path(config.state_dir), *state_directories(config)]:
+        if not d.exists():
+            d.mkdir(mode=0o700, parents=True)
 
 
 class Gateway:
@@ -114,29 +118,39 @@ class Gateway:
         self._clock = clock
         exp = config.exposure
         check_anatomy(exp.body_part, exp.view_position, exp.laterality or None)  # at start, not at exposure
-        # owner-only: the spool, the state database and the worklist cache hold patient data
-        Path(config.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
-        Path(config.state_dir).chmod(0o700)
-        for d in (config.calibration.directory, config.spool.directory):
-            config.path(d).mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.detector, self.generator = open_hardware(config, usb_backend)
+        make_state_directories(config)
+        self.alarms = Alarms(clock=self._epoch)
+        self.pipeline = ImagePipeline(config, alarms=self.alarms, clock=clock, spool_clock=self._epoch)
+        self.spool = self.pipeline.spool
+        self.calibrations = self.pipeline.calibrations
+        self.raw_store = self.pipeline.raw_store
+        try:
+            self.detector, self.generator = open_hardware(config, usb_backend)
+        except BaseException:
+            self.pipeline.close()
+            raise
         try:
             self.mode = self.detector.info.mode(config.detector.mode)
-            self.sequence = ExposureSequence(self.detector, self.generator,
+            self.sequence = ExposureSequence(self.detector, self.generator, alarms=self.alarms,
                                              frame_timeout_s=config.detector.frame_timeout_s, clock=clock)
-            self.calibrations = CalibrationStore(config.path(config.calibration.directory))
-            self.spool = Spool(config.path(config.spool.directory), config.path(config.spool.database),
-                               min_free_bytes=config.spool.min_free_mb * 1024 * 1024, clock=self._epoch)
             self.forwarder = Forwarder(self.spool, config.destinations, calling_ae=config.site.ae_title,
                                        clock=self._epoch)
         except BaseException:
             self.generator.close()  # leave no USB interface claimed, no pty open
             self.detector.close()
+            self.pipeline.close()
             raise
-        self._corrector: Corrector | None = None
+        # Frames read after a dose whose raw record could not be written: held here, retried
+        # before the next exposure, which is refused while any is left.
+        self._unkept: list[tuple[RawFrame, Exposure, dict[str, Any]]] = []
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._forward_thread: threading.Thread | None = None
+        pending = self.raw_store.pending()
+        if pending:
+            self.alarms.raise_("frames-awaiting-reprocess",
+                               f"{len(pending)} kept raw frame(s) have no image yet: fix the cause named by "
+                               "`dxgate reprocess --list`, then run `dxgate reprocess`")
 
     def _epoch(self) -> float:
         """The gateway clock as seconds: one clock for the spool and the forwarder."""
@@ -157,7 +171,7 @@ class Gateway:
         cal = calibrate(darks, flats, flat_kerma_ugy=cal_cfg.flat_kerma_ugy, operator=operator,
                         technique=technique, now=self._clock())
         self.calibrations.save(cal)
-        self._corrector = Corrector(cal)
+        self.pipeline.use(Corrector(cal))
         LOGGER.info("calibration %s stored and active", cal.calibration_id)
         return cal
 
@@ -166,15 +180,10 @@ class Gateway:
 
     def corrector(self) -> Corrector:
         """The corrector of the newest valid calibration set, checked again at every exposure:
-        a set that aged past its limit while the daemon ran is refused, a newer one is used."""
-        max_age = self.config.calibration.max_age_days
-        newest = self.calibrations.latest_id(self.calibration_key)
-        if self._corrector is None or newest != self._corrector.cal.calibration_id:
-            cal = self.calibrations.load(self.calibration_key, max_age_days=max_age, now=self._clock())
-            self._corrector = Corrector(cal)
-        else:
-            check_age(self._corrector.cal, max_age_days=max_age, now=self._clock())
-        return self._corrector
+        a set that aged past its limit while the daemon ran is refused, a newer one is used,
+        and one of another shape than the armed mode is refused."""
+        return self.pipeline.corrector(self.calibration_key, (self.mode.rows, self.mode.columns),
+                                       max_age_days=self.config.calibration.max_age_days)
 
     # --- technologist -------------------------------------------------------------------
 
@@ -213,53 +222,112 @@ class Gateway:
         study_uid = item.study_instance_uid if item and item.study_instance_uid else new_uid(root)
         return Exam(item=item, study_uid=study_uid, series_uid=new_uid(root))
 
-    def expose(self, exam: Exam, technique: Technique | None = None, *, laterality: str | None = None) -> AcquiredImage:
-        """Expose, correct, build the DX image and spool it; returns once it is saved.
+    def preflight(self, technique: Technique, body_part: str, view_position: str,
+                  laterality: str | None) -> Corrector:
+        """Everything that could refuse the image, checked before the tube may fire.
 
-        Everything that could refuse the image (calibration, anatomy coding, disk space) is
-        checked before the tube fires: no dose for an image that cannot be kept.
+        Raises ExposureRefused naming the cause (no X-rays are given); returns the corrector.
         """
         try:
+            if self._unkept and not self.retry_unkept():
+                raise DxgateError(f"{len(self._unkept)} frame(s) from earlier exposures are held in memory "
+                                  "because their raw record could not be written: free the state disk first")
+            for name, value, (lo, hi) in (("kV", technique.kvp, KVP_RANGE), ("mAs", technique.mas, MAS_RANGE)):
+                if not (isinstance(value, (int, float)) and math.isfinite(value) and lo <= value <= hi):
+                    raise ConfigError(f"technique {name} {value!r} is outside [{lo:g}, {hi:g}]")
             corrector = self.corrector()
-        except CalibrationError:
-            LOGGER.error("exposure refused: no valid calibration for %s", self.calibration_key)
-            raise
+            check_anatomy(body_part, view_position, laterality)
+            self.pipeline.check_storage(self.mode.rows, self.mode.columns)
+        except DxgateError as exc:
+            LOGGER.error("exposure refused before the tube fired: %s", exc)
+            raise ExposureRefused(f"exposure refused before the tube fired: {exc}") from exc
+        return corrector
+
+    def expose(self, exam: Exam, technique: Technique | None = None, *, laterality: str | None = None) -> AcquiredImage:
+        """Expose, keep the raw frame, correct, build the DX image and spool it; returns once saved.
+
+        Everything that could refuse the image is checked before the tube fires (ExposureRefused:
+        no dose). From the EXPOSE command on, the frame is kept whatever fails: a failure after
+        the dose raises FrameKeptError naming the kept frame, which `reprocess` turns into its
+        image once the cause is fixed.
+        """
         exp_cfg = self.config.exposure
         laterality = laterality or exp_cfg.laterality or None
-        check_anatomy(exp_cfg.body_part, exp_cfg.view_position, laterality)
-        # Invariant 5: a full disk refuses the exposure before the tube fires, never after.
-        self.spool.check_room(self.mode.rows * self.mode.columns * 2 + IMAGE_OVERHEAD_BYTES)
         technique = technique or Technique(kvp=exp_cfg.kvp, mas=exp_cfg.mas)
-        stages = _StageClock()
-        raw, exposure = self.sequence.expose(technique)
-        stages.lap("acquire")
-        frame = corrector.apply(raw)
-        ei: ExposureIndex | None
+        corrector = self.preflight(technique, exp_cfg.body_part, exp_cfg.view_position, laterality)
+        root = self.config.site.uid_root
+        ctx = ImageContext(item=exam.item, study_uid=exam.study_uid, series_uid=exam.series_uid,
+                           series_number=exam.series_number, sop_instance_uid=new_uid(root),
+                           instance_number=len(exam.images) + 1, body_part=exp_cfg.body_part,
+                           view_position=exp_cfg.view_position, laterality=laterality,
+                           target_ei=exp_cfg.target_ei, detector=self.detector.info,
+                           pixel_spacing_mm=self.mode.pixel_spacing_mm)
+        t0 = time.perf_counter()
+        raw, exposure = self.sequence.expose(technique)  # from here on, X-rays may have been given
+        laps = {"acquire": time.perf_counter() - t0}
+        t0 = time.perf_counter()
+        kept_id = self._keep(raw, exposure, ctx.to_json())
+        laps["keep"] = time.perf_counter() - t0
         try:
-            ei = exposure_index(frame, exp_cfg.target_ei)
-        except CalibrationError as exc:  # the dose is given: keep the image, without an EI
-            LOGGER.warning("no exposure index for frame %d: %s", raw.meta.frame_number, exc)
-            ei = None
-        stages.lap("correct")
-        ds = build_dx(frame, exposure, exam.item, ei, site=self.config.site, detector=self.detector.info,
-                      pixel_spacing_mm=self.mode.pixel_spacing_mm, study_uid=exam.study_uid,
-                      series_uid=exam.series_uid, sop_instance_uid=new_uid(self.config.site.uid_root),
-                      series_number=exam.series_number, instance_number=len(exam.images) + 1,
-                      body_part=exp_cfg.body_part, view_position=exp_cfg.view_position, laterality=laterality,
-                      now=self._clock())
-        data = to_bytes(ds)
-        stages.lap("build")
-        instance = self.spool.put(data, sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
-                                  study_instance_uid=exam.study_uid,
-                                  accession_number=exam.item.accession_number if exam.item else "",
-                                  destinations=[d.name for d in self.config.destinations])
-        stages.lap("spool")
-        exam.images.append(instance)
-        LOGGER.info("saved %s (frame %d, %s)", instance.sop_instance_uid, raw.meta.frame_number,
+            made = self.pipeline.make_image(raw, exposure, ctx, corrector, laps)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if kept_id:
+                self.raw_store.note_failure(kept_id, reason)
+                self.alarms.raise_("image-not-made", f"frame {raw.meta.frame_number} is kept as {kept_id}, but "
+                                   f"its image could not be made: {reason}; fix the cause, then run "
+                                   "`dxgate reprocess`", key=kept_id)
+                raise FrameKeptError(f"X-rays were given and frame {raw.meta.frame_number} is kept as {kept_id}, "
+                                     f"but its image could not be made: {reason}", kept_id) from exc
+            raise FrameKeptError(f"X-rays were given and frame {raw.meta.frame_number} is held in memory only "
+                                 f"(its raw record could not be written), and its image could not be made: "
+                                 f"{reason}") from exc
+        if kept_id:
+            self.pipeline.image_made(kept_id)
+        else:  # the image is saved: the frame held in memory is no longer needed
+            self._unkept = [u for u in self._unkept if u[0] is not raw]
+            self.alarms.clear("frame-not-kept", f"frame {raw.meta.frame_number}")
+        exam.images.append(made.instance)
+        ei = made.exposure_index
+        LOGGER.info("saved %s (frame %d, %s)", made.instance.sop_instance_uid, raw.meta.frame_number,
                     f"EI {ei.ei:.0f}, DI {ei.deviation_index:+.1f}" if ei else "no EI")
         self._wake.set()
-        return AcquiredImage(instance=instance, exposure=exposure, exposure_index=ei, frame=frame,
-                             stage_seconds=stages.laps)
+        return AcquiredImage(instance=made.instance, exposure=exposure, exposure_index=ei, frame=made.frame,
+                             stage_seconds=made.stage_seconds, kept_id=kept_id)
+
+    def _keep(self, raw: RawFrame, exposure: Exposure, context: dict[str, Any]) -> str:
+        """Write the raw frame durably; on failure hold it in memory and raise an alarm."""
+        try:
+            return self.raw_store.keep(raw, exposure, context, now=self._clock())
+        except RawStoreError as exc:
+            self._unkept.append((raw, exposure, context))
+            self.alarms.raise_("frame-not-kept", f"frame {raw.meta.frame_number} was read after a dose but could "
+                               f"not be written to disk ({exc}); it is held in memory, and exposures are refused "
+                               "until it is written", key=f"frame {raw.meta.frame_number}")
+            return ""
+
+    def retry_unkept(self) -> bool:
+        """Write frames held in memory to the raw store; True when none is left."""
+        still = []
+        for raw, exposure, context in self._unkept:
+            try:
+                kept_id = self.raw_store.keep(raw, exposure, context, now=self._clock())
+            except RawStoreError as exc:
+                LOGGER.error("frame %d still not written: %s", raw.meta.frame_number, exc)
+                still.append((raw, exposure, context))
+                continue
+            self.alarms.clear("frame-not-kept", f"frame {raw.meta.frame_number}")
+            self.alarms.raise_("image-not-made", f"frame {raw.meta.frame_number} is now kept as {kept_id}; run "
+                               "`dxgate reprocess` to make its image", key=kept_id)
+        self._unkept = still
+        return not still
+
+    def reprocess(self, kept_ids: list[str] | None = None) -> list[Any]:
+        """Make the images of kept raw frames (see ImagePipeline.reprocess)."""
+        results = self.pipeline.reprocess(kept_ids)
+        if any(r.outcome != "failed" for r in results):
+            self._wake.set()
+        return results
 
     # --- store and forward --------------------------------------------------------------
 
@@ -283,10 +351,13 @@ class Gateway:
             self._forward_thread.join(timeout=30)
         self.generator.close()
         self.detector.close()
+        if self._unkept:
+            LOGGER.error("%d frame(s) held in memory are lost at shutdown: their raw record could never be "
+                         "written", len(self._unkept))
         if self.forwarding_alive():  # mid C-STORE past the join: closing the DB would kill it
             LOGGER.error("forwarder still busy at shutdown; spool left open for it to finish")
             return
-        self.spool.close()
+        self.pipeline.close()
 
     def __enter__(self) -> Gateway:
         return self

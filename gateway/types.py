@@ -65,6 +65,9 @@ class FrameMeta:
     temperature_c: float
     acquired_at: datetime
     crc32: int
+    # What the driver noticed and reported but did not refuse once X-rays may have been given
+    # (a frame-counter gap, a device timestamp out of range); no patient data.
+    flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,21 +111,31 @@ class Technique:
 
 @dataclass(frozen=True)
 class ExposureReadback:
-    """What the generator reports it actually delivered."""
+    """What the generator reports it actually delivered; None where a value was missing or
+    outside any sane range (such a value never reaches a DICOM object)."""
 
-    kvp: float
-    mas: float
-    exposure_time_ms: float
-    dap_dgy_cm2: float  # dose-area product (Image and Fluoroscopy Area Dose Product units)
+    kvp: float | None
+    mas: float | None
+    exposure_time_ms: float | None
+    dap_dgy_cm2: float | None  # dose-area product (Image and Fluoroscopy Area Dose Product units)
 
 
 @dataclass(frozen=True)
 class Exposure:
-    """One exposure: what was asked, what was delivered, and when."""
+    """One exposure: what was asked, what was delivered (None: dose unknown), and when.
+
+    `problems` lists what went wrong with the readback (garbled, missing, out of range):
+    the frame is kept all the same, because X-rays may have been delivered.
+    """
 
     requested: Technique
-    actual: ExposureReadback
+    actual: ExposureReadback | None
     started_at: datetime
+    problems: tuple[str, ...] = ()
+
+    @property
+    def dose_known(self) -> bool:
+        return self.actual is not None and not self.problems
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ class SimGenerator:
         self._kvp, self._mas = 70.0, 2.0
         self._interlock: str | None = None
         self._garble = 0
+        self._readback: str | None = None
         self.exposures = 0
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)  # no echo, no CR/LF translation before pyserial opens it
@@ -64,6 +65,12 @@ class SimGenerator:
     def garble_next_reply(self, n: int = 1) -> None:
         with self._lock:
             self._garble = n  # the count still to come, not added to
+
+    def readback_next(self, fields: str) -> None:
+        """The next EXPOSE fires as usual but reports ``DONE,<fields>`` (e.g. "nan,-5,1e12,0"):
+        a generator whose readback is absurd though well-formed on the line."""
+        with self._lock:
+            self._readback = fields
 
     def interlock(self, reason: str = "door open") -> None:
         """Latch an interlock fault: PREP and EXPOSE are refused until clear_interlock()."""
@@ -175,6 +182,10 @@ class SimGenerator:
         kerma_ugy = self._on_pulse(kvp, mas)
         ms = mas / TUBE_CURRENT_MA * 1000.0
         dap_dgy_cm2 = kerma_ugy * 1e-6 * 10.0 * self.field_area_cm2  # Gy -> dGy, times cm2
+        with self._lock:
+            override, self._readback = self._readback, None
+        if override is not None:
+            return f"DONE,{override}"
         return f"DONE,{kvp:.1f},{mas:.2f},{ms:.1f},{dap_dgy_cm2:.4f}"
 
     def _status(self, args: list[str]) -> str:

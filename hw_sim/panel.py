@@ -42,6 +42,7 @@ class PanelFaults:
     mangle_header: int = 0  # next N transmissions carry a header with one byte changed
     mangle_offset: int = 0
     mangle_xor: int = 0x01
+    timestamp_us: int | None = None  # device clock stamped on frames; None: the real clock
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,11 @@ class SimPanel:
     def skip_frame_number(self, n: int = 1) -> None:
         with self._cond:
             self.faults.skip_frame_number = n
+
+    def set_timestamp_us(self, value: int | None) -> None:
+        """Stamp every frame from now on with this device time (None: the real clock)."""
+        with self._cond:
+            self.faults.timestamp_us = value
 
     # --- what the room does to the panel ---------------------------------------------------
 
@@ -223,7 +229,9 @@ class SimPanel:
         self._last_frame = number
         header = w.frame_header(frame_number=number, rows=model.rows, columns=model.columns,
                                 bits=BITS_STORED, kind=kind, mode_id=model.mode_id,
-                                temperature_c=model.temperature_c, timestamp_us=time.time_ns() // 1000,
+                                temperature_c=model.temperature_c,
+                                timestamp_us=(time.time_ns() // 1000 if self.faults.timestamp_us is None
+                                              else self.faults.timestamp_us),
                                 payload_length=len(payload), crc32=zlib.crc32(payload))
         self._armed, self._pulse = None, None
         self._held = _Held(number, header, payload)

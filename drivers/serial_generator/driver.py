@@ -13,7 +13,7 @@ from typing import Protocol
 import serial
 
 from drivers.serial_generator import protocol as p
-from gateway.errors import DeviceError, DeviceNotFound, GeneratorError
+from gateway.errors import DeviceError, DeviceNotFound, GeneratorError, GeneratorRefused
 from gateway.types import ExposureReadback, Technique
 
 LOGGER = logging.getLogger(__name__)
@@ -71,6 +71,9 @@ class SerialGenerator:
         self._command("PREP", expect="READY", count=0)
 
     def expose(self) -> ExposureReadback:
+        """Fire and return the delivered values as the generator reports them (unchecked:
+        NaN or absurd values are the gateway's to flag). GeneratorRefused means no X-rays;
+        any other error leaves the dose unknown."""
         kvp, mas, ms, dap = self._numbers(self._command("EXPOSE", expect="DONE", count=4), "DONE")
         return ExposureReadback(kvp=kvp, mas=mas, exposure_time_ms=ms, dap_dgy_cm2=dap)
 
@@ -110,7 +113,7 @@ class SerialGenerator:
         if fields[0] == "ERR":
             code = fields[1] if len(fields) > 1 else "?"
             text = ",".join(fields[2:])
-            raise GeneratorError(f"generator on {self._port} refused {verb}: {code} {text}".rstrip())
+            raise GeneratorRefused(f"generator on {self._port} refused {verb}: {code} {text}".rstrip())
         if fields[0] != expect or len(fields) != count + 1:
             raise GeneratorError(f"generator on {self._port}: unexpected reply to {verb}: "
                                  f"{p.quote(raw)} (expected {expect} with {count} fields)")

@@ -33,6 +33,22 @@ def _buffer(size: int) -> array.array:
     """A zeroed byte buffer for pyusb to read into, made in one allocation (a frame is megabytes)."""
     return array.array("B", b"\0") * size
 
+# A device clock outside these years is wrong (unset RTC, a corrupt field that still passed
+# the CRC); the host's receive time stands in, and the frame says so.
+DEVICE_YEARS = (2000, 2999)
+
+
+def device_time(timestamp_us: int) -> tuple[datetime, str]:
+    """The frame's device timestamp as a UTC datetime, or the host's time and the reason."""
+    try:
+        when = datetime.fromtimestamp(timestamp_us / 1e6, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        when = None
+    if when is None or not DEVICE_YEARS[0] <= when.year <= DEVICE_YEARS[1]:
+        return datetime.now(UTC), f"device timestamp {timestamp_us} us is out of range; host receive time used"
+    return when, ""
+
+
 class _BadTransmission(Exception):
     """A transmission that a RESEND may cure (bad CRC, short payload, garbled header)."""
 
@@ -175,7 +191,8 @@ class UsbPanelDetector:
         """Read, check and ACK the armed frame.
 
         A bad CRC or size is re-read (RESEND) up to ``read_attempts`` times, then raised as
-        FrameError; a gap in frame numbers is a FrameError too. A timeout raises DeviceError
+        FrameError. A gap in frame numbers is reported in the frame's flags, never refused: the
+        frame passed its CRCs and may hold a dose. A timeout raises DeviceError
         and leaves the panel armed, so the caller may wait again.
         """
         with self._lock:
@@ -205,18 +222,25 @@ class UsbPanelDetector:
             expected = self._expected_frame
             self._expected_frame = (header.frame_number + 1) & 0xFFFFFFFF
             self._armed = None
+            flags: list[str] = []
             if header.frame_number != expected:
+                # The frame itself passed both CRCs: it is valid, and after an exposure it may
+                # hold a dose that cannot be given back. Report the gap; never refuse the frame.
                 missed = (header.frame_number - expected) & 0xFFFFFFFF
-                raise FrameError(f"panel {self.info.serial} frame {header.frame_number}: expected frame "
-                                 f"{expected}, {missed} frame(s) missed; frame refused")
+                flags.append(f"frame counter gap: expected frame {expected}, got {header.frame_number} "
+                             f"({missed} frame(s) missed before it)")
+                LOGGER.warning("panel %s: %s", self.info.serial, flags[-1])
             self._ctrl_out(p.Request.ACK, header.frame_number & 0xFFFF)
+            acquired_at, problem = device_time(header.timestamp_us)
+            if problem:
+                flags.append(problem)
+                LOGGER.warning("panel %s frame %d: %s", self.info.serial, header.frame_number, problem)
             meta = FrameMeta(
                 frame_number=header.frame_number, detector_serial=self.info.serial,
                 mode=self.mode.name, rows=header.rows, columns=header.columns,
                 bits_stored=header.bits_stored, kind=p.KINDS_BY_CODE[header.kind_code],
-                temperature_c=header.temperature_c,
-                acquired_at=datetime.fromtimestamp(header.timestamp_us / 1e6, tz=UTC),
-                crc32=header.payload_crc32)
+                temperature_c=header.temperature_c, acquired_at=acquired_at,
+                crc32=header.payload_crc32, flags=tuple(flags))
             return RawFrame(pixels=pixels, meta=meta)
 
     # --- frame transfer --------------------------------------------------------------------

@@ -66,6 +66,7 @@ class CalibrationSet:
             raise CalibrationError(f"{where}: defect map holds unknown class codes {sorted(unknown)}")
         if not (math.isfinite(self.counts_per_ugy) and self.counts_per_ugy > 0):
             raise CalibrationError(f"{where}: counts_per_ugy must be positive, got {self.counts_per_ugy}")
+        _check_maps(where, self.offset, self.gain, self.defects)
         for arr in (self.offset, self.gain, self.defects):
             arr.flags.writeable = False
         if not isinstance(self.provenance, MappingProxyType):
@@ -78,6 +79,30 @@ class CalibrationSet:
     def defect_counts(self) -> dict[str, int]:
         """Number of pixels of each defect class (good pixels excluded), by class name."""
         return count_defects(self.defects)
+
+
+# A gain map is a correction of a panel's non-uniformity: a good pixel needing more than this
+# factor either way is not a pixel the set can correct (an all-zero or exploded map would
+# otherwise turn every exposure into a blank or a saturated image after the dose).
+GAIN_RANGE = (0.05, 20.0)
+MAX_DEFECT_FRACTION = 0.05
+
+
+def _check_maps(where: str, offset: np.ndarray, gain: np.ndarray, defects: np.ndarray) -> None:
+    for name, arr in (("offset", offset), ("gain", gain)):
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        if bad:
+            raise CalibrationError(f"{where}: {name} map holds {bad} NaN or infinite values: refused")
+    good = defects == DefectClass.GOOD
+    fraction = 1.0 - float(np.count_nonzero(good)) / good.size
+    if fraction > MAX_DEFECT_FRACTION:
+        raise CalibrationError(f"{where}: {fraction:.1%} of the pixels are marked defective (limit "
+                               f"{MAX_DEFECT_FRACTION:.0%}): the set cannot make a diagnostic image")
+    g = gain[good]
+    out = int(np.count_nonzero((g < GAIN_RANGE[0]) | (g > GAIN_RANGE[1])))
+    if out:
+        raise CalibrationError(f"{where}: gain map has {out} good pixels outside [{GAIN_RANGE[0]:g}, "
+                               f"{GAIN_RANGE[1]:g}] (an all-zero or corrupt map?): refused")
 
 
 def count_defects(defects: np.ndarray) -> dict[str, int]:

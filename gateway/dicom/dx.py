@@ -38,6 +38,7 @@ MPPS_SOP_CLASS = UID("1.2.840.10008.3.1.2.3.3")
 DETACHED_STUDY_MANAGEMENT = UID("1.2.840.10008.3.1.2.3.1")  # Referenced Study Sequence class (SWF)
 DETECTOR_TYPES = ("DIRECT", "SCINTILLATOR", "STORAGE", "FILM")
 CHARSET = "ISO_IR 192"
+DETECTOR_TEMPERATURE_C = (-40.0, 100.0)
 
 # Window from these percentiles of the central half of the image (collimator edges and
 # unattenuated beam outside the patient would otherwise dominate).
@@ -290,22 +291,32 @@ def _detector(ds: Dataset, frame: CorrectedFrame, detector: DetectorInfo, detect
     ds.DetectorManufacturerName = detector.vendor
     ds.DetectorManufacturerModelName = detector.model
     ds.DetectorMode = frame.meta.mode
-    ds.DetectorTemperature = _ds(frame.meta.temperature_c)
+    if math.isfinite(frame.meta.temperature_c) and DETECTOR_TEMPERATURE_C[0] <= frame.meta.temperature_c <= \
+            DETECTOR_TEMPERATURE_C[1]:  # a device reading outside this is not a temperature: left out
+        ds.DetectorTemperature = _ds(frame.meta.temperature_c)
     ds.DateOfLastDetectorCalibration = _da(frame.calibrated_at)
     ds.TimeOfLastDetectorCalibration = _tm(frame.calibrated_at)
     ds.ImagerPixelSpacing = [_ds(spacing[0]), _ds(spacing[1])]
 
 
 def _dose(ds: Dataset, exposure: Exposure, ei: ExposureIndex | None) -> None:
+    """The X-Ray Acquisition Dose attributes the generator confirmed. Each is Type 3: a value
+    the readback lost or flagged as absurd is left out (never a guess), and the image says why."""
     act = exposure.actual
-    ds.KVP = _ds(act.kvp)
-    ds.Exposure = round(act.mas)
-    ds.ExposureInuAs = round(act.mas * 1000.0)
-    ds.ExposureTime = round(act.exposure_time_ms)
-    ds.ExposureTimeInuS = _ds(act.exposure_time_ms * 1000.0)
-    if act.exposure_time_ms > 0:
-        ds.XRayTubeCurrent = round(act.mas / (act.exposure_time_ms / 1000.0))
-    ds.ImageAndFluoroscopyAreaDoseProduct = _ds(act.dap_dgy_cm2)
+    if exposure.problems:
+        ds.ImageComments = _clip("Exposure data incomplete: " + "; ".join(exposure.problems), 10240)
+    if act is not None and act.kvp is not None:
+        ds.KVP = _ds(act.kvp)
+    if act is not None and act.mas is not None:
+        ds.Exposure = round(act.mas)
+        ds.ExposureInuAs = round(act.mas * 1000.0)
+    if act is not None and act.exposure_time_ms is not None:
+        ds.ExposureTime = round(act.exposure_time_ms)
+        ds.ExposureTimeInuS = _ds(act.exposure_time_ms * 1000.0)
+        if act.mas is not None and act.exposure_time_ms > 0:
+            ds.XRayTubeCurrent = round(act.mas / (act.exposure_time_ms / 1000.0))
+    if act is not None and act.dap_dgy_cm2 is not None:
+        ds.ImageAndFluoroscopyAreaDoseProduct = _ds(act.dap_dgy_cm2)
     if ei is None:  # Type 3: an image whose EI could not be computed is still kept
         return
     ds.ExposureIndex = _ds(ei.ei)

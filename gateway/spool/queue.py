@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,13 +58,25 @@ from deliveries d join instances i on i.sop_instance_uid = d.sop_instance_uid
 """
 
 
+def _owner_only(database: Path) -> None:
+    """Create the database file mode 0600 (SQLite gives its WAL and shm files the same mode);
+    an existing one is made owner-only: it holds patient data."""
+    fd = os.open(database, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 class Queue:
     """Thread-safe access to the state database; every write is one committed transaction."""
 
-    def __init__(self, database: Path, root: Path) -> None:
+    def __init__(self, database: Path, root: Path, *, busy_timeout_s: float = 5.0) -> None:
         self._root = root
         self._lock = threading.Lock()
-        conn = sqlite3.connect(database, check_same_thread=False, timeout=30.0)
+        _owner_only(database)
+        # timeout= is SQLite's busy timeout: how long a write waits for another process's lock
+        conn = sqlite3.connect(database, check_same_thread=False, timeout=busy_timeout_s)
         self._db = sqlite_utils.Database(conn)
         self._db.enable_wal()
         self._db.execute("PRAGMA synchronous=FULL")
@@ -74,6 +88,36 @@ class Queue:
             raise SpoolError(f"{database}: journal_mode={journal}, synchronous={synchronous}; "
                              "the spool needs WAL with synchronous=FULL")
         self._create_schema()
+        for suffix in ("-wal", "-shm"):  # SQLite gives them the database's mode; older ones may differ
+            side = Path(f"{database}{suffix}")
+            if side.exists():
+                side.chmod(0o600)
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write transaction, begun IMMEDIATE: the write lock is taken at BEGIN, waiting up to
+        the busy timeout for another writer, instead of failing at once on the first write
+        (a deferred transaction that has read cannot wait for the lock)."""
+        with self._lock:
+            conn = self._db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def check_writable(self) -> None:
+        """Take and release the write lock (within the busy timeout); sqlite3.Error if it cannot."""
+        with self._write():
+            pass
 
     def pragmas(self) -> dict[str, Any]:
         """journal_mode and synchronous as SQLite reports them (for health checks and tests)."""
@@ -82,7 +126,7 @@ class Queue:
                     "synchronous": self._db.execute("PRAGMA synchronous").fetchone()[0]}
 
     def _create_schema(self) -> None:
-        with self._lock, self._db.atomic():
+        with self._write():
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
                 raise SpoolError(f"state database has schema version {version}; "
@@ -111,13 +155,13 @@ class Queue:
 
     def insert_instance(self, row: dict[str, Any], destinations: Sequence[str], now: float) -> None:
         """Insert an instance and its delivery rows in ONE transaction."""
-        with self._lock, self._db.atomic():
+        with self._write():
             self._db.table("instances").insert(row)
             self._insert_deliveries(row["sop_instance_uid"], destinations, now)
 
     def add_deliveries(self, uid: str, destinations: Sequence[str], now: float) -> None:
         """Add delivery rows for destinations the instance does not have yet."""
-        with self._lock, self._db.atomic():
+        with self._write():
             self._insert_deliveries(uid, destinations, now)
 
     def _insert_deliveries(self, uid: str, destinations: Iterable[str], now: float) -> None:
@@ -171,7 +215,7 @@ class Queue:
             names = [f":s{i}" for i in range(len(expect))]
             sql += f" and state in ({', '.join(names)})"
             params.update({f"s{i}": s.value for i, s in enumerate(expect)})
-        with self._lock, self._db.atomic():
+        with self._write():
             changed = self._db.execute(sql, params).rowcount
         if changed != 1:
             states = "any state" if expect is None else "/".join(s.value for s in expect)

@@ -39,7 +39,7 @@ class Spool:
     """Spooled DICOM files under `directory` and their delivery queue in `database`."""
 
     def __init__(self, directory: Path, database: Path, *, min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, busy_timeout_s: float = 5.0) -> None:
         if min_free_bytes < 0:
             raise SpoolError(f"min_free_bytes must be >= 0, got {min_free_bytes}")
         self.directory = Path(directory)
@@ -48,7 +48,8 @@ class Spool:
         self._put_lock = threading.Lock()
         self.directory.mkdir(parents=True, exist_ok=True)
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-        self._queue = Queue(Path(database), self.directory)
+        self.database = Path(database)
+        self._queue = Queue(self.database, self.directory, busy_timeout_s=busy_timeout_s)
         self.recovery = self._recover()
 
     # --- the durability point --------------------------------------------------------------
@@ -98,12 +99,17 @@ class Spool:
         return self._spooled(row)
 
     def check_room(self, size: int) -> None:
-        """Raise SpoolError unless an object of `size` bytes fits above the free-space minimum.
-
-        Called before an exposure is made, so a full disk refuses acquisition before the
-        patient is irradiated, not after; spooled images are never deleted to make room.
-        """
+        """Raise SpoolError unless an object of `size` bytes fits above the free-space minimum."""
         self._guard_space("the next image", size)
+
+    def check_writable(self) -> None:
+        """Raise SpoolError unless the state database's write lock can be taken now (within the
+        busy timeout): called before the tube fires, so a database another process holds
+        refuses the exposure instead of the image after the dose."""
+        try:
+            self._queue.check_writable()
+        except sqlite3.Error as exc:
+            raise SpoolError(f"state database {self.database} cannot be written: {exc}") from exc
 
     def _guard_space(self, uid: str, size: int) -> None:
         free = files.free_bytes(self.directory)

@@ -1,0 +1,220 @@
+"""From a kept raw frame to a saved image, and the storage checks made before the tube fires.
+
+Used by the exam workflow right after each exposure and by `dxgate reprocess` for frames
+kept when their image could not be made (no hardware needed: the kept record carries the
+detector identity, the exam and the identity assigned to the image).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gateway.acquisition.raw_store import RawStore, RawStoreError
+from gateway.alarms import Alarms
+from gateway.config import Config
+from gateway.correction import CalibrationStore, Corrector, check_age, exposure_index
+from gateway.dicom import build_dx, to_bytes
+from gateway.diskcheck import Need, check_room
+from gateway.errors import CalibrationError, DxgateError
+from gateway.spool import Spool
+from gateway.types import (
+    CalibrationKey,
+    CorrectedFrame,
+    DetectorInfo,
+    Exposure,
+    ExposureIndex,
+    RawFrame,
+    SpooledInstance,
+    WorklistItem,
+)
+from gateway.worklist.cache import _decode as decode_item
+from gateway.worklist.cache import _encode as encode_item
+
+LOGGER = logging.getLogger(__name__)
+
+IMAGE_OVERHEAD_BYTES = 64 * 1024  # header and attributes of a DX object beyond its pixel data
+DATABASE_NEED = Need(bytes=1024 * 1024, files=1)  # WAL growth for one exposure's rows, generously
+
+
+@dataclass(frozen=True)
+class ImageContext:
+    """Everything besides the frame and the exposure that an image is made from, fixed before
+    the tube fires (identity is assigned once: a reprocessed image keeps these UIDs)."""
+
+    item: WorklistItem | None
+    study_uid: str
+    series_uid: str
+    series_number: int
+    sop_instance_uid: str
+    instance_number: int
+    body_part: str
+    view_position: str
+    laterality: str | None
+    target_ei: float
+    detector: DetectorInfo
+    pixel_spacing_mm: tuple[float, float]
+
+    def to_json(self) -> dict[str, Any]:
+        d = self.detector
+        return {"item": None if self.item is None else encode_item(self.item), "study_uid": self.study_uid,
+                "series_uid": self.series_uid, "series_number": self.series_number,
+                "sop_instance_uid": self.sop_instance_uid, "instance_number": self.instance_number,
+                "body_part": self.body_part, "view_position": self.view_position, "laterality": self.laterality,
+                "target_ei": self.target_ei, "pixel_spacing_mm": list(self.pixel_spacing_mm),
+                "detector": {"vendor": d.vendor, "model": d.model, "serial": d.serial, "firmware": d.firmware}}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ImageContext:
+        det = d["detector"]
+        return cls(item=None if d["item"] is None else decode_item(d["item"]), study_uid=d["study_uid"],
+                   series_uid=d["series_uid"], series_number=int(d["series_number"]),
+                   sop_instance_uid=d["sop_instance_uid"], instance_number=int(d["instance_number"]),
+                   body_part=d["body_part"], view_position=d["view_position"], laterality=d["laterality"],
+                   target_ei=float(d["target_ei"]),
+                   pixel_spacing_mm=(float(d["pixel_spacing_mm"][0]), float(d["pixel_spacing_mm"][1])),
+                   detector=DetectorInfo(vendor=det["vendor"], model=det["model"], serial=det["serial"],
+                                         firmware=det["firmware"], modes=()))
+
+
+@dataclass(frozen=True)
+class MadeImage:
+    instance: SpooledInstance
+    frame: CorrectedFrame
+    exposure_index: ExposureIndex | None
+    stage_seconds: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ReprocessResult:
+    kept_id: str
+    sop_instance_uid: str
+    outcome: str  # "saved", "already-saved", "failed"
+    error: str = ""
+
+
+class ImagePipeline:
+    """Calibrations, the raw store and the spool of one gateway: what turns frames into saved images."""
+
+    def __init__(self, config: Config, *, alarms: Alarms, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 spool_clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.alarms = alarms
+        self._clock = clock
+        self.calibrations = CalibrationStore(config.path(config.calibration.directory))
+        self.raw_store = RawStore(config.path(config.spool.raw_directory))
+        spool = config.spool
+        self.spool = Spool(config.path(spool.directory), config.path(spool.database),
+                           min_free_bytes=spool.min_free_mb * 1024 * 1024, clock=spool_clock,
+                           busy_timeout_s=spool.db_busy_timeout_s)
+        self._corrector: Corrector | None = None
+
+    # --- before the tube fires ------------------------------------------------------------
+
+    def check_storage(self, rows: int, columns: int) -> None:
+        """Every file system an exposure writes to (raw frame, spool file, state database) is
+        writable with room in bytes and inodes, and the database's write lock can be taken."""
+        spool = self.config.spool
+        check_room({self.raw_store.directory: Need(self.raw_store.record_size(rows, columns)),
+                    self.spool.directory: Need(rows * columns * 2 + IMAGE_OVERHEAD_BYTES),
+                    self.spool.database.parent: DATABASE_NEED},
+                   min_free_bytes=spool.min_free_mb * 1024 * 1024, min_free_inodes=spool.min_free_inodes)
+        self.spool.check_writable()
+
+    def corrector(self, key: CalibrationKey, shape: tuple[int, int], *, max_age_days: float | None) -> Corrector:
+        """The corrector of the newest valid calibration for `key`, checked for its age (when a
+        limit is given) and for the readout mode's shape."""
+        newest = self.calibrations.latest_id(key)
+        if self._corrector is None or newest != self._corrector.cal.calibration_id or self._corrector.cal.key != key:
+            cal = self.calibrations.load(key, max_age_days=max_age_days, now=self._clock())
+            self._corrector = Corrector(cal)
+        elif max_age_days is not None:
+            check_age(self._corrector.cal, max_age_days=max_age_days, now=self._clock())
+        cal = self._corrector.cal
+        if cal.shape != shape:
+            raise CalibrationError(f"calibration {cal.calibration_id} is {cal.shape[0]}x{cal.shape[1]}, mode "
+                                   f"{key.mode} reads {shape[0]}x{shape[1]}: recalibrate this mode")
+        return self._corrector
+
+    def use(self, corrector: Corrector) -> None:
+        self._corrector = corrector
+
+    # --- after the dose -------------------------------------------------------------------
+
+    def make_image(self, raw: RawFrame, exposure: Exposure, ctx: ImageContext, corrector: Corrector,
+                   laps: dict[str, float] | None = None) -> MadeImage:
+        """Correct, build and spool one image; returns once it is saved."""
+        laps = {} if laps is None else laps
+        t = time.perf_counter()
+        frame = corrector.apply(raw)
+        ei: ExposureIndex | None
+        try:
+            ei = exposure_index(frame, ctx.target_ei)
+        except CalibrationError as exc:  # the dose is given: keep the image, without an EI
+            LOGGER.warning("no exposure index for frame %d: %s", raw.meta.frame_number, exc)
+            ei = None
+        laps["correct"], t = time.perf_counter() - t, time.perf_counter()
+        ds = build_dx(frame, exposure, ctx.item, ei, site=self.config.site, detector=ctx.detector,
+                      pixel_spacing_mm=ctx.pixel_spacing_mm, study_uid=ctx.study_uid, series_uid=ctx.series_uid,
+                      sop_instance_uid=ctx.sop_instance_uid, series_number=ctx.series_number,
+                      instance_number=ctx.instance_number, body_part=ctx.body_part,
+                      view_position=ctx.view_position, laterality=ctx.laterality, now=self._clock())
+        data = to_bytes(ds)
+        laps["build"], t = time.perf_counter() - t, time.perf_counter()
+        instance = self.spool.put(data, sop_instance_uid=ctx.sop_instance_uid, sop_class_uid=ds.SOPClassUID,
+                                  study_instance_uid=ctx.study_uid,
+                                  accession_number=ctx.item.accession_number if ctx.item else "",
+                                  destinations=[d.name for d in self.config.destinations])
+        laps["spool"] = time.perf_counter() - t
+        return MadeImage(instance=instance, frame=frame, exposure_index=ei, stage_seconds=laps)
+
+    def image_made(self, kept_id: str) -> None:
+        """The kept frame's image is saved: its raw record goes (or moves to imaged/)."""
+        try:
+            self.raw_store.imaged(kept_id, keep=self.config.spool.keep_raw_after_image)
+        except OSError as exc:  # the image is saved; reprocess will see the UID spooled and skip it
+            LOGGER.warning("image of kept frame %s is saved, but its raw record stays: %s", kept_id, exc)
+
+    def reprocess(self, kept_ids: list[str] | None = None) -> list[ReprocessResult]:
+        """Make the images of kept frames (all pending ones by default) with today's calibration."""
+        ids = kept_ids if kept_ids else [k.kept_id for k in self.raw_store.pending()]
+        return [self._reprocess_one(kept_id) for kept_id in ids]
+
+    def _reprocess_one(self, kept_id: str) -> ReprocessResult:
+        uid = ""
+        try:
+            with self.raw_store.locked(kept_id):
+                kept = self.raw_store.load(kept_id)
+                ctx = ImageContext.from_json(kept.context)
+                uid = ctx.sop_instance_uid
+                if self.spool.instance(uid) is not None:  # saved before; only its record stayed
+                    self.image_made(kept_id)
+                    return ReprocessResult(kept_id, uid, "already-saved")
+                meta = kept.frame.meta
+                corrector = self.corrector(CalibrationKey(meta.detector_serial, meta.mode), (meta.rows, meta.columns),
+                                           max_age_days=None)
+                made = self.make_image(kept.frame, kept.exposure, ctx, corrector)
+                self.image_made(kept_id)
+        except (DxgateError, RawStoreError, OSError, KeyError, TypeError, ValueError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            LOGGER.error("reprocess of kept frame %s failed: %s", kept_id, reason)
+            if isinstance(exc, DxgateError) and not isinstance(exc, RawStoreError):
+                self.raw_store.note_failure(kept_id, reason)
+            return ReprocessResult(kept_id, uid, "failed", reason)
+        self.alarms.clear("image-not-made", kept_id)
+        LOGGER.info("reprocessed kept frame %s into %s", kept_id, made.instance.sop_instance_uid)
+        return ReprocessResult(kept_id, made.instance.sop_instance_uid, "saved")
+
+    def close(self) -> None:
+        self.spool.close()
+
+
+def state_directories(config: Config) -> list[Path]:
+    """The directories an exposure writes into, for creating them owner-only."""
+    return [config.path(config.calibration.directory), config.path(config.spool.directory),
+            config.path(config.spool.raw_directory), config.path(config.spool.database).parent]
