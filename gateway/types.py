@@ -175,6 +175,16 @@ class WorklistItem:
 
 
 @dataclass(frozen=True)
+class Anatomy:
+    """What one exposure images: Body Part Examined, View Position (DX defined terms) and Image
+    Laterality (R, L, B; None or "" for unpaired parts). Chosen per exposure, never one default."""
+
+    body_part: str
+    view_position: str
+    laterality: str | None = None
+
+
+@dataclass(frozen=True)
 class CalibrationKey:
     """Calibration sets are kept per detector serial and readout mode."""
 

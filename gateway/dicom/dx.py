@@ -231,7 +231,8 @@ def _image(ds: Dataset, frame: CorrectedFrame, exposure: Exposure, instance_numb
            view_position: str, patient_orientation: tuple[str, str] | None, now: datetime) -> None:
     ds.ImageType = ["ORIGINAL", "PRIMARY", ""]
     ds.InstanceNumber = instance_number
-    ds.PatientOrientation = list(patient_orientation or _PATIENT_ORIENTATION[view_position.strip().upper()])
+    view = view_position.strip().upper()
+    ds.PatientOrientation = list(patient_orientation or _PATIENT_ORIENTATION.get(view, ("L", "F")))
     ds.ContentDate = _da(now)
     ds.ContentTime = _tm(now)
     ds.AcquisitionNumber = 1
@@ -258,7 +259,8 @@ def _image(ds: Dataset, frame: CorrectedFrame, exposure: Exposure, instance_numb
 # is assumed mounted so that its readout gives that display; callers that know better pass
 # patient_orientation. An unknown view ("") is taken as frontal.
 _PATIENT_ORIENTATION: dict[str, tuple[str, str]] = {
-    "PA": ("L", "F"), "AP": ("L", "F"), "": ("L", "F"), "LL": ("P", "F"), "LAT": ("P", "F"), "RL": ("A", "F"),
+    "PA": ("L", "F"), "AP": ("L", "F"), "": ("L", "F"), "LL": ("P", "F"), "RL": ("A", "F"),
+    "RLD": ("L", "F"), "LLD": ("L", "F"), "RLO": ("L", "F"), "LLO": ("L", "F"),  # decubitus/oblique: frontal
 }
 
 

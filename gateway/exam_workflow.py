@@ -1,0 +1,209 @@
+"""The technologist's room: exams, the view chosen for each exposure, and exposures themselves.
+
+Everything that could refuse an image is checked before the tube fires (ExposureRefused: no
+dose). From the EXPOSE command on, the frame is kept whatever fails — first durably as a raw
+record, then as an image — and a failure after the dose raises FrameKeptError naming the kept
+frame, which `reprocess` turns into its image once the cause is fixed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.acquisition.raw_store import RawStoreError
+from gateway.alarms import Alarms
+from gateway.config import Config
+from gateway.correction import Corrector
+from gateway.dicom import check_anatomy, new_uid
+from gateway.errors import ConfigError, DxgateError, ExposureRefused, FrameKeptError
+from gateway.events import EventBus
+from gateway.hardware import Hardware
+from gateway.imaging import ImageContext, ImagePipeline
+from gateway.types import (
+    Anatomy,
+    CorrectedFrame,
+    Exposure,
+    ExposureIndex,
+    RawFrame,
+    SpooledInstance,
+    Technique,
+    WorklistItem,
+)
+
+LOGGER = logging.getLogger(__name__)
+
+# Techniques outside these are refused before the tube fires (the configuration's own bounds).
+KVP_RANGE = (40.0, 150.0)
+MAS_RANGE = (0.1, 500.0)
+
+
+@dataclass
+class Exam:
+    """One procedure at the console: its study and series identity, assigned once."""
+
+    item: WorklistItem | None
+    study_uid: str
+    series_uid: str
+    series_number: int = 1
+    images: list[SpooledInstance] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AcquiredImage:
+    """An exposure that is saved: durable in the spool, queued for every destination."""
+
+    instance: SpooledInstance
+    exposure: Exposure
+    exposure_index: ExposureIndex | None  # None: not computable (e.g. saturated centre); image kept
+    frame: CorrectedFrame
+    stage_seconds: dict[str, float]  # acquire, keep, correct, build, spool: where an exposure's latency goes
+    kept_id: str = ""  # the raw record kept through the image's making ("" if it could not be written)
+
+
+class ExamWorkflow:
+    """Exams and exposures of one room. One exposure at a time (the sequence serialises them)."""
+
+    def __init__(self, config: Config, hardware: Hardware, pipeline: ImagePipeline, *, alarms: Alarms,
+                 events: EventBus | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 corrector: Callable[[], Corrector], on_saved: Callable[[SpooledInstance], None] = lambda i: None
+                 ) -> None:
+        self._config = config
+        self._hw = hardware
+        self._pipeline = pipeline
+        self._alarms = alarms
+        self._events = events or EventBus()
+        self._clock = clock
+        self._corrector = corrector
+        self._on_saved = on_saved
+        self._lock = threading.Lock()
+        # Frames read after a dose whose raw record could not be written: held here, retried
+        # before the next exposure, which is refused while any is left.
+        self._unkept: list[tuple[RawFrame, Exposure, dict[str, Any]]] = []
+
+    @property
+    def frames_held_in_memory(self) -> int:
+        return len(self._unkept)
+
+    def open_exam(self, item: WorklistItem | None) -> Exam:
+        """Start an exam; the Study Instance UID comes from the worklist whenever it gives one."""
+        root = self._config.site.uid_root
+        study_uid = item.study_instance_uid if item and item.study_instance_uid else new_uid(root)
+        return Exam(item=item, study_uid=study_uid, series_uid=new_uid(root))
+
+    def preflight(self, technique: Technique, body_part: str, view_position: str,
+                  laterality: str | None, target_ei: float = 400.0) -> Corrector:
+        """Everything that could refuse the image, checked before the tube may fire.
+
+        Raises ExposureRefused naming the cause (no X-rays are given); returns the corrector.
+        """
+        try:
+            if self._unkept and not self.retry_unkept():
+                raise DxgateError(f"{len(self._unkept)} frame(s) from earlier exposures are held in memory "
+                                  "because their raw record could not be written: free the state disk first")
+            if not (isinstance(target_ei, (int, float)) and math.isfinite(target_ei) and target_ei > 0):
+                raise ConfigError(f"target exposure index {target_ei!r} must be a positive number")
+            for name, value, (lo, hi) in (("kV", technique.kvp, KVP_RANGE), ("mAs", technique.mas, MAS_RANGE)):
+                if not (isinstance(value, (int, float)) and math.isfinite(value) and lo <= value <= hi):
+                    raise ConfigError(f"technique {name} {value!r} is outside [{lo:g}, {hi:g}]")
+            corrector = self._corrector()
+            check_anatomy(body_part, view_position, laterality)
+            self._pipeline.check_storage(self._hw.mode.rows, self._hw.mode.columns)
+        except DxgateError as exc:
+            LOGGER.error("exposure refused before the tube fired: %s", exc)
+            raise ExposureRefused(f"exposure refused before the tube fired: {exc}") from exc
+        return corrector
+
+    def expose(self, exam: Exam, technique: Technique | None = None, *, laterality: str | None = None,
+               anatomy: Anatomy | None = None, target_ei: float | None = None) -> AcquiredImage:
+        """Expose, keep the raw frame, correct, build the DX image and spool it; returns once saved.
+
+        Everything that could refuse the image is checked before the tube fires (ExposureRefused:
+        no dose). From the EXPOSE command on, the frame is kept whatever fails: a failure after
+        the dose raises FrameKeptError naming the kept frame, which `reprocess` turns into its
+        image once the cause is fixed.
+        """
+        exp_cfg = self._config.exposure
+        if anatomy is None:
+            anatomy = Anatomy(exp_cfg.body_part, exp_cfg.view_position, laterality or exp_cfg.laterality or None)
+        laterality = anatomy.laterality or None
+        technique = technique or Technique(kvp=exp_cfg.kvp, mas=exp_cfg.mas)
+        target_ei = exp_cfg.target_ei if target_ei is None else target_ei
+        corrector = self.preflight(technique, anatomy.body_part, anatomy.view_position, laterality, target_ei)
+        root = self._config.site.uid_root
+        ctx = ImageContext(item=exam.item, study_uid=exam.study_uid, series_uid=exam.series_uid,
+                           series_number=exam.series_number, sop_instance_uid=new_uid(root),
+                           instance_number=len(exam.images) + 1, body_part=anatomy.body_part,
+                           view_position=anatomy.view_position, laterality=laterality,
+                           target_ei=target_ei,
+                           detector=self._hw.detector.info, pixel_spacing_mm=self._hw.mode.pixel_spacing_mm)
+        t0 = time.perf_counter()
+        raw, exposure = self._hw.sequence.expose(technique)  # from here on, X-rays may have been given
+        laps = {"acquire": time.perf_counter() - t0}
+        t0 = time.perf_counter()
+        kept_id = self._keep(raw, exposure, ctx.to_json())
+        laps["keep"] = time.perf_counter() - t0
+        try:
+            made = self._pipeline.make_image(raw, exposure, ctx, corrector, laps)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if kept_id:
+                self._pipeline.raw_store.note_failure(kept_id, reason)
+                self._alarms.raise_("image-not-made", f"frame {raw.meta.frame_number} is kept as {kept_id}, but "
+                                   f"its image could not be made: {reason}; fix the cause, then run "
+                                   "`dxgate reprocess`", key=kept_id)
+                raise FrameKeptError(f"X-rays were given and frame {raw.meta.frame_number} is kept as {kept_id}, "
+                                     f"but its image could not be made: {reason}", kept_id) from exc
+            raise FrameKeptError(f"X-rays were given and frame {raw.meta.frame_number} is held in memory only "
+                                 f"(its raw record could not be written), and its image could not be made: "
+                                 f"{reason}") from exc
+        if kept_id:
+            self._pipeline.image_made(kept_id)
+        else:  # the image is saved: the frame held in memory is no longer needed
+            self._unkept = [u for u in self._unkept if u[0] is not raw]
+            self._alarms.clear("frame-not-kept", f"frame {raw.meta.frame_number}")
+        exam.images.append(made.instance)
+        ei = made.exposure_index
+        LOGGER.info("saved %s (frame %d, %s)", made.instance.sop_instance_uid, raw.meta.frame_number,
+                    f"EI {ei.ei:.0f}, DI {ei.deviation_index:+.1f}" if ei else "no EI")
+        self._on_saved(made.instance)
+        return AcquiredImage(instance=made.instance, exposure=exposure, exposure_index=ei, frame=made.frame,
+                             stage_seconds=made.stage_seconds, kept_id=kept_id)
+
+    def _keep(self, raw: RawFrame, exposure: Exposure, context: dict[str, Any]) -> str:
+        """Write the raw frame durably; on failure hold it in memory and raise an alarm."""
+        try:
+            return self._pipeline.raw_store.keep(raw, exposure, context, now=self._clock())
+        except RawStoreError as exc:
+            self._unkept.append((raw, exposure, context))
+            self._alarms.raise_("frame-not-kept", f"frame {raw.meta.frame_number} was read after a dose but could "
+                               f"not be written to disk ({exc}); it is held in memory, and exposures are refused "
+                               "until it is written", key=f"frame {raw.meta.frame_number}")
+            return ""
+
+    def retry_unkept(self) -> bool:
+        """Write frames held in memory to the raw store; True when none is left."""
+        still = []
+        for raw, exposure, context in self._unkept:
+            try:
+                kept_id = self._pipeline.raw_store.keep(raw, exposure, context, now=self._clock())
+            except RawStoreError as exc:
+                LOGGER.error("frame %d still not written: %s", raw.meta.frame_number, exc)
+                still.append((raw, exposure, context))
+                continue
+            self._alarms.clear("frame-not-kept", f"frame {raw.meta.frame_number}")
+            self._alarms.raise_("image-not-made", f"frame {raw.meta.frame_number} is now kept as {kept_id}; run "
+                               "`dxgate reprocess` to make its image", key=kept_id)
+        self._unkept = still
+        return not still
+
+    def close(self) -> None:
+        if self._unkept:
+            LOGGER.error("%d frame(s) held in memory are lost at shutdown: their raw record could never be "
+                         "written", len(self._unkept))
