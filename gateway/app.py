@@ -90,6 +90,13 @@ class Gateway:
                                f"{len(pending)} kept raw frame(s) have no image yet: fix the cause named by "
                                "`dxgate reprocess --list`, then run `dxgate reprocess`")
 
+    def now(self) -> datetime:
+        return self._clock()
+
+    def wake_forwarder(self) -> None:
+        """Forward now (after an operator retry or release), not at the next due time."""
+        self._wake.set()
+
     def _epoch(self) -> float:
         """The gateway clock as seconds: one clock for the spool and the forwarder."""
         return self._clock().timestamp()

@@ -67,6 +67,28 @@ class AcquiredImage:
     kept_id: str = ""  # the raw record kept through the image's making ("" if it could not be written)
 
 
+@dataclass(frozen=True)
+class ViewChoice:
+    """The view the technologist selected for the next exposures of the open exam."""
+
+    anatomy: Anatomy
+    technique: Technique
+    target_ei: float
+
+
+@dataclass
+class ReviewedImage:
+    """An image of the open exam and the technologist's verdict on it."""
+
+    image: AcquiredImage
+    view: ViewChoice
+    status: str = "new"  # new, accepted, rejected
+    reason: str = ""
+
+
+REVIEW_STATES = ("new", "accepted", "rejected")
+
+
 class ExamWorkflow:
     """Exams and exposures of one room. One exposure at a time (the sequence serialises them)."""
 
@@ -87,9 +109,88 @@ class ExamWorkflow:
         # before the next exposure, which is refused while any is left.
         self._unkept: list[tuple[RawFrame, Exposure, dict[str, Any]]] = []
 
+        self.current: Exam | None = None
+        self.view: ViewChoice | None = None
+        self.armed = False
+        self.reviewed: list[ReviewedImage] = []
+
     @property
     def frames_held_in_memory(self) -> int:
         return len(self._unkept)
+
+    # --- the console's exam ------------------------------------------------------------------
+
+    def start(self, item: WorklistItem | None) -> Exam:
+        """Open the exam the console works on (one at a time: close the open one first)."""
+        with self._lock:
+            if self.current is not None:
+                raise DxgateError("an exam is already open: close it first")
+            self.current = self.open_exam(item)
+            self.view, self.armed, self.reviewed = None, False, []
+        self._events.publish("exam", state="open", study_uid=self.current.study_uid)
+        return self.current
+
+    def choose_view(self, anatomy: Anatomy, technique: Technique, target_ei: float) -> ViewChoice:
+        """Select body part, view, laterality and technique for the next exposures; checked now,
+        so a view that cannot be coded is refused at the console, long before the hand switch."""
+        check_anatomy(anatomy.body_part, anatomy.view_position, anatomy.laterality)
+        _check_technique(technique, target_ei)
+        with self._lock:
+            if self.current is None:
+                raise DxgateError("no exam is open")
+            self.view = ViewChoice(anatomy, technique, float(target_ei))
+            self.armed = False
+        self._events.publish("exam", state="view", body_part=anatomy.body_part, view=anatomy.view_position)
+        return self.view
+
+    def arm(self, armed: bool = True) -> None:
+        """Ready (or not) for the hand switch: needs an open exam and a chosen view."""
+        with self._lock:
+            if armed and (self.current is None or self.view is None):
+                raise DxgateError("choose an exam and a view before arming")
+            self.armed = armed
+        self._events.publish("exam", state="armed" if armed else "disarmed")
+
+    def expose_chosen(self) -> AcquiredImage:
+        """One exposure of the open exam with the chosen view (the hand switch, or a software trigger)."""
+        with self._lock:
+            exam, view = self.current, self.view
+            if exam is None or view is None or not self.armed:
+                raise ExposureRefused("exposure refused before the tube fired: not armed (choose an exam and a "
+                                      "view, then arm)")
+        image = self.expose(exam, view.technique, anatomy=view.anatomy, target_ei=view.target_ei)
+        with self._lock:
+            self.reviewed.append(ReviewedImage(image=image, view=view))
+        return image
+
+    def review(self, sop_instance_uid: str, status: str, reason: str = "") -> ReviewedImage:
+        """Accept or reject an image of the open exam (a rejection needs a reason; it stays kept)."""
+        if status not in ("accepted", "rejected"):
+            raise DxgateError(f"review status must be accepted or rejected, not {status!r}")
+        if status == "rejected" and not reason.strip():
+            raise DxgateError("a rejected image needs a reason")
+        with self._lock:
+            for r in self.reviewed:
+                if r.image.instance.sop_instance_uid == sop_instance_uid:
+                    r.status, r.reason = status, reason.strip()
+                    break
+            else:
+                raise DxgateError(f"no image {sop_instance_uid} in the open exam")
+        self._events.publish("image", sop_instance_uid=sop_instance_uid, state=status)
+        return r
+
+    def finish(self, *, completed: bool = True, reason: str = "") -> Exam:
+        """Close the open exam (completed, or discontinued with a reason)."""
+        with self._lock:
+            exam = self.current
+            if exam is None:
+                raise DxgateError("no exam is open")
+            if not completed and not reason.strip():
+                raise DxgateError("a discontinued exam needs a reason")
+            self.current, self.view, self.armed = None, None, False
+        self._events.publish("exam", state="completed" if completed else "discontinued",
+                             study_uid=exam.study_uid, images=len(exam.images))
+        return exam
 
     def open_exam(self, item: WorklistItem | None) -> Exam:
         """Start an exam; the Study Instance UID comes from the worklist whenever it gives one."""
@@ -107,11 +208,7 @@ class ExamWorkflow:
             if self._unkept and not self.retry_unkept():
                 raise DxgateError(f"{len(self._unkept)} frame(s) from earlier exposures are held in memory "
                                   "because their raw record could not be written: free the state disk first")
-            if not (isinstance(target_ei, (int, float)) and math.isfinite(target_ei) and target_ei > 0):
-                raise ConfigError(f"target exposure index {target_ei!r} must be a positive number")
-            for name, value, (lo, hi) in (("kV", technique.kvp, KVP_RANGE), ("mAs", technique.mas, MAS_RANGE)):
-                if not (isinstance(value, (int, float)) and math.isfinite(value) and lo <= value <= hi):
-                    raise ConfigError(f"technique {name} {value!r} is outside [{lo:g}, {hi:g}]")
+            _check_technique(technique, target_ei)
             corrector = self._corrector()
             check_anatomy(body_part, view_position, laterality)
             self._pipeline.check_storage(self._hw.mode.rows, self._hw.mode.columns)
@@ -207,3 +304,11 @@ class ExamWorkflow:
         if self._unkept:
             LOGGER.error("%d frame(s) held in memory are lost at shutdown: their raw record could never be "
                          "written", len(self._unkept))
+
+
+def _check_technique(technique: Technique, target_ei: float) -> None:
+    if not (isinstance(target_ei, (int, float)) and math.isfinite(target_ei) and target_ei > 0):
+        raise ConfigError(f"target exposure index {target_ei!r} must be a positive number")
+    for name, value, (lo, hi) in (("kV", technique.kvp, KVP_RANGE), ("mAs", technique.mas, MAS_RANGE)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and lo <= value <= hi):
+            raise ConfigError(f"technique {name} {value!r} is outside [{lo:g}, {hi:g}]")

@@ -29,6 +29,7 @@ class WorklistService:
     def __init__(self, config: Config, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._config = config
         self._clock = clock
+        self.last: WorklistView | None = None  # the day's list as last shown (live or cached)
 
     def reconfigure(self, config: Config) -> None:
         """Use new worklist settings (SIGHUP reload)."""
@@ -55,11 +56,17 @@ class WorklistService:
                       and (not accession_number or i.accession_number == accession_number)]
             LOGGER.warning("worklist: RIS unreachable (%s); showing %d cached step(s) from %s",
                            exc, len(cached), saved_at.isoformat() if saved_at else "an unknown time")
-            return WorklistView(items=cached, source="cache", as_of=saved_at, error=str(exc))
+            view = WorklistView(items=cached, source="cache", as_of=saved_at, error=str(exc))
+            if not search:
+                self.last = view
+            return view
         try:
             if not search:  # a search answer is not the day's list: keep the cache whole
                 save_cache(items, cache, saved_at=now)
         except OSError as exc:  # the live answer still stands; only the offline copy is stale
             LOGGER.error("worklist cache %s could not be saved: %s", cache, exc)
-        return WorklistView(items=items, source="ris", as_of=now)
+        view = WorklistView(items=items, source="ris", as_of=now)
+        if not search:
+            self.last = view
+        return view
 

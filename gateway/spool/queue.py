@@ -196,6 +196,23 @@ class Queue:
             value = self._db.execute(sql, args).fetchone()[0]
         return None if value is None else float(value)
 
+    def listing(self, *, state: str | None, destination: str | None, limit: int) -> list[Delivery]:
+        """Deliveries newest first, optionally of one state and/or destination (operator views)."""
+        clauses, args = [], []
+        if state is not None:
+            clauses.append("d.state = ?")
+            args.append(state)
+        if destination is not None:
+            clauses.append("d.destination = ?")
+            args.append(destination)
+        where = ("where " + " and ".join(clauses)) if clauses else ""
+        return self._select(f"{where} order by i.created_at desc, d.destination limit ?", [*args, limit])
+
+    def counts_by_destination(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return {(d, s): n for d, s, n in self._db.execute(
+                "select destination, state, count(*) from deliveries group by destination, state")}
+
     def counts(self) -> dict[str, int]:
         out = {s.value: 0 for s in DeliveryState}
         with self._lock:

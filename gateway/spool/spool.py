@@ -152,8 +152,25 @@ class Spool:
                            state=DeliveryState.PENDING.value, next_attempt_at=t, updated_at=t)
         LOGGER.info("released %s for %s from quarantine", uid, destination)
 
+    def retry_now(self, uid: str, destination: str, now: float | None = None) -> None:
+        """Operator retry: a pending delivery waiting out a backoff becomes due at once."""
+        t = self._clock() if now is None else now
+        self._queue.update(uid, destination, expect=(DeliveryState.PENDING,), count_attempt=False,
+                           next_attempt_at=t, updated_at=t)
+        LOGGER.info("retry of %s for %s requested", uid, destination)
+
     def deliveries(self, uid: str) -> list[Delivery]:
         return self._queue.deliveries(uid)
+
+    def listing(self, *, state: str | None = None, destination: str | None = None, limit: int = 100) -> list[Delivery]:
+        """Deliveries newest first, filtered by state and/or destination."""
+        if state is not None and state not in {s.value for s in DeliveryState}:
+            raise SpoolError(f"unknown delivery state {state!r} (known: {', '.join(s.value for s in DeliveryState)})")
+        return self._queue.listing(state=state, destination=destination, limit=max(1, min(limit, 10_000)))
+
+    def counts_by_destination(self) -> dict[tuple[str, str], int]:
+        """(destination, state) -> number of deliveries."""
+        return self._queue.counts_by_destination()
 
     def next_attempt_at(self, destination: str | None = None) -> float | None:
         """Earliest next_attempt_at among pending deliveries (None: nothing pending)."""
