@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.durable import fsync_dir, makedirs_durable, write_atomic
+from gateway.durable import TEMP_SUFFIX, fsync_dir, makedirs_durable, write_atomic
 from gateway.errors import DxgateError
 from gateway.types import Exposure, ExposureReadback, FrameKind, FrameMeta, RawFrame, Technique
 
@@ -82,6 +82,19 @@ class RawStore:
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
+        self.removed_temp_files = self._remove_temp_files()
+
+    def _remove_temp_files(self) -> list[Path]:
+        """Half-written records from a crash mid-keep: never acknowledged, so never kept."""
+        if not self.directory.is_dir():
+            return []
+        removed = sorted(self.directory.glob(f".*{SUFFIX}.*{TEMP_SUFFIX}"))
+        for tmp in removed:
+            tmp.unlink(missing_ok=True)
+            LOGGER.warning("removed half-written raw record %s (never acknowledged)", tmp.name)
+        if removed:
+            fsync_dir(self.directory)
+        return removed
 
     def record_size(self, rows: int, columns: int) -> int:
         """Bytes a kept frame of this geometry takes on disk (for the room check before a dose)."""
