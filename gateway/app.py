@@ -9,6 +9,7 @@ drains the spool on its own thread. `Gateway` holds them and delegates; it decid
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from datetime import UTC, date, datetime
@@ -21,7 +22,7 @@ from gateway.calibration_workflow import CalibrationWorkflow, Progress
 from gateway.config import Config
 from gateway.correction import CalibrationSet, Corrector
 from gateway.dicom import check_anatomy
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, DxgateError
 from gateway.events import EventBus
 from gateway.exam_workflow import AcquiredImage, Exam, ExamWorkflow
 from gateway.forward import DeliveryResult, Forwarder
@@ -69,7 +70,7 @@ class Gateway:
             raise
         try:
             self.forwarder = Forwarder(self.spool, config.destinations, calling_ae=config.site.ae_title,
-                                       clock=self._epoch)
+                                       clock=self._epoch, alarms=self.alarms)
         except BaseException:
             self.hardware.close()
             self.pipeline.close()
@@ -165,11 +166,52 @@ class Gateway:
                                                     name="dxgate-forward", daemon=True)
             self._forward_thread.start()
 
-    def close(self) -> None:
+    def reconfigure(self, config: Config) -> None:
+        """Apply a reloaded configuration's destinations and worklist settings (SIGHUP); the
+        queue is untouched: deliveries to a destination that left stay pending for it."""
+        self.forwarder.reconfigure(config.destinations)
+        self.worklists.reconfigure(config)
+        self.config = self.config.model_copy(update={"destinations": config.destinations,
+                                                     "worklist": config.worklist})
+        self.pipeline.config = self.config
+        self._wake.set()
+
+    # --- health and levels (status, metrics, watchdog) -----------------------------------------
+
+    def forwarder_idle_max_s(self) -> float:
+        return self.forwarder.max_idle_s
+
+    def forwarder_progressing(self) -> bool:
+        """False when the forwarding loop has been stuck in one pass for too long."""
+        return self.forwarder.healthy()
+
+    def free_bytes(self) -> dict[str, int]:
+        out = {}
+        for d in {self.spool.directory, self.raw_store.directory, self.spool.database.parent}:
+            st = os.statvfs(d)
+            out[str(d)] = st.f_bavail * st.f_frsize
+        return out
+
+    def calibration_age_s(self) -> float | None:
+        latest = self.calibrations.latest_id(self.calibration_key)
+        if latest is None:
+            return None
+        try:
+            return (self._clock() - self.corrector().cal.created_at).total_seconds()
+        except DxgateError:
+            return None
+
+    def alarm_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for a in self.alarms.active():
+            out[a.code] = out.get(a.code, 0) + 1
+        return out
+
+    def close(self, timeout_s: float = 30.0) -> None:
         self._stop.set()
         self._wake.set()
         if self._forward_thread is not None:
-            self._forward_thread.join(timeout=30)
+            self._forward_thread.join(timeout=timeout_s)
         self.hardware.close()
         self.exams.close()
         if self.forwarding_alive():  # mid C-STORE past the join: closing the DB would kill it

@@ -8,6 +8,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -15,7 +16,7 @@ from pynetdicom import evt
 
 from gateway.config import DestinationConfig
 from gateway.errors import ForwardError
-from gateway.forward import Forwarder, Outcome
+from gateway.forward import Forwarder, Outcome, scu
 from gateway.netopts import socket_nodelay
 from gateway.spool import DeliveryState, Spool
 from tests.forward.conftest import FakeClock
@@ -246,11 +247,12 @@ def test_run_loop_survives_a_failing_pass_and_sends_later(spool: Spool, scp_fact
     thread.start()
     try:
         assert marked.wait(30), "forwarding never recovered from the failed pass"
-        assert thread.is_alive() and fwd.loop_failures == 1
+        assert thread.is_alive() and fwd.alarms.raised["forward-pass-failed"] == 1
     finally:
         stop.set()
         wake.set()
         thread.join(10)
+    assert fwd.alarms.active() == []  # cleared by the success that followed
     assert spool.counts()["sent"] == 1
     # stored twice (the first acknowledgement could not be recorded), same UID, same bytes
     assert scp.stored == [obj.sop_instance_uid] * 2
@@ -271,3 +273,67 @@ def test_bad_configuration_is_refused(spool: Spool) -> None:
         Forwarder(spool, [dest(1), dest(2)], calling_ae="DXGATE")
     with pytest.raises(ForwardError, match="AE title"):
         Forwarder(spool, [dest(1)], calling_ae="X" * 17)
+    for bad_ae, why in (("A" * 20, "must not exceed 16 characters"), ("PA\\CS", "backslashes"),
+                        ("PA\nCS", "control characters"), ("   ", "empty")):
+        with pytest.raises(ForwardError, match=f"destination 'pacs': called AE title .*{why}"):
+            Forwarder(spool, [dest(1, aet=bad_ae)], calling_ae="DXGATE")
+
+
+def _explode_for(monkeypatch: pytest.MonkeyPatch, name: str, exc: Exception) -> None:
+    """Make opening an association to destination `name` raise `exc` (what pynetdicom raised for a
+    20-character called AE title, before configuration refused it): an error no stage expects."""
+    real = scu.open_session
+
+    def open_session(destination: DestinationConfig, *args: Any, **kwargs: Any) -> scu.Session:
+        if destination.name == name:
+            raise exc
+        return real(destination, *args, **kwargs)
+
+    monkeypatch.setattr(scu, "open_session", open_session)
+
+
+def test_an_unexpected_error_for_one_destination_is_recorded_and_the_others_are_served(
+        spool: Spool, clock: FakeClock, scp_factory: Callable[..., ScriptedSCP],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    good = scp_factory()
+    _explode_for(monkeypatch, "broken", ValueError("Invalid 'Called AE' value - must not exceed 16 characters"))
+    obj = make_object(seed=21)
+    put(spool, obj, ("broken", "main"))
+    fwd = forwarder(spool, clock, dest(free_port(), "broken"), dest(good.port, "main"))
+    results = fwd.forward_due()
+    assert {(r.destination, r.outcome) for r in results} == {("broken", Outcome.RETRY), ("main", Outcome.SENT)}
+    assert good.stored == [obj.sop_instance_uid]  # the archive's own view
+    [row] = [d for d in spool.deliveries(obj.sop_instance_uid) if d.destination == "broken"]
+    assert row.state is DeliveryState.PENDING and row.next_attempt_at > clock()
+    assert row.last_error is not None and row.last_error.startswith("forwarding failed unexpectedly: ValueError")
+    [alarm] = fwd.alarms.active()
+    assert (alarm.code, alarm.key) == ("forward-pass-failed", "broken")
+
+
+def test_the_run_loop_lives_on_through_unexpected_errors(spool: Spool, scp_factory: Callable[..., ScriptedSCP],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    good = scp_factory()
+    _explode_for(monkeypatch, "broken", RuntimeError("a bug"))
+    fwd = Forwarder(spool, [dest(free_port(), "broken"), dest(good.port, "main")], calling_ae="DXGATE",
+                    backoff_base_s=0.01, backoff_max_s=0.02)
+    stop, wake = threading.Event(), threading.Event()
+    thread = threading.Thread(target=fwd.run, args=(stop, wake), daemon=True)
+    thread.start()
+    objs = [make_object(seed=seed) for seed in (22, 23, 24)]
+    try:
+        for obj in objs:  # several passes, each meeting the bug again
+            good.received.clear()
+            put(spool, obj, ("broken", "main"))
+            wake.set()
+            assert good.received.wait(30), "the healthy destination stopped being served"
+            assert thread.is_alive()
+        assert fwd.alarms.raised["forward-pass-failed"] >= 3 and fwd.healthy()
+        assert fwd.last_pass_completed is not None
+    finally:
+        stop.set()
+        wake.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert sorted(good.stored) == sorted(o.sop_instance_uid for o in objs)
+    assert {d.state for u in good.stored for d in spool.deliveries(u) if d.destination == "broken"} == {
+        DeliveryState.PENDING}
