@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from drivers.registry import load_object
+from drivers.registry import load_simulator
 from gateway.app import Gateway
 from gateway.config import CalibrationConfig, Config, DestinationConfig, DetectorConfig, GeneratorConfig
 from gateway.peers import StorageServer
@@ -45,7 +45,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="dxgate-latency-") as tmp:
         home = Path(tmp)
-        room = load_object("hw_sim.room:open_room")(seed=3)
+        room = load_simulator("room")(seed=3)
         pacs = StorageServer(home / "pacs", ae_title="PACS")
         config = Config(state_dir=str(home / "state"), detector=DetectorConfig(mode=args.mode),
                         generator=GeneratorConfig(port=room.start_generator()),

@@ -1,57 +1,63 @@
-"""Drivers by name, imported lazily from dotted paths (as pydicom registers pixel codecs).
+"""Drivers by registered name: importlib.metadata entry points, imported only when chosen.
 
-A configuration names a driver ("usb_panel"); only the chosen driver's module is imported,
-so a missing optional dependency of another driver never stops the gateway.
+A configuration names a driver ("usb_panel") or a pyusb backend; the name is looked up in
+the entry points that installed packages register (groups `dxgate.detectors`,
+`dxgate.generators`, `dxgate.usb_backends`, `dxgate.simulators`), never imported as a dotted
+path — a configuration cannot make dxgate call an arbitrary function such as `os:system`.
+Only the chosen driver's module is imported, so a missing optional dependency of another
+driver never stops the gateway (as pydicom loads pixel codecs).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from gateway.errors import DeviceError
 
 LOGGER = logging.getLogger(__name__)
 
-DETECTORS: dict[str, str] = {"usb_panel": "drivers.usb_panel.driver:open_detector"}
-GENERATORS: dict[str, str] = {"serial_generator": "drivers.serial_generator.driver:open_generator"}
+DETECTORS = "dxgate.detectors"
+GENERATORS = "dxgate.generators"
+USB_BACKENDS = "dxgate.usb_backends"
+SIMULATORS = "dxgate.simulators"
 
 
-def load_object(path: str) -> Any:
-    """Import ``"package.module:attribute"`` and return the attribute."""
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr or not all(
-            part.isidentifier() for part in module_name.split(".") + attr.split(".")):
-        raise ValueError(f"bad object path {path!r}: expected 'package.module:attribute'")
+def registered(group: str) -> dict[str, EntryPoint]:
+    """The entry points of `group` by name."""
+    return {ep.name: ep for ep in entry_points(group=group)}
+
+
+def load(group: str, name: str) -> Any:
+    """The object registered as `name` in `group`; DeviceError naming the known names otherwise."""
+    known = registered(group)
+    if name not in known:
+        listed = ", ".join(sorted(known)) or "none installed"
+        raise DeviceError(f"no {group.split('.')[-1][:-1]} named {name!r} is registered (known: {listed})")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise DeviceError(f"cannot import {module_name!r} for {path!r}: {exc}") from exc
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise DeviceError(f"{module_name!r} has no attribute {attr!r} (from {path!r})") from None
-    return obj
-
-
-def _lookup(kind: str, table: dict[str, str], name: str) -> Any:
-    try:
-        path = table[name]
-    except KeyError:
-        raise DeviceError(f"unknown {kind} driver {name!r}; known: {', '.join(sorted(table))}") from None
-    return load_object(path)
+        return known[name].load()
+    except (ImportError, AttributeError) as exc:
+        raise DeviceError(f"{group} {name!r} ({known[name].value}) cannot be loaded: {exc}") from exc
 
 
 def open_detector(name: str, **kwargs: Any) -> Any:
     """Open a detector with the named driver; kwargs go to its ``open_detector``."""
     LOGGER.info("opening detector driver %s", name)
-    return _lookup("detector", DETECTORS, name)(**kwargs)
+    return load(DETECTORS, name)(**kwargs)
 
 
 def open_generator(name: str, **kwargs: Any) -> Any:
     """Open a generator with the named driver; kwargs go to its ``open_generator``."""
     LOGGER.info("opening generator driver %s", name)
-    return _lookup("generator", GENERATORS, name)(**kwargs)
+    return load(GENERATORS, name)(**kwargs)
+
+
+def open_usb_backend(name: str, **options: Any) -> Any:
+    """A pyusb backend by registered name, made with `options` (the configured backend_options)."""
+    return load(USB_BACKENDS, name)(**options)
+
+
+def load_simulator(name: str = "room") -> Any:
+    """The simulator's factory (demo and benchmarks reach it like hardware: by registered name)."""
+    return load(SIMULATORS, name)

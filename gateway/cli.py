@@ -1,18 +1,25 @@
-"""The `dxgate` command line."""
+"""The `dxgate` command line.
+
+Every failure a user can cause (a missing or broken file, a directory given as a file, a
+read-only state directory, a home that is a file) ends with one line naming the problem on
+stderr and exit code 2 — never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from gateway import __version__
-from gateway.config import Config, load, to_toml
+from gateway.config import Config, check_state_dir, load, to_toml
 from gateway.errors import DxgateError
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dxgate", description="Acquisition gateway for digital X-ray rooms.")
     parser.add_argument("--version", action="version", version=f"dxgate {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (repeatable)")
@@ -28,26 +35,83 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("default-config", help="print the default configuration, documented")
 
+    reprocess = sub.add_parser("reprocess", help="make the images of raw frames kept after a failure")
+    reprocess.add_argument("--config", type=Path, required=True, help="the gateway's configuration file")
+    reprocess.add_argument("--list", action="store_true", help="only list the kept frames and why they wait")
+    reprocess.add_argument("--json", action="store_true", help="print the result as JSON")
+    reprocess.add_argument("ids", nargs="*", help="kept frame ids (default: all)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "demo":
-            from gateway.demo import run_demo  # only the demo needs the embedded peers
-
-            if args.exposures < 1:
-                parser.error("--exposures must be at least 1")
-            return run_demo(home=args.home, exposures=args.exposures, as_json=args.json, out=sys.stdout)
-        if args.command == "check-config":
-            sys.stdout.write(to_toml(load(args.file)))
-            return 0
-        if args.command == "default-config":
-            sys.stdout.write(to_toml(Config()))
-            return 0
+        return _dispatch(parser, args)
     except DxgateError as exc:
         print(f"dxgate: {exc}", file=sys.stderr)
         return 2
-    return 1
+    except OSError as exc:  # a path the user gave: a directory for a file, a read-only disk, ...
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"dxgate: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from gateway.demo import run_demo  # only the demo needs the embedded peers
+
+        if args.exposures < 1:
+            parser.error("--exposures must be at least 1")
+        if args.home is not None and args.home.exists() and not args.home.is_dir():
+            raise DxgateError(f"--home {args.home} is not a directory")
+        return run_demo(home=args.home, exposures=args.exposures, as_json=args.json, out=sys.stdout)
+    if args.command == "check-config":
+        cfg = load(args.file)
+        check_state_dir(cfg)
+        sys.stdout.write(to_toml(cfg))
+        return 0
+    if args.command == "default-config":
+        sys.stdout.write(to_toml(Config()))
+        return 0
+    if args.command == "reprocess":
+        return _reprocess(args)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _reprocess(args: argparse.Namespace) -> int:
+    """Hardware-free: the kept records carry everything their image needs."""
+    from gateway.alarms import Alarms
+    from gateway.imaging import ImagePipeline
+
+    cfg = load(args.config)
+    check_state_dir(cfg)
+    pipeline = ImagePipeline(cfg, alarms=Alarms())
+    try:
+        if args.list:
+            kept = pipeline.raw_store.pending()
+            if args.json:
+                json.dump([{**asdict(k), "path": str(k.path)} for k in kept], sys.stdout, indent=2)
+                sys.stdout.write("\n")
+            else:
+                for k in kept:
+                    print(f"{k.kept_id}  frame {k.frame_number}  kept {k.kept_at}  {k.reason or '(no failure noted)'}")
+                print(f"{len(kept)} kept frame(s) waiting for their image")
+            return 0
+        results = pipeline.reprocess(args.ids or None)
+    finally:
+        pipeline.close()
+    if args.json:
+        json.dump([asdict(r) for r in results], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for r in results:
+            print(f"{r.kept_id}  {r.outcome}  {r.sop_instance_uid}  {r.error}".rstrip())
+        print(f"{sum(r.outcome != 'failed' for r in results)} of {len(results)} kept frame(s) imaged")
+    return 0 if all(r.outcome != "failed" for r in results) else 1
 
 
 if __name__ == "__main__":

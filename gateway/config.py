@@ -1,142 +1,277 @@
-"""Typed configuration: every key with its type, default, bounds and description in one place.
+"""Typed configuration (pydantic v2): every key with its type, default, bounds and description.
 
-The file is TOML. Unknown keys, wrong types and out-of-range values are refused with an
-error naming the key, so a typo never silently falls back to a default.
+The file is TOML. Unknown keys, wrong types, NaN or infinite numbers, values out of range and
+combinations the gateway would refuse later (an AE title pynetdicom cannot send, a paired body
+part without laterality, two destinations of one name, a UID root with no room for a unique
+suffix) are refused when the file is read, with an error naming the key: a configuration that
+`check-config` accepts is one the gateway runs with.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import math
+import os
 import tomllib
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import tomli_w
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
+
+from gateway import anatomy
 from gateway.errors import ConfigError
+from gateway.uids import MAX_UID_LENGTH, MIN_SUFFIX_DIGITS, UUID_ROOT, is_valid_uid
+
+AE_MAX = 16
 
 
-def setting(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
-            choices: tuple[str, ...] | None = None) -> Any:
-    """A config field: its default, its description and its bounds, in one place."""
-    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices}
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+def _ae_title(value: str) -> str:
+    """An AE title pynetdicom and every peer accept (PS3.5 AE VR)."""
+    if not value.strip():
+        raise ValueError("an AE title cannot be empty")
+    if len(value) > AE_MAX:
+        raise ValueError(f"AE title {value!r} is {len(value)} characters; at most {AE_MAX}")
+    if "\\" in value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value) or not value.isascii():
+        raise ValueError(f"AE title {value!r} holds a backslash, a control or a non-ASCII character")
+    return value
 
 
-@dataclass(frozen=True)
-class SiteConfig:
-    ae_title: str = setting("DXGATE", "This gateway's own AE title (also the worklist query key).")
-    station_name: str = setting("DXROOM1", "Station Name written into every image.")
-    institution_name: str = setting("", "Institution Name written into every image.")
-    manufacturer: str = setting("dxgate", "Manufacturer written into every image.")
-    uid_root: str = setting("2.25", "UID root for generated UIDs; 2.25 derives them from UUIDs.")
+def _uid_root(value: str) -> str:
+    if value != UUID_ROOT:
+        if not is_valid_uid(value):
+            raise ValueError(f"UID root {value!r} is not a valid UID prefix (digits and dots, no leading zeros)")
+        room = MAX_UID_LENGTH - len(value) - 1
+        if room < MIN_SUFFIX_DIGITS:
+            raise ValueError(f"UID root {value!r} leaves {room} digits for the unique suffix; "
+                             f"at least {MIN_SUFFIX_DIGITS} are needed")
+    return value
 
 
-@dataclass(frozen=True)
-class DetectorConfig:
-    driver: str = setting("usb_panel", "Detector driver name from the driver registry.")
-    vendor_id: int = setting(0x1209, "USB vendor ID to look for.", lo=0, hi=0xFFFF)
-    product_id: int = setting(0x0001, "USB product ID to look for.", lo=0, hi=0xFFFF)
-    serial: str = setting("", "Only use the panel with this serial number (empty: the first found).")
-    mode: str = setting("2x2", "Readout mode name (the detector lists its modes).")
-    usb_backend: str = setting("", "Dotted path 'module:factory' of a pyusb backend; empty: libusb.")
-    backend_options: dict = setting({}, "Keyword arguments for the usb_backend factory.")
-    frame_timeout_s: float = setting(10.0, "Longest wait for a frame after arming.", lo=0.1, hi=600)
-    read_attempts: int = setting(3, "How often a corrupt frame is re-read before failing.", lo=1, hi=10)
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
 
 
-@dataclass(frozen=True)
-class GeneratorConfig:
-    driver: str = setting("serial_generator", "Generator driver name from the driver registry.")
-    port: str = setting("/dev/ttyUSB0", "Serial device of the generator.")
-    baudrate: int = setting(115200, "Serial speed.", lo=1200, hi=4_000_000)
-    timeout_s: float = setting(5.0, "Longest wait for a generator reply.", lo=0.1, hi=120)
+def _plain_text(value: str) -> str:
+    """Text written into DICOM objects (LO/SH): no control characters, no backslash."""
+    if "\\" in value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError(f"{value!r} holds a backslash or a control character")
+    return value
 
 
-@dataclass(frozen=True)
-class CalibrationConfig:
-    directory: str = setting("calibration", "Where calibration sets live (relative: under state_dir).")
-    dark_frames: int = setting(16, "Dark frames averaged into the offset map (16+ finds noisy pixels reliably).",
-                               lo=2, hi=256)
-    flat_frames: int = setting(8, "Flat-field frames averaged into the gain map.", lo=2, hi=256)
-    flat_kvp: float = setting(70.0, "Tube voltage for flat-field exposures.", lo=40, hi=150)
-    flat_mas: float = setting(2.0, "Tube current-time product for flat-field exposures.", lo=0.1, hi=100)
-    flat_kerma_ugy: float = setting(10.0, "Detector air kerma of one flat field, measured by the engineer (uGy).",
-                                    lo=0.01, hi=1000)
-    max_age_days: float = setting(180.0, "Refuse a calibration set older than this.", lo=1, hi=3650)
+def _number(value: Any) -> Any:
+    """A TOML number (an integer is fine where a float is meant); never a string or a boolean."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, got {type(value).__name__} {value!r}")
+    return value
 
 
-@dataclass(frozen=True)
-class WorklistConfig:
-    host: str = setting("127.0.0.1", "Worklist (RIS) server host.")
-    port: int = setting(104, "Worklist server port.", lo=1, hi=65535)
-    called_ae: str = setting("RIS", "Worklist server AE title.")
-    modality: str = setting("DX", "Modality queried for.")
-    days_ahead: int = setting(0, "Also fetch steps scheduled up to this many days ahead.", lo=0, hi=30)
-    timeout_s: float = setting(10.0, "Network timeout for the query.", lo=0.5, hi=300)
-    max_query_s: float = setting(30.0, "Longest a whole worklist query may take, answers included.", lo=1, hi=600)
-    max_answers: int = setting(2000, "Most answers one worklist query may return; more end the query.",
-                               lo=1, hi=100_000)
-    cache: str = setting("worklist-cache.json",
-                         "Last worklist answer, used while the RIS is unreachable (relative: under state_dir).")
+Number = Annotated[float, BeforeValidator(_number)]
+AETitle = Annotated[StrictStr, AfterValidator(_ae_title)]
+Host = Annotated[StrictStr, AfterValidator(_not_blank)]
+Text64 = Annotated[StrictStr, Field(max_length=64), AfterValidator(_plain_text)]
+Text16 = Annotated[StrictStr, Field(max_length=16), AfterValidator(_plain_text)]
+PortNumber = Annotated[StrictInt, Field(ge=1, le=65535)]
 
 
-@dataclass(frozen=True)
-class DestinationConfig:
-    name: str = setting("pacs", "Destination name, used in the queue and in logs.")
-    host: str = setting("127.0.0.1", "Archive host.")
-    port: int = setting(104, "Archive port.", lo=1, hi=65535)
-    called_ae: str = setting("PACS", "Archive AE title.")
-    max_pdu: int = setting(131072, "Maximum PDU length offered.", lo=4096, hi=4_194_304)
-    timeout_s: float = setting(30.0, "Network timeout for DIMSE and association.", lo=1, hi=600)
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_default=True)
 
 
-@dataclass(frozen=True)
-class ExposureConfig:
-    kvp: float = setting(80.0, "Default tube voltage.", lo=40, hi=150)
-    mas: float = setting(2.0, "Default tube current-time product.", lo=0.1, hi=500)
-    target_ei: float = setting(400.0, "Target exposure index (IEC 62494-1).", lo=1, hi=100000)
-    body_part: str = setting("CHEST", "Body Part Examined for unscheduled exposures.")
-    view_position: str = setting("PA", "View Position.", choices=("PA", "AP", "LL", "RL", "LAT", ""))
-    laterality: str = setting("", "Image Laterality for paired body parts (R, L, B); empty for unpaired ones.",
-                              choices=("", "R", "L", "B", "U"))
+class SiteConfig(_Section):
+    ae_title: AETitle = Field("DXGATE", description="This gateway's own AE title (also the worklist query key).")
+    station_name: Text16 = Field("DXROOM1", description="Station Name written into every image.")
+    institution_name: Text64 = Field("", description="Institution Name written into every image.")
+    manufacturer: Text64 = Field("dxgate", description="Manufacturer written into every image.")
+    uid_root: Annotated[StrictStr, AfterValidator(_uid_root)] = Field(
+        "2.25", description="UID root for generated UIDs; 2.25 derives them from UUIDs.")
 
 
-@dataclass(frozen=True)
-class SpoolConfig:
-    directory: str = setting("spool", "Where DICOM files wait to be forwarded (relative: under state_dir).")
-    database: str = setting("state.db", "SQLite state database (relative: under state_dir).")
-    min_free_mb: int = setting(512, "Refuse acquisition when the spool disk would fall below this much free space.",
-                               lo=0, hi=1_000_000)
-    min_free_inodes: int = setting(1000, "Refuse acquisition when a state file system would fall below this many "
-                                   "free inodes.", lo=0, hi=1_000_000_000)
-    raw_directory: str = setting("raw", "Where raw frames are kept from the moment X-rays may have been delivered "
-                                 "until their image is spooled (relative: under state_dir).")
-    keep_raw_after_image: bool = setting(False, "Keep each raw frame after its image is spooled (for reprocessing "
-                                         "with another calibration); false deletes it once the image is saved.")
-    db_busy_timeout_s: float = setting(5.0, "Longest wait for another process's lock on the state database.",
-                                       lo=0.1, hi=600)
+class DetectorConfig(_Section):
+    driver: StrictStr = Field("usb_panel", description="Detector driver, by its registered name (entry point "
+                                                       "group dxgate.detectors).")
+    vendor_id: StrictInt = Field(0x1209, ge=0, le=0xFFFF, description="USB vendor ID to look for.")
+    product_id: StrictInt = Field(0x0001, ge=0, le=0xFFFF, description="USB product ID to look for.")
+    serial: StrictStr = Field("", description="Only use the panel with this serial number (empty: the first found).")
+    mode: StrictStr = Field("2x2", description="Readout mode name (the detector lists its modes).")
+    usb_backend: StrictStr = Field("", description="pyusb backend by registered name (entry point group "
+                                                   "dxgate.usb_backends); empty: libusb.")
+    backend_options: dict[str, Any] = Field(default_factory=dict,
+                                            description="Keyword arguments for the usb_backend factory.")
+    frame_timeout_s: Number = Field(10.0, ge=0.1, le=600, description="Longest wait for a frame after arming.")
+    read_attempts: StrictInt = Field(3, ge=1, le=10, description="How often a corrupt frame is re-read before failing.")
 
 
-@dataclass(frozen=True)
-class Config:
-    state_dir: str = setting("/var/lib/dxgate", "Root of all local state.")
-    site: SiteConfig = field(default_factory=SiteConfig, metadata={"doc": "Who this gateway is."})
-    detector: DetectorConfig = field(default_factory=DetectorConfig, metadata={"doc": "Flat-panel detector."})
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig, metadata={"doc": "X-ray generator."})
-    calibration: CalibrationConfig = field(default_factory=CalibrationConfig, metadata={"doc": "Calibration."})
-    worklist: WorklistConfig = field(default_factory=WorklistConfig, metadata={"doc": "Modality Worklist."})
-    exposure: ExposureConfig = field(default_factory=ExposureConfig, metadata={"doc": "Exposure defaults."})
-    spool: SpoolConfig = field(default_factory=SpoolConfig, metadata={"doc": "Durable spool."})
-    destinations: tuple[DestinationConfig, ...] = field(
-        default=(DestinationConfig(),), metadata={"doc": "Archives every image is forwarded to."})
+class GeneratorConfig(_Section):
+    driver: StrictStr = Field("serial_generator", description="Generator driver, by its registered name (entry point "
+                                                              "group dxgate.generators).")
+    port: Annotated[StrictStr, AfterValidator(_not_blank)] = Field(
+        "/dev/ttyUSB0", description="Serial device of the generator (or a pyserial URL).")
+    baudrate: StrictInt = Field(115200, ge=1200, le=4_000_000, description="Serial speed.")
+    timeout_s: Number = Field(5.0, ge=0.1, le=120, description="Longest wait for a generator reply.")
+
+
+class CalibrationConfig(_Section):
+    directory: StrictStr = Field("calibration", description="Where calibration sets live (relative: under state_dir).")
+    dark_frames: StrictInt = Field(16, ge=2, le=256,
+                                   description="Dark frames averaged into the offset map (16+ finds noisy pixels).")
+    flat_frames: StrictInt = Field(8, ge=2, le=256, description="Flat-field frames averaged into the gain map.")
+    flat_kvp: Number = Field(70.0, ge=40, le=150, description="Tube voltage for flat-field exposures.")
+    flat_mas: Number = Field(2.0, ge=0.1, le=100, description="Tube current-time product for flat-field exposures.")
+    flat_kerma_ugy: Number = Field(10.0, ge=0.01, le=1000,
+                                  description="Detector air kerma of one flat field, measured by the engineer (uGy).")
+    max_age_days: Number = Field(180.0, ge=1, le=3650, description="Refuse a calibration set older than this.")
+
+
+class WorklistConfig(_Section):
+    host: Host = Field("127.0.0.1", description="Worklist (RIS) server host.")
+    port: PortNumber = Field(104, description="Worklist server port.")
+    called_ae: AETitle = Field("RIS", description="Worklist server AE title.")
+    modality: Text16 = Field("DX", description="Modality queried for.")
+    days_ahead: StrictInt = Field(0, ge=0, le=30, description="Also fetch steps scheduled up to this many days ahead.")
+    timeout_s: Number = Field(10.0, ge=0.5, le=300, description="Network timeout for the query.")
+    max_query_s: Number = Field(30.0, ge=1, le=600, description="Longest a whole worklist query may take, answers "
+                                                               "included.")
+    max_answers: StrictInt = Field(2000, ge=1, le=100_000,
+                                   description="Most answers one worklist query may return; more end the query.")
+    refresh_s: Number = Field(300.0, ge=10, le=86400, description="How often the daemon asks the RIS for the day's "
+                                                                 "worklist.")
+    cache: StrictStr = Field("worklist-cache.json", description="Last worklist answer, used while the RIS is "
+                                                                "unreachable (relative: under state_dir).")
+
+
+class DestinationConfig(_Section):
+    name: Annotated[StrictStr, Field(max_length=64), AfterValidator(_not_blank)] = Field(
+        "pacs", description="Destination name, used in the queue and in logs.")
+    host: Host = Field("127.0.0.1", description="Archive host.")
+    port: PortNumber = Field(104, description="Archive port.")
+    called_ae: AETitle = Field("PACS", description="Archive AE title.")
+    max_pdu: StrictInt = Field(131072, ge=4096, le=4_194_304, description="Maximum PDU length offered.")
+    timeout_s: Number = Field(30.0, ge=1, le=600, description="Network timeout for DIMSE and association.")
+
+
+ViewPosition = Literal["AP", "PA", "LL", "RL", "RLD", "LLD", "RLO", "LLO", ""]
+Laterality = Literal["", "R", "L", "B", "U"]
+
+
+class ExposureConfig(_Section):
+    kvp: Number = Field(80.0, ge=40, le=150, description="Default tube voltage.")
+    mas: Number = Field(2.0, ge=0.1, le=500, description="Default tube current-time product.")
+    target_ei: Number = Field(400.0, ge=1, le=100000, description="Target exposure index (IEC 62494-1).")
+    body_part: StrictStr = Field("CHEST", description="Body Part Examined for exposures with no view chosen "
+                                                      f"(one of {', '.join(anatomy.BODY_PARTS)}).")
+    view_position: ViewPosition = Field("PA", description="View Position (DX defined terms).")
+    laterality: Laterality = Field("", description="Image Laterality for paired body parts (R, L, B); empty for "
+                                                   "unpaired ones.")
+
+    @model_validator(mode="after")
+    def _codable(self) -> ExposureConfig:
+        try:
+            anatomy.check_anatomy(self.body_part, self.view_position, self.laterality or None)
+        except anatomy.AnatomyError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+class SpoolConfig(_Section):
+    directory: StrictStr = Field("spool", description="Where DICOM files wait to be forwarded (relative: under "
+                                                      "state_dir).")
+    database: StrictStr = Field("state.db", description="SQLite state database (relative: under state_dir).")
+    min_free_mb: StrictInt = Field(512, ge=0, le=1_000_000, description="Refuse acquisition when a state file "
+                                                                        "system would fall below this much free space.")
+    min_free_inodes: StrictInt = Field(1000, ge=0, le=1_000_000_000, description="Refuse acquisition when a state "
+                                       "file system would fall below this many free inodes.")
+    raw_directory: StrictStr = Field("raw", description="Where raw frames are kept from the moment X-rays may have "
+                                                        "been delivered until their image is spooled (relative: "
+                                                        "under state_dir).")
+    keep_raw_after_image: StrictBool = Field(False, description="Keep each raw frame after its image is spooled (for "
+                                             "reprocessing with another calibration); false deletes it once saved.")
+    db_busy_timeout_s: Number = Field(5.0, ge=0.1, le=600, description="Longest wait for another process's lock on "
+                                                                      "the state database.")
+
+
+class ApiConfig(_Section):
+    host: Host = Field("127.0.0.1", description="Address the local API and console listen on (TLS needed beyond "
+                                                "loopback).")
+    port: StrictInt = Field(8080, ge=0, le=65535, description="API port (0: any free port).")
+    tls_cert: StrictStr = Field("", description="PEM certificate for HTTPS (required when host is not loopback).")
+    tls_key: StrictStr = Field("", description="PEM private key for HTTPS.")
+    session_idle_s: Number = Field(900.0, ge=60, le=86400, description="A console session ends after this long idle.")
+    session_max_s: Number = Field(43200.0, ge=300, le=7 * 86400, description="A console session ends after this long.")
+    lockout_attempts: StrictInt = Field(5, ge=1, le=100, description="Wrong passwords in a row that lock a user.")
+    lockout_s: Number = Field(900.0, ge=1, le=86400, description="How long a locked user stays locked.")
+    min_password_length: StrictInt = Field(10, ge=8, le=256, description="Shortest password accepted.")
+
+    @model_validator(mode="after")
+    def _tls_beyond_loopback(self) -> ApiConfig:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.host not in ("127.0.0.1", "::1", "localhost") and not self.tls_cert:
+            raise ValueError(f"the API listens on {self.host}, beyond loopback: configure tls_cert and tls_key")
+        return self
+
+
+class AuditConfig(_Section):
+    collector_host: StrictStr = Field("", description="Syslog collector (ATNA audit record repository); empty: "
+                                                      "audit records are kept locally only.")
+    collector_port: PortNumber = Field(6514, description="Collector port (6514 TLS, 601 TCP, 514 UDP).")
+    transport: Literal["tls", "tcp", "udp"] = Field("tls", description="Syslog transport (RFC 5425 TLS, RFC 6587 "
+                                                                       "TCP or RFC 5426 UDP).")
+    ca_file: StrictStr = Field("", description="CA bundle to verify the collector (TLS).")
+    cert_file: StrictStr = Field("", description="Client certificate for mutual TLS (optional).")
+    key_file: StrictStr = Field("", description="Client key for mutual TLS (optional).")
+
+
+class ServiceConfig(_Section):
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level (reloadable).")
+    stop_timeout_s: Number = Field(30.0, ge=1, le=300, description="SIGTERM: the longest the daemon takes to stop.")
+    heartbeat_s: Number = Field(5.0, ge=0.1, le=300, description="How often each stage reports it is alive.")
+
+
+class Config(_Section):
+    state_dir: Annotated[StrictStr, AfterValidator(_not_blank)] = Field("/var/lib/dxgate",
+                                                                       description="Root of all local state.")
+    site: SiteConfig = Field(default_factory=SiteConfig, description="Who this gateway is.")
+    detector: DetectorConfig = Field(default_factory=DetectorConfig, description="Flat-panel detector.")
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig, description="X-ray generator.")
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="Calibration.")
+    worklist: WorklistConfig = Field(default_factory=WorklistConfig, description="Modality Worklist.")
+    exposure: ExposureConfig = Field(default_factory=ExposureConfig, description="Exposure defaults.")
+    spool: SpoolConfig = Field(default_factory=SpoolConfig, description="Durable spool.")
+    api: ApiConfig = Field(default_factory=ApiConfig, description="Local API and console.")
+    audit: AuditConfig = Field(default_factory=AuditConfig, description="Audit trail shipping.")
+    service: ServiceConfig = Field(default_factory=ServiceConfig, description="The daemon.")
+    destinations: tuple[DestinationConfig, ...] = Field(
+        default=(DestinationConfig(),), min_length=1, description="Archives every image is forwarded to.")
+
+    @model_validator(mode="after")
+    def _unique_destinations(self) -> Config:
+        names = [d.name for d in self.destinations]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"destination names must be unique: {', '.join(dupes)} appear more than once")
+        return self
 
     def path(self, p: str) -> Path:
         """Resolve a configured path relative to state_dir."""
         q = Path(p)
         return q if q.is_absolute() else Path(self.state_dir) / q
+
+
+# --- reading ----------------------------------------------------------------------------------
 
 
 def load(path: str | Path) -> Config:
@@ -146,6 +281,12 @@ def load(path: str | Path) -> Config:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a directory, not a config file") from None
+    except PermissionError:
+        raise ConfigError(f"{p}: permission denied") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
@@ -156,98 +297,112 @@ def load(path: str | Path) -> Config:
 def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     """Validate a parsed config; errors read "<source>: <key path>: <problem>"."""
     try:
-        return _build(Config, raw, "")
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        # a list that came out short only because its items failed says nothing more
+        errors = [e for e in errors if not (e["type"] == "too_short" and any(
+            o is not e and tuple(o["loc"][:len(e["loc"])]) == tuple(e["loc"]) for o in errors))]
+        raise ConfigError(f"{source}: " + "; ".join(_describe(e) for e in errors)) from None
 
 
-def _key(where: str, name: str) -> str:
-    return f"{where}.{name}" if where else name
+def _describe(err: Any) -> str:
+    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+    kind, msg = err["type"], err["msg"]
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        msg = "unknown key"
+    elif kind in ("finite_number",) or (isinstance(value, float) and not math.isfinite(value)):
+        msg = f"{value!r} is not a finite number"
+    elif kind.startswith(("greater_than", "less_than")):
+        msg = f"{value!r} is out of range ({msg.lower()})"
+    elif kind in ("int_type", "float_type", "string_type", "bool_type", "model_type", "dict_type",
+                  "tuple_type", "int_parsing", "float_parsing"):
+        msg = f"{_lower_first(msg)}, got {type(value).__name__} {value!r}"
+    elif kind == "literal_error":
+        msg = f"{value!r}: {_lower_first(msg)}"
+    elif kind == "too_short":
+        msg = _lower_first(msg)
+    elif kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg
 
 
-def _at(where: str) -> str:
-    return f"{where}: " if where else ""
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
 
 
-def _build(cls: type, raw: Any, where: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{_at(where)}expected a table, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ConfigError(f"{_at(where)}unknown key(s) {', '.join(unknown)} (known: {', '.join(fields)})")
-    values = {name: _coerce(hints[name], raw[name], _key(where, name), fields[name].metadata)
-              for name in raw}
-    return cls(**values)
-
-
-def _coerce(hint: Any, value: Any, where: str, meta: Any) -> Any:
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected an array of tables")
-        return tuple(_coerce(item, v, f"{where}[{i}]", {}) for i, v in enumerate(value))
-    if hint is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table")
-        return dict(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if hint in (int, float, str, bool) and (type(value) is not hint):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
-    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
-    if lo is not None and value < lo or hi is not None and value > hi:
-        raise ConfigError(f"{where}: {value!r} is outside [{lo}, {hi}]")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
-    return value
+# --- writing ----------------------------------------------------------------------------------
 
 
 def to_toml(cfg: Config) -> str:
-    """Render a config as TOML (with each key's description as a comment)."""
+    """Render a config as TOML (tomli-w), each key preceded by its description and bounds."""
     out: list[str] = []
     _emit(cfg, "", out)
     return "\n".join(out).lstrip() + "\n"
 
 
-def _emit(obj: Any, prefix: str, out: list[str]) -> None:
+def _emit(obj: BaseModel, prefix: str, out: list[str]) -> None:
     tables: list[tuple[str, Any]] = []
-    for f in dataclasses.fields(obj):
-        v = getattr(obj, f.name)
-        if dataclasses.is_dataclass(v):
-            tables.append((f.name, v))
-        elif isinstance(v, tuple) and v and dataclasses.is_dataclass(v[0]):
-            tables.append((f.name, v))
-        else:
-            out.append(f"# {f.metadata.get('doc', '')}")
-            out.append(f"{f.name} = {_value(v)}")
-    for name, v in tables:
+    fields = type(obj).model_fields
+    for name, info in fields.items():
+        value = getattr(obj, name)
+        if isinstance(value, BaseModel) or (isinstance(value, tuple) and value and isinstance(value[0], BaseModel)):
+            tables.append((name, value))
+            continue
+        out.append(f"# {info.description or ''}{_bounds(info)}")
+        out.append(f"{name} = {_inline(value)}")
+    for name, value in tables:
         full = f"{prefix}{name}"
-        if isinstance(v, tuple):
-            for item in v:
+        if isinstance(value, tuple):
+            for item in value:
                 out.append(f"\n[[{full}]]")
                 _emit(item, f"{full}.", out)
         else:
-            out.append(f"\n[{full}]")
-            _emit(v, f"{full}.", out)
+            out.append(f"\n# {fields[name].description or ''}\n[{full}]")
+            _emit(value, f"{full}.", out)
 
 
-def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_value(x)}" for k, x in v.items()) + " }"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    raise TypeError(f"cannot render {type(v).__name__} as TOML")
+def _inline(value: Any) -> str:
+    """One TOML value on one line (tomli-w would turn a dict into a table of its own)."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{tomli_w.dumps({k: 0}).split(' =')[0]} = {_inline(v)}"
+                                for k, v in value.items()) + " }" if value else "{}"
+    return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
 
 
-__all__ = ["Config", "ConfigError", "load", "from_dict", "to_toml"]
+def _bounds(info: Any) -> str:
+    lo = hi = None
+    for m in info.metadata:
+        lo = getattr(m, "ge", None) if getattr(m, "ge", None) is not None else lo
+        hi = getattr(m, "le", None) if getattr(m, "le", None) is not None else hi
+    choices = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is Literal else None
+    if choices:
+        return " One of: " + ", ".join(repr(c) for c in choices) + "."
+    if lo is not None or hi is not None:
+        return f" Range: {'' if lo is None else lo}..{'' if hi is None else hi}."
+    return ""
+
+
+def check_state_dir(cfg: Config) -> None:
+    """ConfigError unless state_dir is (or can be made) a directory this process can write in.
+
+    Tried, not inferred from permissions (root passes every permission check, yet not a
+    read-only mount)."""
+    d = Path(cfg.state_dir)
+    probe_dir = d
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise ConfigError(f"state_dir: {probe_dir} is not a directory")
+    probe = probe_dir / f".dxgate-check-{os.getpid()}"
+    try:
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"state_dir: cannot write in {probe_dir}: {exc.strerror or exc}") from None
+
+
+__all__ = ["ApiConfig", "AuditConfig", "CalibrationConfig", "Config", "ConfigError", "DestinationConfig",
+           "DetectorConfig", "ExposureConfig", "GeneratorConfig", "ServiceConfig", "SiteConfig", "SpoolConfig",
+           "WorklistConfig", "check_state_dir", "from_dict", "load", "to_toml"]

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from drivers.registry import load_object
+from drivers.registry import load_simulator
 from gateway.app import Gateway
 from gateway.config import (
     Config,
@@ -34,7 +34,7 @@ from gateway.peers import StorageServer, WorklistServer, make_worklist_entry
 
 LOGGER = logging.getLogger(__name__)
 
-SIMULATOR = "hw_sim.room:open_room"
+SIMULATOR = "room"  # registered in the dxgate.simulators entry-point group
 DEMO_PATIENTS = [("Doe^Jane", "F", "19680412"), ("Müller^Jürgen", "M", "19551103"),
                  ("Παπαδόπουλος^Νίκος", "M", "19790228"), ("Nakamura^Yuki", "F", "19900715")]
 FORWARD_DEADLINE_S = 60.0
@@ -99,7 +99,7 @@ def run_demo(*, home: Path | None, exposures: int, as_json: bool, out: TextIO) -
     home.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     now = datetime.now(UTC)
-    room: SimulatedRoom = load_object(SIMULATOR)(seed=7)
+    room: SimulatedRoom = load_simulator(SIMULATOR)(seed=7)
     defaults = Config()
     wl = WorklistServer(scheduled_entries(exposures, defaults.site.ae_title, defaults.site.uid_root, now),
                         ae_title="DEMO_RIS")

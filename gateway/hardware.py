@@ -25,7 +25,7 @@ def open_devices(config: Config, usb_backend: Any | None = None) -> tuple[Detect
     det = config.detector
     backend = usb_backend
     if backend is None and det.usb_backend:
-        backend = registry.load_object(det.usb_backend)(**det.backend_options)
+        backend = registry.open_usb_backend(det.usb_backend, **det.backend_options)
     detector = registry.open_detector(det.driver, vendor_id=det.vendor_id, product_id=det.product_id,
                                       serial=det.serial, mode=det.mode, backend=backend,
                                       read_attempts=det.read_attempts)

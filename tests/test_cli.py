@@ -28,7 +28,7 @@ def test_check_config_names_the_wrong_key_and_exits_2(tmp_path: Path) -> None:
     path.write_text('[[destinations]]\nname = "pacs"\nport = 104\ncalled_ae = "PACS"\nhsot = "10.0.0.5"\n')
     out = dxgate("check-config", str(path))
     assert out.returncode == 2
-    assert f"dxgate: {path}: destinations[0]: unknown key(s) hsot" in out.stderr
+    assert out.stderr == f"dxgate: {path}: destinations[0].hsot: unknown key\n"
     assert out.stdout == ""
 
 
@@ -42,3 +42,37 @@ def test_check_config_prints_the_resolved_configuration(tmp_path: Path) -> None:
     cfg = load(resolved)
     assert cfg.state_dir == "/srv/dxgate" and cfg.detector.mode == "1x1"
     assert cfg.destinations == Config().destinations  # defaults filled in, visibly
+
+
+def _one_line_error(out: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("dxgate: ")
+    for needle in needles:
+        assert needle in out.stderr, out.stderr
+
+
+def test_user_mistakes_get_one_line_and_exit_2(tmp_path: Path) -> None:
+    _one_line_error(dxgate("check-config", str(tmp_path)), str(tmp_path), "is a directory")
+    _one_line_error(dxgate("check-config", str(tmp_path / "nope.toml")), "config file not found")
+    home_file = tmp_path / "home"
+    home_file.write_text("x")
+    _one_line_error(dxgate("demo", "--home", str(home_file)), "is not a directory")
+    (tmp_path / "bin.toml").write_bytes(b"\xff\xfe\x00")
+    _one_line_error(dxgate("check-config", str(tmp_path / "bin.toml")), "not UTF-8")
+    cfg = tmp_path / "dxgate.toml"
+    cfg.write_text(f'state_dir = "{home_file}/state"\n')
+    _one_line_error(dxgate("check-config", str(cfg)), "state_dir:", "is not a directory")
+    _one_line_error(dxgate("reprocess", "--config", str(cfg)), "state_dir:")
+    cfg.write_text('[exposure]\nkvp = nan\n')
+    _one_line_error(dxgate("check-config", str(cfg)), "exposure.kvp: nan is not a finite number")
+
+
+def test_reprocess_lists_and_reports_nothing_to_do(tmp_path: Path) -> None:
+    cfg = tmp_path / "dxgate.toml"
+    cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n')
+    listed = dxgate("reprocess", "--config", str(cfg), "--list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.strip() == "[]"
+    done = dxgate("reprocess", "--config", str(cfg))
+    assert done.returncode == 0 and "0 of 0 kept frame(s) imaged" in done.stdout

@@ -26,7 +26,15 @@ import pytest
 from gateway import imaging
 from gateway.alarms import Alarms
 from gateway.app import Gateway
-from gateway.config import CalibrationConfig, Config, DestinationConfig, DetectorConfig, GeneratorConfig, SpoolConfig
+from gateway.config import (
+    CalibrationConfig,
+    Config,
+    DestinationConfig,
+    DetectorConfig,
+    GeneratorConfig,
+    SpoolConfig,
+    to_toml,
+)
 from gateway.correction import store as calibration_store
 from gateway.errors import ExposureRefused, FrameKeptError
 from gateway.types import Technique
@@ -327,20 +335,29 @@ def test_a_failure_after_the_dose_keeps_the_frame_and_reprocess_makes_its_image(
     dciodvfy(Path(instance.path))
 
 
-def test_reprocess_from_a_new_process_without_hardware(tmp_path: Path, room: SimRoom,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dxgate_reprocess_makes_the_image_in_a_new_process_without_hardware(
+        tmp_path: Path, room: SimRoom, monkeypatch: pytest.MonkeyPatch) -> None:
     config = config_for(tmp_path, room)
     with calibrated(config, room) as gw:
         monkeypatch.setattr(imaging, "build_dx", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("bug")))
-        with pytest.raises(FrameKeptError):
+        with pytest.raises(FrameKeptError) as err:
             gw.expose(gw.open_exam(None))
     monkeypatch.undo()
     room.close()  # no hardware at all from here on
+    path = tmp_path / "dxgate.toml"
+    path.write_text(to_toml(config))
+    exe = Path(sys.executable).parent / "dxgate"
+    listed = subprocess.run([str(exe), "reprocess", "--config", str(path), "--list"], capture_output=True, text=True,
+                            timeout=120)
+    assert listed.returncode == 0 and err.value.kept_id in listed.stdout and "RuntimeError: bug" in listed.stdout
+    done = subprocess.run([str(exe), "reprocess", "--config", str(path), "--json"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    [result] = json.loads(done.stdout)
+    assert (result["kept_id"], result["outcome"]) == (err.value.kept_id, "saved")
     pipeline = imaging.ImagePipeline(config, alarms=Alarms())
     try:
-        [result] = pipeline.reprocess()
-        assert result.outcome == "saved"
-        assert pipeline.spool.instance(result.sop_instance_uid) is not None
+        assert pipeline.spool.instance(result["sop_instance_uid"]) is not None  # the spool's own view
         assert pipeline.reprocess() == []  # nothing left; a second run makes nothing twice
     finally:
         pipeline.close()

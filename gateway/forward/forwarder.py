@@ -150,11 +150,10 @@ class Forwarder:
                            "the images wait and are retried", key=dest.name)
         self._dest_failures[dest.name] = self._dest_failures.get(dest.name, 0) + 1
         delay = self.backoff_delay(self._dest_failures[dest.name] - 1)
-        out = []
+        out: list[DeliveryResult] = []
         for row in batch:
             try:
-                if row.state is DeliveryState.PENDING and all(r.sop_instance_uid != row.sop_instance_uid
-                                                              for r in out):
+                if row.state is DeliveryState.PENDING and all(r.uid != row.sop_instance_uid for r in out):
                     out.append(self._settle(row, classify_transport(reason), None, delay=delay))
             except Exception as inner:  # e.g. the database itself failing: rows stay as they were
                 LOGGER.error("%s: could not record the failure on %s: %s", dest.name, row.sop_instance_uid, inner)

@@ -51,7 +51,7 @@ def test_unscheduled_image_passes_dciodvfy(build: Callable[..., Dataset], dciodv
 
 @pytest.mark.peers
 @pytest.mark.parametrize("part, laterality, view", [("HAND", "L", "PA"), ("KNEE", "R", "LL"), ("ABDOMEN", None, "AP"),
-                                                    ("LSPINE", None, "LAT"), ("CHEST", None, "")])
+                                                    ("LSPINE", None, "LL"), ("CHEST", None, "")])
 def test_other_anatomy_and_views_pass_dciodvfy(build: Callable[..., Dataset], dciodvfy: Callable[[Path], None],
                                                tmp_path: Path, part: str, laterality: str | None, view: str) -> None:
     ds = build(make_item(), body_part=part, laterality=laterality, view_position=view)

@@ -1,7 +1,8 @@
-"""Drivers by name, imported lazily from dotted paths."""
+"""Drivers by registered name (entry points), imported lazily, never by dotted path."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +17,23 @@ from hw_sim.room import SimRoom
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_load_object_resolves_and_explains_bad_paths() -> None:
+def test_names_resolve_to_the_registered_entry_points() -> None:
+    from drivers.serial_generator.driver import open_generator
     from drivers.usb_panel.driver import open_detector
-    assert registry.load_object("drivers.usb_panel.driver:open_detector") is open_detector
-    with pytest.raises(ValueError, match="expected 'package.module:attribute'"):
-        registry.load_object("drivers.usb_panel.driver.open_detector")
-    with pytest.raises(DeviceError, match="cannot import 'drivers.nope'"):
-        registry.load_object("drivers.nope:open")
-    with pytest.raises(DeviceError, match="has no attribute 'nope'"):
-        registry.load_object("drivers.usb_panel.driver:nope")
+    from hw_sim.room import open_room
+    assert registry.load(registry.DETECTORS, "usb_panel") is open_detector
+    assert registry.load(registry.GENERATORS, "serial_generator") is open_generator
+    assert registry.load_simulator("room") is open_room
+
+
+@pytest.mark.parametrize("name", ["os:system", "os.system", "subprocess:call", "builtins:exec", "../usb_panel"])
+def test_a_dotted_path_is_never_imported_or_called(name: str, tmp_path: Path) -> None:
+    """A configuration once could name `os:system` and run a command: only registered names load."""
+    marker = tmp_path / "ran"
+    for open_it in (registry.open_detector, registry.open_generator, registry.open_usb_backend):
+        with pytest.raises(DeviceError, match=rf"no \w+ named '{re.escape(name)}' is registered \(known: "):
+            open_it(name, command=f"touch {marker}")
+    assert not marker.exists()
 
 
 def test_open_by_name(room: SimRoom) -> None:
@@ -39,9 +48,9 @@ def test_open_by_name(room: SimRoom) -> None:
 
 
 def test_unknown_driver_names_the_known_ones() -> None:
-    with pytest.raises(DeviceError, match=r"unknown detector driver 'flatpanel9'; known: usb_panel"):
+    with pytest.raises(DeviceError, match=r"no detector named 'flatpanel9' is registered \(known: usb_panel\)"):
         registry.open_detector("flatpanel9")
-    with pytest.raises(DeviceError, match=r"unknown generator driver 'x'; known: serial_generator"):
+    with pytest.raises(DeviceError, match=r"no generator named 'x' is registered \(known: serial_generator\)"):
         registry.open_generator("x")
 
 

@@ -275,8 +275,10 @@ def test_bad_configuration_is_refused(spool: Spool) -> None:
         Forwarder(spool, [dest(1)], calling_ae="X" * 17)
     for bad_ae, why in (("A" * 20, "must not exceed 16 characters"), ("PA\\CS", "backslashes"),
                         ("PA\nCS", "control characters"), ("   ", "empty")):
+        # built from code, past the configuration's own checks: the forwarder refuses it too
+        unchecked = DestinationConfig.model_construct(**{**dest(1).model_dump(), "called_ae": bad_ae})
         with pytest.raises(ForwardError, match=f"destination 'pacs': called AE title .*{why}"):
-            Forwarder(spool, [dest(1, aet=bad_ae)], calling_ae="DXGATE")
+            Forwarder(spool, [unchecked], calling_ae="DXGATE")
 
 
 def _explode_for(monkeypatch: pytest.MonkeyPatch, name: str, exc: Exception) -> None:

@@ -1,0 +1,1 @@
+"""The daemon: `dxgate run`, signals, systemd notify and watchdog, the local API server."""
