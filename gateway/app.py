@@ -28,6 +28,7 @@ from gateway.exam_workflow import AcquiredImage, Exam, ExamWorkflow
 from gateway.forward import DeliveryResult, Forwarder
 from gateway.hardware import Hardware, open_hardware
 from gateway.imaging import ImagePipeline, ReprocessResult, state_directories
+from gateway.netopts import configure_pynetdicom
 from gateway.types import Anatomy, CalibrationKey, SpooledInstance, Technique, WorklistItem
 from gateway.worklist_service import WorklistService, WorklistView
 
@@ -51,6 +52,7 @@ class Gateway:
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC), events: EventBus | None = None) -> None:
         if not config.destinations:
             raise ConfigError("no destination configured: images would have nowhere to go")
+        configure_pynetdicom()
         self.config = config
         self._clock = clock
         exp = config.exposure

@@ -33,8 +33,7 @@ from gateway.types import (
     SpooledInstance,
     WorklistItem,
 )
-from gateway.worklist.cache import _decode as decode_item
-from gateway.worklist.cache import _encode as encode_item
+from gateway.worklist import decode_item, encode_item
 
 LOGGER = logging.getLogger(__name__)
 

@@ -4,8 +4,9 @@
   DX image is several times slower. Bind nodelay_handlers() on every association and server.
 - pynetdicom 3.0 leaks the socket when a connection is refused (shutdown() of an unconnected
   socket raises and the close() after it is skipped): use `ApplicationEntity` from here.
-- pynetdicom logs C-FIND identifiers (patient names, IDs) at INFO by default; importing this
-  module turns that off, because patient data never belongs in application logs.
+- pynetdicom logs C-FIND identifiers (patient names, IDs) at INFO by default:
+  `configure_pynetdicom()` (called by the composition root) turns that off and installs the
+  log filter of gateway.logsafe, because patient data never belongs in application logs.
 - C-STORE of a file path streams it from disk in its stored transfer syntax instead of
   decoding and re-encoding it (measured: about 2x faster for DX images); a Dataset is still
   sent as before, so a caller that needs conversion passes a Dataset.
@@ -22,11 +23,19 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import AssociationSocket
 
+from gateway import logsafe
+
 LOGGER = logging.getLogger(__name__)
 
-pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
-pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
-pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+
+
+def configure_pynetdicom() -> None:
+    """dxgate's pynetdicom settings (idempotent): no identifiers in its logs, C-STORE of a file
+    streamed from disk; and the patient-data log filter on every DICOM library logger."""
+    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+    logsafe.install()
 
 
 def _os_socket(assoc: Association) -> socket.socket | None:

@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime
 from gateway.config import Config
 from gateway.errors import WorklistError
 from gateway.types import WorklistItem
-from gateway.worklist import load_cache_with_time, query_worklist, save_cache
+from gateway.worklist import load_cache_with_time, query_worklist_result, save_cache, should_replace_cache
 
 LOGGER = logging.getLogger(__name__)
 
@@ -43,11 +43,11 @@ class WorklistService:
         now = self._clock()
         search = bool(patient_id or accession_number)
         try:
-            items = query_worklist(host=wl.host, port=wl.port, called_ae=wl.called_ae,
-                                   calling_ae=self._config.site.ae_title, modality=wl.modality,
-                                   station_ae=self._config.site.ae_title, on=on or now.astimezone().date(),
-                                   days_ahead=wl.days_ahead, patient_id=patient_id,
-                                   accession_number=accession_number, timeout_s=wl.timeout_s)
+            result = query_worklist_result(
+                host=wl.host, port=wl.port, called_ae=wl.called_ae, calling_ae=self._config.site.ae_title,
+                modality=wl.modality, station_ae=self._config.site.ae_title, on=on or now.astimezone().date(),
+                days_ahead=wl.days_ahead, patient_id=patient_id, accession_number=accession_number,
+                timeout_s=wl.timeout_s, max_query_s=wl.max_query_s, max_answers=wl.max_answers)
         except WorklistError as exc:
             if not cache.exists():
                 raise
@@ -60,9 +60,14 @@ class WorklistService:
             if not search:
                 self.last = view
             return view
+        items = list(result.items)
         try:
-            if not search:  # a search answer is not the day's list: keep the cache whole
+            # a search answer is not the day's list, and an answer that kept nothing because every
+            # entry was malformed is no list at all: either leaves the cache whole
+            if not search and should_replace_cache(result):
                 save_cache(items, cache, saved_at=now)
+            elif not search:
+                LOGGER.error("worklist: all %d answer(s) were malformed; the offline cache is kept", result.answers)
         except OSError as exc:  # the live answer still stands; only the offline copy is stale
             LOGGER.error("worklist cache %s could not be saved: %s", cache, exc)
         view = WorklistView(items=items, source="ris", as_of=now)

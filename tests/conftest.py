@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from gateway.netopts import configure_pynetdicom
 from tests.peers import Orthanc, StoreSCP, WlmSCP, dciodvfy_errors
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _pynetdicom_as_dxgate_runs_it() -> None:
+    """The settings the composition root applies (no identifiers in logs, streamed C-STORE),
+    also for tests that drive a stage without a Gateway."""
+    configure_pynetdicom()
 
 
 @pytest.fixture

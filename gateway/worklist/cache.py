@@ -28,7 +28,7 @@ VERSION = 1
 def save_cache(items: Iterable[WorklistItem], path: str | Path, *, saved_at: datetime | None = None) -> None:
     """Replace the cache at `path` with `items`, atomically."""
     p = Path(path)
-    encoded = [_encode(i) for i in items]
+    encoded = [encode_item(i) for i in items]
     doc = {
         "format": FORMAT,
         "version": VERSION,
@@ -66,14 +66,14 @@ def load_cache_with_time(path: str | Path) -> tuple[list[WorklistItem], datetime
     items = []
     for n, d in enumerate(doc["items"]):
         try:
-            items.append(_decode(d))
+            items.append(decode_item(d))
         except (ValueError, KeyError, TypeError):
             # the parser's message may quote a value (a birth date): name the item, not its data
             raise WorklistError(f"worklist cache {p} is unreadable: item {n} is malformed") from None
     return items, saved_at
 
 
-def _encode(item: WorklistItem) -> dict[str, Any]:
+def encode_item(item: WorklistItem) -> dict[str, Any]:
     d = dataclasses.asdict(item)
     d["patient_birth_date"] = item.patient_birth_date.isoformat() if item.patient_birth_date else None
     d["sps_start"] = item.sps_start.isoformat() if item.sps_start else None
@@ -81,7 +81,7 @@ def _encode(item: WorklistItem) -> dict[str, Any]:
     return d
 
 
-def _decode(d: dict[str, Any]) -> WorklistItem:
+def decode_item(d: dict[str, Any]) -> WorklistItem:
     if not isinstance(d, dict):
         raise TypeError("cache item is not an object")
     fields = {f.name for f in dataclasses.fields(WorklistItem)}

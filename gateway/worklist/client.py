@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import time
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -43,6 +44,12 @@ class QueryResult:
     answers: int  # identifiers the server sent
     skipped: tuple[str, ...]  # one reason per malformed answer (no patient data in it)
     filtered_out: int  # well-formed items the server should not have sent
+
+
+def should_replace_cache(result: QueryResult) -> bool:
+    """Whether a day's answer may replace the offline cache: never by an answer that kept
+    nothing because every answer was malformed (the cache would show an empty day)."""
+    return bool(result.items) or not result.skipped
 
 
 def build_query(*, modality: str, station_ae: str, start: date, end: date, patient_id: str = "",
@@ -83,19 +90,26 @@ def build_query(*, modality: str, station_ae: str, start: date, end: date, patie
 
 def query_worklist(*, host: str, port: int, called_ae: str, calling_ae: str, modality: str = "DX",
                    station_ae: str = "", on: date | None = None, days_ahead: int = 0, patient_id: str = "",
-                   accession_number: str = "", timeout_s: float = 10.0) -> list[WorklistItem]:
+                   accession_number: str = "", timeout_s: float = 10.0, max_query_s: float = 30.0,
+                   max_answers: int = 2000) -> list[WorklistItem]:
     """The scheduled steps for this room from `on` (default today) to `on + days_ahead`, by start."""
     return list(query_worklist_result(
         host=host, port=port, called_ae=called_ae, calling_ae=calling_ae, modality=modality,
         station_ae=station_ae, on=on, days_ahead=days_ahead, patient_id=patient_id,
-        accession_number=accession_number, timeout_s=timeout_s).items)
+        accession_number=accession_number, timeout_s=timeout_s, max_query_s=max_query_s,
+        max_answers=max_answers).items)
 
 
 def query_worklist_result(*, host: str, port: int, called_ae: str, calling_ae: str, modality: str = "DX",
                           station_ae: str = "", on: date | None = None, days_ahead: int = 0,
                           patient_id: str = "", accession_number: str = "",
-                          timeout_s: float = 10.0) -> QueryResult:
-    """Like query_worklist, with the count of answers skipped as malformed or filtered out."""
+                          timeout_s: float = 10.0, max_query_s: float = 30.0, max_answers: int = 2000) -> QueryResult:
+    """Like query_worklist, with the count of answers skipped as malformed or filtered out.
+
+    Every query is bounded: it ends with WorklistError once it took `max_query_s` in all or
+    brought more than `max_answers` answers (a server streaming pending answers forever must
+    neither hang the console nor fill the memory); a partial list is never shown as the day's.
+    """
     if days_ahead < 0:
         raise WorklistError(f"days_ahead must be >= 0, not {days_ahead}")
     start = on or date.today()
@@ -104,11 +118,15 @@ def query_worklist_result(*, host: str, port: int, called_ae: str, calling_ae: s
     query = build_query(modality=modality, station_ae=station_ae, start=start, end=end,
                         patient_id=patient_id, accession_number=accession_number)
     identifiers = _find(query, host=host, port=port, called_ae=called_ae, calling_ae=calling_ae,
-                        timeout_s=timeout_s, where=where)
+                        timeout_s=timeout_s, where=where, max_query_s=max_query_s, max_answers=max_answers)
     items: list[WorklistItem] = []
     skipped: list[str] = []
     filtered_out = 0
     for n, ident in enumerate(identifiers, 1):
+        if ident is None:
+            skipped.append(f"answer {n}: the identifier could not be decoded")
+            LOGGER.warning("%s: answer %d skipped: the identifier could not be decoded", where, n)
+            continue
         try:
             parsed = parse_answer(ident)
         except WorklistError as exc:
@@ -131,7 +149,7 @@ def query_worklist_result(*, host: str, port: int, called_ae: str, calling_ae: s
 
 
 def _find(query: Dataset, *, host: str, port: int, called_ae: str, calling_ae: str, timeout_s: float,
-          where: str) -> list[Dataset]:
+          where: str, max_query_s: float, max_answers: int) -> list[Dataset | None]:
     ae = ApplicationEntity(ae_title=calling_ae)
     ae.add_requested_context(ModalityWorklistInformationFind, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
@@ -142,16 +160,30 @@ def _find(query: Dataset, *, host: str, port: int, called_ae: str, calling_ae: s
     if not assoc.is_established:
         raise WorklistError(f"{where}: no association (connection refused, aborted or timed out "
                             f"after {timeout_s:g}s; calling AE {calling_ae!r})")
-    answers: list[Dataset] = []
+    answers: list[Dataset | None] = []
+    last_was_undecodable = False
+    deadline = time.monotonic() + max_query_s
     try:
         for status, identifier in assoc.send_c_find(query, ModalityWorklistInformationFind):
             if not status:
                 raise WorklistError(f"{where}: no answer within {timeout_s:g}s or association aborted")
             code = int(status.Status)
             if code in PENDING:
-                if identifier is None:
-                    raise WorklistError(f"{where}: pending answer without an identifier")
+                # pynetdicom yields a pending status twice when it cannot decode an identifier:
+                # once with None (the broken answer), once more with None; count it once
+                if identifier is None and answers and answers[-1] is None and last_was_undecodable:
+                    last_was_undecodable = False
+                    continue
+                last_was_undecodable = identifier is None
                 answers.append(identifier)
+                if len(answers) > max_answers:
+                    assoc.abort()
+                    raise WorklistError(f"{where}: more than {max_answers} answers; query ended (narrow it, "
+                                        "or raise worklist.max_answers)")
+                if time.monotonic() > deadline:
+                    assoc.abort()
+                    raise WorklistError(f"{where}: the query took longer than {max_query_s:g}s in all; ended "
+                                        f"after {len(answers)} answers")
             elif code == 0x0000:
                 break
             else:

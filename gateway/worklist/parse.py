@@ -15,12 +15,16 @@ a WorklistItem is a Python str whatever the RIS encoding was.
 from __future__ import annotations
 
 import logging
+import threading
+import warnings
 from datetime import date, datetime, time
 from functools import partial
 from typing import Any
 
+from pydicom.datadict import dictionary_VM, dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.valuerep import MAX_VALUE_LEN
 
 from gateway.errors import WorklistError
 from gateway.types import ProtocolCode, WorklistItem
@@ -29,6 +33,9 @@ from gateway.uids import is_valid_uid
 LOGGER = logging.getLogger(__name__)
 
 _TEXT_VRS = ("PN", "LO", "SH", "LT", "ST", "UT", "UC")
+# catch_warnings() changes process-wide state: one decode at a time among the parsers
+_DECODE_LOCK = threading.Lock()
+PN_GROUP_MAX = 64  # characters per component group (PS3.5 6.2)
 
 
 def parse_answer(ds: Dataset) -> list[WorklistItem]:
@@ -115,25 +122,55 @@ def _text_elements(ds: Dataset) -> list[Any]:
 
 
 def _get(ds: Dataset, keyword: str) -> Any:
-    """An element's value, decoding it with the dataset's character set; None if absent."""
+    """An element's value, decoding it with the dataset's character set; None if absent.
+
+    Text pydicom can only decode by guessing (an escape sequence it does not know, bytes
+    outside the declared set) is refused, never guessed into an object: pydicom's warning
+    about it becomes the item's error."""
     try:
-        elem = ds[keyword] if keyword in ds else None
-    except (LookupError, ValueError) as exc:  # undecodable bytes, unknown charset
-        raise WorklistError(f"answer's {keyword} cannot be decoded: {type(exc).__name__}") from None
-    return None if elem is None else elem.value
+        with _DECODE_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error")
+            elem = ds[keyword] if keyword in ds else None
+            value = None if elem is None else elem.value
+    except (LookupError, ValueError, UserWarning) as exc:  # undecodable bytes, unknown charset or escape
+        raise WorklistError(f"answer's {keyword} cannot be decoded with confidence (unknown escape sequence or "
+                            f"bytes outside its character set: {type(exc).__name__})") from None
+    return value
 
 
 def _text(ds: Dataset, keyword: str) -> str:
+    """The attribute's text, checked so that it can go into a valid object: one value where the
+    attribute allows one, no control character (an ESC is an ISO 2022 escape left undecoded),
+    within its VR's length. Errors name the attribute, never its value."""
     value = _get(ds, keyword)
     if value is None:
         return ""
-    if isinstance(value, (list, tuple, MultiValue)):
-        text = "\\".join(str(v) for v in value).strip()
-    else:
-        text = str(value).strip()
-    if "\ufffd" in text:  # pydicom substitutes what the declared character set cannot decode
-        raise WorklistError(f"answer's {keyword} cannot be decoded with its Specific Character Set")
-    return text
+    values = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+    try:
+        vm, vr = dictionary_VM(keyword), dictionary_VR(keyword)
+    except KeyError:
+        vm, vr = "1", ""
+    if len(values) > 1 and vm == "1":
+        raise WorklistError(f"answer's {keyword} has {len(values)} values; it allows one")
+    texts = [str(v).strip() for v in values]
+    for text in texts:
+        if "\ufffd" in text:  # pydicom substitutes what the declared character set cannot decode
+            raise WorklistError(f"answer's {keyword} cannot be decoded with its Specific Character Set")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+            hint = " (an ISO 2022 escape sequence left undecoded)" if "\x1b" in text else ""
+            raise WorklistError(f"answer's {keyword} holds control characters{hint}")
+        _check_length(keyword, vr, text)
+    return "\\".join(texts)
+
+
+def _check_length(keyword: str, vr: str, text: str) -> None:
+    if vr == "PN":
+        groups = text.split("=")
+        if len(groups) > 3 or any(len(g) > PN_GROUP_MAX or g.count("^") > 4 for g in groups):
+            raise WorklistError(f"answer's {keyword} is not a valid person name (at most 3 component groups of "
+                                f"{PN_GROUP_MAX} characters and 5 components)")
+    elif vr in MAX_VALUE_LEN and len(text) > MAX_VALUE_LEN[vr]:
+        raise WorklistError(f"answer's {keyword} is {len(text)} characters long; {vr} allows {MAX_VALUE_LEN[vr]}")
 
 
 def _date(ds: Dataset, keyword: str) -> date | None:
