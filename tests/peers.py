@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -222,24 +223,30 @@ class WlmSCP:
 
 
 def dciodvfy_tools() -> list[str]:
-    """Every dciodvfy available: the PyPI build on PATH and Debian's (they differ in age)."""
+    """Every dciodvfy available: the PyPI build in this venv (or on PATH) and Debian's (they differ in age)."""
     tools = []
-    on_path = shutil.which("dciodvfy")
-    if on_path:
-        tools.append(on_path)
-    if os.access("/usr/bin/dciodvfy", os.X_OK) and "/usr/bin/dciodvfy" not in tools:
-        tools.append("/usr/bin/dciodvfy")
+    for candidate in (str(Path(sys.executable).parent / "dciodvfy"), shutil.which("dciodvfy"), "/usr/bin/dciodvfy"):
+        if candidate and os.access(candidate, os.X_OK) and os.path.realpath(candidate) not in {
+                os.path.realpath(t) for t in tools}:
+            tools.append(candidate)
     if not tools:
         require("dciodvfy")
     return tools
 
 
 def dciodvfy_errors(path: Path | str) -> list[str]:
-    """The error lines every available dciodvfy reports for a DICOM file (warnings excluded)."""
+    """The error lines every available dciodvfy reports for a DICOM file (warnings excluded).
+
+    A file the tool could not read is an error, never "no errors": an Abort line, or a
+    non-zero exit without any report line, fails the check."""
     errors: list[str] = []
     for tool in dciodvfy_tools():
         out = subprocess.run([tool, "-new", str(path)], capture_output=True, text=True, timeout=60)
-        for line in (out.stdout + out.stderr).splitlines():
-            if line.startswith("Error"):
-                errors.append(f"{tool}: {line}")
+        lines = (out.stdout + out.stderr).splitlines()
+        errors += [f"{tool}: {line}" for line in lines if line.startswith(("Error", "Abort"))]
+        reported = any(line.startswith(("Error", "Warning", "Abort")) for line in lines)
+        if out.returncode != 0 and not reported:
+            errors.append(f"{tool}: exit code {out.returncode} with no report: {' '.join(lines)[:200]!r}")
+        if out.returncode == 0 and not lines and not Path(path).is_file():
+            errors.append(f"{tool}: {path} is not a file")
     return errors
