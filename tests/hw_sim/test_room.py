@@ -61,11 +61,25 @@ def test_generator_pty_answers_raw_sentences() -> None:
 
 
 def test_room_fault_shortcuts_reach_the_panel() -> None:
+    """Each shortcut changes what the panel sends, as seen through the real driver."""
+    from drivers.usb_panel.driver import open_detector
+    from gateway.errors import FrameError
+    from gateway.types import FrameKind
+
     with SimRoom(modes=("8x8",)) as room:
-        room.inject_crc_errors(2)
-        room.truncate_frames(1, keep=0.25)
-        room.skip_frame_number(3)
-        f = room.panel.faults
-        assert (f.corrupt_crc, f.truncate, f.truncate_keep, f.skip_frame_number) == (2, 1, 0.25, 3)
-        room.inject_crc_errors(1)  # sets the count still to come
-        assert room.panel.faults.corrupt_crc == 1
+        det = open_detector(backend=room.usb_backend(), mode="8x8", read_attempts=2)
+        try:
+            room.inject_crc_errors(2)  # both reads of the next frame corrupt
+            det.arm(FrameKind.DARK)
+            with pytest.raises(FrameError, match="CRC32 mismatch"):
+                det.read_frame(5)
+            sent = room.panel.transmissions
+            room.truncate_frames(1, keep=0.25)  # one short transfer, then a good re-read
+            det.arm(FrameKind.DARK)
+            assert det.read_frame(5).pixels.shape == (384, 384)
+            assert room.panel.transmissions - sent == 2
+            room.skip_frame_number(1)
+            det.arm(FrameKind.DARK)
+            assert det.read_frame(5).meta.flags[0].startswith("frame counter gap")
+        finally:
+            det.close()

@@ -14,6 +14,7 @@ from pydicom.sequence import Sequence
 
 from gateway.peers import WorklistServer, make_worklist_entry, worklist_file_bytes
 from gateway.peers.worklist_server import matches, project
+from gateway.worklist import query_worklist
 from tests.peers import require
 
 START = datetime(2026, 11, 22, 9, 30)
@@ -87,8 +88,15 @@ def test_entry_refuses_text_its_character_set_cannot_hold() -> None:
 
 def test_items_can_be_replaced_while_running() -> None:
     server = WorklistServer([entry()], ae_title="RIS")
-    server.items = [entry(accession="A2"), entry(accession="A3")]
-    assert [d.AccessionNumber for d in server.items] == ["A2", "A3"]
+    port = server.start()
+    try:
+        ask = dict(host="127.0.0.1", port=port, called_ae="RIS", calling_ae="DXGATE", station_ae="DXGATE",
+                   on=START.date(), timeout_s=5.0)
+        assert [i.accession_number for i in query_worklist(**ask)] == ["A1"]  # type: ignore[arg-type]
+        server.items = [entry(accession="A2"), entry(accession="A3")]
+        assert sorted(i.accession_number for i in query_worklist(**ask)) == ["A2", "A3"]  # type: ignore[arg-type]
+    finally:
+        server.stop()
 
 
 @pytest.mark.peers
