@@ -307,7 +307,9 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
 
 
 def _describe(err: Any) -> str:
-    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+    # a key is shown as written, unless it holds something that would break the one-line error
+    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" if str(p).isprintable() else f".{str(p)!r}"
+                  for p in err["loc"]).lstrip(".")
     kind, msg = err["type"], err["msg"]
     value = err.get("input")
     if kind == "extra_forbidden":
