@@ -40,6 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     reprocess.add_argument("--list", action="store_true", help="only list the kept frames and why they wait")
     reprocess.add_argument("--json", action="store_true", help="print the result as JSON")
     reprocess.add_argument("ids", nargs="*", help="kept frame ids (default: all)")
+
+    run = sub.add_parser("run", help="run the gateway as a service (systemd Type=notify)")
+    run.add_argument("--config", type=Path, required=True, help="the gateway's configuration file")
+
+    user = sub.add_parser("user", help="manage console users (roles: technologist, engineer, admin)")
+    user.add_argument("--config", type=Path, required=True, help="the gateway's configuration file")
+    user.add_argument("action", choices=("add", "passwd", "disable", "enable", "list"))
+    user.add_argument("name", nargs="?", default="")
+    user.add_argument("--role", default="technologist", choices=("technologist", "engineer", "admin"))
+    user.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     return parser
 
 
@@ -78,8 +88,49 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 0
     if args.command == "reprocess":
         return _reprocess(args)
+    if args.command == "run":
+        from gateway.service.daemon import Daemon, configure_logging
+
+        configure_logging()
+        return Daemon(args.config).run()
+    if args.command == "user":
+        return _user(args)
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def _user(args: argparse.Namespace) -> int:
+    import getpass
+
+    from gateway.users import UserStore
+
+    cfg = load(args.config)
+    check_state_dir(cfg)
+    if args.action != "list" and not args.name:
+        raise DxgateError(f"user {args.action}: give the user name")
+    api = cfg.api
+    Path(cfg.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    store = UserStore(cfg.path(cfg.spool.database), lockout_attempts=api.lockout_attempts, lockout_s=api.lockout_s,
+                      min_password_length=api.min_password_length)
+    try:
+        if args.action == "list":
+            for u in store.list():
+                print(f"{u.name}  {u.role}{'  (disabled)' if u.disabled else ''}")
+            return 0
+        if args.action in ("disable", "enable"):
+            store.set_disabled(args.name, args.action == "disable")
+            print(f"user {args.name} {args.action}d")
+            return 0
+        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass("password: ")
+        if args.action == "add":
+            store.add(args.name, args.role, password)
+            print(f"user {args.name} added ({args.role})")
+        else:
+            store.set_password(args.name, password)
+            print(f"password of {args.name} changed")
+        return 0
+    finally:
+        store.close()
 
 
 def _reprocess(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -105,6 +106,11 @@ class Metrics:
                                     ["destination", "outcome", "status"], registry=r)
         self.levels = Levels()
         r.register(_LevelCollector(self.levels))
+
+    def record_send(self, result: Any) -> None:
+        """A forwarding result (gateway.forward.DeliveryResult), counted by outcome and status."""
+        status = "none" if result.status is None else f"0x{result.status:04X}"
+        self.send_results.labels(result.destination, str(result.outcome), status).inc()
 
     def render(self) -> bytes:
         """The text exposition format, for GET /metrics."""

@@ -1,0 +1,416 @@
+"""The local API's routes: what the console and the operator commands do, by role.
+
+Technologists: status, worklist, the exam (open, view, arm, preview, review, close).
+Engineers: calibration, the software trigger, queue retry, kept frames. Admins: quarantine
+release, the audit trail. Every state-changing route is a POST (CSRF-checked by the auth
+layer for every unsafe method). Responses may carry patient data (the console shows it);
+log lines never do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.app import Gateway
+from gateway.dicom.preview import preview_png
+from gateway.errors import DxgateError, ExposureRefused, FrameKeptError
+from gateway.events import EventBus
+from gateway.exam_workflow import ReviewedImage
+from gateway.metrics import CONTENT_TYPE, Metrics
+from gateway.spool import Delivery
+from gateway.types import Anatomy, Technique, WorklistItem
+from gateway.users import User
+
+LOGGER = logging.getLogger(__name__)
+
+Require = Callable[[str], Any]  # role -> FastAPI dependency yielding the user
+
+
+@dataclass
+class CalibrationJob:
+    """The one calibration that may run at a time, and what the console shows of it."""
+
+    state: str = "idle"  # idle, running, done, failed
+    step: str = ""
+    done: int = 0
+    total: int = 0
+    calibration_id: str = ""
+    error: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class ApiContext:
+    gateway: Gateway
+    metrics: Metrics
+    events: EventBus
+    extra_status: Callable[[], dict[str, Any]] = dict
+    audit_query: Callable[..., list[dict[str, Any]]] | None = None
+    calibration: CalibrationJob = field(default_factory=CalibrationJob)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ExamOpen(_Model):
+    accession_number: str | None = Field(None, max_length=16, description="Pick the worklist entry by accession.")
+    sps_id: str | None = Field(None, max_length=16, description="... and scheduled procedure step ID.")
+    unscheduled: UnscheduledPatient | None = None
+
+
+class UnscheduledPatient(_Model):
+    patient_name: str = Field("", max_length=64 * 5)
+    patient_id: str = Field("", max_length=64)
+    birth_date: date | None = None
+    sex: str = Field("", pattern="^(M|F|O|)$")
+
+
+class ViewRequest(_Model):
+    body_part: str = Field(max_length=16)
+    view_position: str = Field(max_length=16)
+    laterality: str | None = Field(None, pattern="^(R|L|B|U|)$")
+    kvp: float = Field(ge=40, le=150)
+    mas: float = Field(ge=0.1, le=500)
+    target_ei: float = Field(400.0, gt=0, le=100000)
+
+
+class ArmRequest(_Model):
+    armed: bool = True
+
+
+class ReviewRequest(_Model):
+    status: str = Field(pattern="^(accepted|rejected)$")
+    reason: str = Field("", max_length=200)
+
+
+class CloseRequest(_Model):
+    completed: bool = True
+    reason: str = Field("", max_length=200)
+
+
+ExamOpen.model_rebuild()
+
+
+def _item_json(item: WorklistItem | None) -> dict[str, Any] | None:
+    if item is None:
+        return None
+    d = asdict(item)
+    d["patient_birth_date"] = item.patient_birth_date.isoformat() if item.patient_birth_date else None
+    d["sps_start"] = item.sps_start.isoformat() if item.sps_start else None
+    return d
+
+
+def _delivery_json(d: Delivery) -> dict[str, Any]:
+    return {"sop_instance_uid": d.sop_instance_uid, "destination": d.destination, "state": d.state.value,
+            "attempts": d.attempts, "next_attempt_at": d.next_attempt_at, "last_status": d.last_status,
+            "last_error": d.last_error, "updated_at": d.updated_at, "size": d.size}
+
+
+def _reviewed_json(r: ReviewedImage) -> dict[str, Any]:
+    ei = r.image.exposure_index
+    exposure = r.image.exposure
+    return {"sop_instance_uid": r.image.instance.sop_instance_uid, "status": r.status, "reason": r.reason,
+            "exposure_index": None if ei is None else round(ei.ei, 1),
+            "deviation_index": None if ei is None else round(ei.deviation_index, 2),
+            "target_ei": r.view.target_ei, "body_part": r.view.anatomy.body_part,
+            "view_position": r.view.anatomy.view_position, "laterality": r.view.anatomy.laterality,
+            "dose_known": exposure.dose_known, "problems": list(exposure.problems)}
+
+
+def _fail(exc: Exception) -> HTTPException:
+    if isinstance(exc, ExposureRefused):
+        return HTTPException(409, detail=str(exc))
+    if isinstance(exc, FrameKeptError):
+        return HTTPException(500, detail=str(exc))
+    return HTTPException(400, detail=str(exc))
+
+
+def build_router(ctx: ApiContext, require: Require) -> APIRouter:
+    r = APIRouter()
+    gw = ctx.gateway
+    tech, engineer, admin = require("technologist"), require("engineer"), require("admin")
+
+    @r.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"ok": True}
+
+    @r.get("/metrics")
+    def metrics() -> Response:
+        return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
+
+    @r.get("/api/status", dependencies=[Depends(tech)])
+    def status() -> dict[str, Any]:
+        cal_age: float | None
+        try:
+            cal = gw.corrector().cal
+            cal_state, cal_id = "valid", cal.calibration_id
+            cal_age = (gw.now() - cal.created_at).total_seconds()
+        except DxgateError as exc:
+            cal_state, cal_id, cal_age = f"invalid: {exc}", "", None
+        view = gw.worklists.last
+        disk = os.statvfs(gw.spool.directory)
+        return {
+            "detector": {"serial": gw.detector.info.serial, "model": gw.detector.info.model,
+                         "firmware": gw.detector.info.firmware, "mode": gw.mode.name,
+                         "state": gw.sequence.state.value},
+            "calibration": {"state": cal_state, "calibration_id": cal_id, "age_s": cal_age},
+            "worklist": None if view is None else {"source": view.source, "items": len(view.items),
+                                                    "as_of": view.as_of.isoformat() if view.as_of else None,
+                                                    "error": view.error},
+            "queue": [{"destination": d, "state": s, "count": n} for (d, s), n in
+                      sorted(gw.spool.counts_by_destination().items())],
+            "disk_free_bytes": disk.f_bavail * disk.f_frsize,
+            "alarms": [{"code": a.code, "key": a.key, "message": a.message, "severity": a.severity.value}
+                       for a in gw.alarms.active()],
+            "kept_frames": len(gw.raw_store.pending()),
+            **ctx.extra_status(),
+        }
+
+    # --- worklist -------------------------------------------------------------------------
+
+    @r.get("/api/worklist", dependencies=[Depends(tech)])
+    def worklist(patient_id: str = Query("", max_length=64), accession_number: str = Query("", max_length=16),
+                 q: str = Query("", max_length=64)) -> dict[str, Any]:
+        if patient_id or accession_number:
+            view = gw.worklist(patient_id=patient_id, accession_number=accession_number)
+        else:
+            view = gw.worklists.last or gw.worklist()
+        items = view.items
+        if q:
+            needle = q.casefold()
+            items = [i for i in items if needle in i.patient_name.casefold() or needle in i.patient_id.casefold()
+                     or needle in i.accession_number.casefold()]
+        return {"source": view.source, "as_of": view.as_of.isoformat() if view.as_of else None, "error": view.error,
+                "items": [_item_json(i) for i in items]}
+
+    @r.post("/api/worklist/refresh", dependencies=[Depends(tech)])
+    def worklist_refresh() -> dict[str, Any]:
+        try:
+            view = gw.worklist()
+        except DxgateError as exc:
+            raise HTTPException(502, detail=str(exc)) from None
+        return {"source": view.source, "items": len(view.items)}
+
+    # --- exam -----------------------------------------------------------------------------
+
+    @r.get("/api/exam", dependencies=[Depends(tech)])
+    def exam() -> dict[str, Any]:
+        ex = gw.exams
+        cur = ex.current
+        return {"open": cur is not None, "armed": ex.armed,
+                "exam": None if cur is None else {"study_uid": cur.study_uid, "series_uid": cur.series_uid,
+                                                  "item": _item_json(cur.item)},
+                "view": None if ex.view is None else {**asdict(ex.view.anatomy), **asdict(ex.view.technique),
+                                                      "target_ei": ex.view.target_ei},
+                "images": [_reviewed_json(i) for i in ex.reviewed]}
+
+    @r.post("/api/exam", dependencies=[Depends(tech)])
+    def exam_open(body: ExamOpen) -> dict[str, Any]:
+        try:
+            if body.unscheduled is not None:
+                u = body.unscheduled
+                item: WorklistItem | None = WorklistItem(
+                    patient_name=u.patient_name, patient_id=u.patient_id, patient_birth_date=u.birth_date,
+                    patient_sex=u.sex, accession_number="", study_instance_uid="", requested_procedure_id="",
+                    requested_procedure_description="", sps_id="", sps_description="", sps_start=None,
+                    modality="DX", scheduled_station_ae="")
+            elif body.accession_number is not None:
+                view = gw.worklists.last or gw.worklist()
+                found = [i for i in view.items if i.accession_number == body.accession_number
+                         and (body.sps_id is None or i.sps_id == body.sps_id)]
+                if len(found) != 1:
+                    raise HTTPException(404, detail=f"{len(found)} worklist entries match that accession")
+                item = found[0]
+            else:
+                item = None
+            cur = gw.exams.start(item)
+        except DxgateError as exc:
+            raise _fail(exc) from None
+        return {"study_uid": cur.study_uid, "series_uid": cur.series_uid}
+
+    @r.post("/api/exam/view", dependencies=[Depends(tech)])
+    def exam_view(body: ViewRequest) -> dict[str, Any]:
+        try:
+            v = gw.exams.choose_view(Anatomy(body.body_part.upper(), body.view_position.upper(),
+                                             body.laterality or None),
+                                     Technique(kvp=body.kvp, mas=body.mas), body.target_ei)
+        except DxgateError as exc:
+            raise _fail(exc) from None
+        return {"body_part": v.anatomy.body_part, "view_position": v.anatomy.view_position}
+
+    @r.post("/api/exam/arm", dependencies=[Depends(tech)])
+    def exam_arm(body: ArmRequest) -> dict[str, Any]:
+        try:
+            gw.exams.arm(body.armed)
+        except DxgateError as exc:
+            raise _fail(exc) from None
+        return {"armed": gw.exams.armed}
+
+    @r.post("/api/exam/expose", dependencies=[Depends(engineer)])
+    def exam_expose() -> dict[str, Any]:
+        """Software trigger (service and QA): the same path as the hand switch."""
+        try:
+            image = gw.exams.expose_chosen()
+        except DxgateError as exc:
+            raise _fail(exc) from None
+        return {"sop_instance_uid": image.instance.sop_instance_uid}
+
+    @r.get("/api/exam/images/{uid}/preview.png", dependencies=[Depends(tech)])
+    def exam_preview(uid: str) -> Response:
+        for reviewed in gw.exams.reviewed:
+            if reviewed.image.instance.sop_instance_uid == uid:
+                return Response(preview_png(reviewed.image.frame.pixels), media_type="image/png",
+                                headers={"Cache-Control": "no-store"})
+        raise HTTPException(404, detail="no such image in the open exam")
+
+    @r.post("/api/exam/images/{uid}/review", dependencies=[Depends(tech)])
+    def exam_review(uid: str, body: ReviewRequest) -> dict[str, Any]:
+        try:
+            return _reviewed_json(gw.exams.review(uid, body.status, body.reason))
+        except DxgateError as exc:
+            raise _fail(exc) from None
+
+    @r.post("/api/exam/close", dependencies=[Depends(tech)])
+    def exam_close(body: CloseRequest) -> dict[str, Any]:
+        try:
+            done = gw.exams.finish(completed=body.completed, reason=body.reason)
+        except DxgateError as exc:
+            raise _fail(exc) from None
+        return {"study_uid": done.study_uid, "images": len(done.images)}
+
+    # --- calibration (engineer) -----------------------------------------------------------
+
+    @r.get("/api/calibration", dependencies=[Depends(engineer)])
+    def calibration() -> dict[str, Any]:
+        job = ctx.calibration
+        return {"state": job.state, "step": job.step, "done": job.done, "total": job.total,
+                "calibration_id": job.calibration_id, "error": job.error}
+
+    @r.post("/api/calibration")
+    def calibration_start(user: User = Depends(engineer)) -> dict[str, Any]:  # noqa: B008
+        job = ctx.calibration
+        if not job.lock.acquire(blocking=False):
+            raise HTTPException(409, detail="a calibration is already running")
+        job.state, job.step, job.done, job.total, job.error, job.calibration_id = "running", "", 0, 0, "", ""
+
+        def progress(step: str, done: int, total: int) -> None:
+            job.step, job.done, job.total = step, done, total
+
+        def run() -> None:
+            try:
+                cal = gw.calibrate(operator=user.name, progress=progress)
+                job.state, job.calibration_id = "done", cal.calibration_id
+            except Exception as exc:  # shown to the engineer; the room stays usable
+                job.state, job.error = "failed", f"{type(exc).__name__}: {exc}"
+                LOGGER.error("calibration failed: %s", job.error)
+            finally:
+                job.lock.release()
+
+        threading.Thread(target=run, name="dxgate-calibration", daemon=True).start()
+        return {"state": "running"}
+
+    @r.get("/api/kept", dependencies=[Depends(engineer)])
+    def kept() -> list[dict[str, Any]]:
+        return [{"kept_id": k.kept_id, "frame_number": k.frame_number, "kept_at": k.kept_at, "reason": k.reason}
+                for k in gw.raw_store.pending()]
+
+    @r.post("/api/kept/reprocess", dependencies=[Depends(engineer)])
+    def reprocess() -> list[dict[str, Any]]:
+        return [asdict(res) for res in gw.reprocess()]
+
+    # --- queue ----------------------------------------------------------------------------
+
+    @r.get("/api/queue", dependencies=[Depends(tech)])
+    def queue(state: str | None = None, destination: str | None = None,
+              limit: int = Query(100, ge=1, le=10000)) -> list[dict[str, Any]]:
+        try:
+            return [_delivery_json(d) for d in gw.spool.listing(state=state, destination=destination, limit=limit)]
+        except DxgateError as exc:
+            raise _fail(exc) from None
+
+    @r.get("/api/queue/{uid}", dependencies=[Depends(tech)])
+    def queue_show(uid: str) -> list[dict[str, Any]]:
+        rows = gw.spool.deliveries(uid)
+        if not rows:
+            raise HTTPException(404, detail="no such instance in the queue")
+        return [_delivery_json(d) for d in rows]
+
+    @r.post("/api/queue/{uid}/retry", dependencies=[Depends(engineer)])
+    def queue_retry(uid: str, destination: str | None = None) -> list[dict[str, Any]]:
+        return _each_delivery(gw, uid, destination, "pending", gw.spool.retry_now)
+
+    @r.post("/api/queue/{uid}/release", dependencies=[Depends(admin)])
+    def queue_release(uid: str, destination: str | None = None) -> list[dict[str, Any]]:
+        return _each_delivery(gw, uid, destination, "quarantined", gw.spool.release)
+
+    # --- alarms, audit, events ------------------------------------------------------------
+
+    @r.get("/api/alarms", dependencies=[Depends(tech)])
+    def alarms() -> list[dict[str, Any]]:
+        return [{"code": a.code, "key": a.key, "message": a.message, "severity": a.severity.value,
+                 "raised_at": a.raised_at} for a in gw.alarms.active()]
+
+    @r.get("/api/audit", dependencies=[Depends(admin)])
+    def audit(since: float | None = None, limit: int = Query(200, ge=1, le=10000)) -> list[dict[str, Any]]:
+        if ctx.audit_query is None:
+            raise HTTPException(404, detail="no audit trail configured")
+        return ctx.audit_query(since=since, limit=limit)
+
+    @r.get("/api/events", dependencies=[Depends(tech)])
+    async def events(request: Request) -> StreamingResponse:
+        sub = ctx.events.subscribe()
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                yield b": dxgate events\n\n"
+                last = time.monotonic()
+                while not await request.is_disconnected():
+                    event = await asyncio.to_thread(sub.get, 1.0)
+                    if event is None:
+                        if time.monotonic() - last > 15:
+                            yield b": keep-alive\n\n"
+                            last = time.monotonic()
+                        continue
+                    data = json.dumps({"seq": event.seq, "at": event.at, **event.data}, default=_finite)
+                    yield f"id: {event.seq}\nevent: {event.kind}\ndata: {data}\n\n".encode()
+                    last = time.monotonic()
+            finally:
+                sub.close()
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    return r
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return str(x)
+
+
+def _each_delivery(gw: Gateway, uid: str, destination: str | None, state: str,
+                   act: Callable[[str, str], None]) -> list[dict[str, Any]]:
+    rows = [d for d in gw.spool.deliveries(uid) if d.state.value == state
+            and (destination is None or d.destination == destination)]
+    if not rows:
+        raise HTTPException(404, detail=f"no {state} delivery of that instance"
+                                        + (f" to {destination}" if destination else ""))
+    for d in rows:
+        act(uid, d.destination)
+    gw.wake_forwarder()
+    return [_delivery_json(d) for d in gw.spool.deliveries(uid)]

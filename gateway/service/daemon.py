@@ -1,0 +1,254 @@
+"""`dxgate run`: the gateway as a long-running service.
+
+One process per detector. The main thread only handles signals (their handlers enqueue, the
+main loop acts, as gunicorn does); the work runs on threads: the forwarder, the worklist
+refresher, the hand-switch loop and the local API (uvicorn). READY=1 goes to systemd once every
+one of them is up; WATCHDOG=1 only while every stage's heartbeat is fresh.
+
+- SIGTERM / SIGINT: stop taking exposures, let an exposure in progress finish (readout and
+  spooling), end associations cleanly, exit within `service.stop_timeout_s`.
+- SIGHUP: reload destinations, worklist settings and log level; an invalid file keeps the
+  running configuration and says why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from gateway import config as config_module
+from gateway import logsafe
+from gateway.app import Gateway
+from gateway.config import Config
+from gateway.errors import DxgateError
+from gateway.events import EventBus
+from gateway.heartbeat import Heartbeats
+from gateway.metrics import Metrics
+from gateway.service.notify import Watchdog, notify
+from gateway.service.web import build_app
+from gateway.users import UserStore
+
+LOGGER = logging.getLogger(__name__)
+
+RELOADABLE = ("destinations", "worklist", "log_level")
+
+
+class _JsonLines(logging.Formatter):
+    """One structured line per event for journald (no patient data: see gateway.logsafe)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+                "msg": record.getMessage()}
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def configure_logging(level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_JsonLines())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logsafe.install()
+
+
+class Daemon:
+    """Build, run and stop every part of a gateway; `run()` returns the exit code."""
+
+    def __init__(self, config_path: Path, *, usb_backend: Any | None = None,
+                 on_ready: Callable[[Daemon], None] | None = None) -> None:
+        self.config_path = Path(config_path)
+        self.config: Config = config_module.load(self.config_path)
+        self._usb_backend = usb_backend
+        self._on_ready = on_ready
+        self._signals: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self.heartbeats = Heartbeats()
+        self.metrics = Metrics()
+        self.events = EventBus()
+        self.gateway: Gateway | None = None
+        self._threads: list[threading.Thread] = []
+        self._server: uvicorn.Server | None = None
+        self.api_port: int | None = None
+        self.temperature_c: float | None = None
+        self.reloaded = threading.Event()  # set after every reload request is handled (tests, status)
+        self.last_reload = ""
+
+    # --- signals: handlers only enqueue ---------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals.put({signal.SIGHUP: "reload"}.get(signal.Signals(signum), "stop"))
+
+    def request(self, command: str) -> None:
+        """Ask the main loop to 'stop' or 'reload' (what the signal handlers do)."""
+        self._signals.put(command)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        started = time.monotonic()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, self._on_signal)
+        logging.getLogger().setLevel(self.config.service.log_level.upper())
+        notify(STATUS="starting")
+        try:
+            self._start()
+        except (DxgateError, OSError) as exc:
+            LOGGER.error("dxgate cannot start: %s", exc)
+            notify(STATUS=f"failed to start: {exc}")
+            self._shutdown()
+            return 1
+        LOGGER.info("dxgate ready in %.2f s (API on %s:%s)", time.monotonic() - started,
+                    self.config.api.host, self.api_port)
+        notify(READY=1, STATUS="ready")
+        if self._on_ready is not None:
+            self._on_ready(self)
+        while True:
+            command = self._signals.get()
+            if command == "reload":
+                self.reload()
+                continue
+            break
+        notify(STOPPING=1, STATUS="stopping")
+        LOGGER.info("dxgate stopping")
+        self._shutdown()
+        LOGGER.info("dxgate stopped")
+        return 0
+
+    def _start(self) -> None:
+        cfg = self.config
+        self.gateway = gw = Gateway(cfg, usb_backend=self._usb_backend, events=self.events)
+        self._bind_metrics(gw)
+        gw.start_forwarding()
+        self.heartbeats.register("forwarder", cfg.service.heartbeat_s * 4 + gw.forwarder_idle_max_s())
+        self._spawn("worklist", self._refresh_worklist)
+        self.heartbeats.register("detector", cfg.service.heartbeat_s * 4)
+        self._spawn("detector", self._watch_detector)
+        self.users = UserStore(cfg.path(cfg.spool.database), lockout_attempts=cfg.api.lockout_attempts,
+                               lockout_s=cfg.api.lockout_s, min_password_length=cfg.api.min_password_length,
+                               busy_timeout_s=cfg.spool.db_busy_timeout_s)
+        self._start_api(gw)
+        self._watchdog = Watchdog(self.heartbeats)
+        self._watchdog.start()
+        self._spawn("monitor", self._monitor)
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        t = threading.Thread(target=target, name=f"dxgate-{name}", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _start_api(self, gw: Gateway) -> None:
+        api = self.config.api
+        app = build_app(api, gw, self.users, metrics=self.metrics, events=self.events, heartbeats=self.heartbeats)
+        ssl: dict[str, Any] = {}
+        if api.tls_cert and api.tls_key:
+            ssl = {"ssl_certfile": api.tls_cert, "ssl_keyfile": api.tls_key}
+        server_config = uvicorn.Config(app, host=api.host, port=api.port, log_config=None, access_log=False,
+                                       lifespan="off", **ssl)
+        self._server = server = uvicorn.Server(server_config)  # off the main thread it leaves signals alone
+        t = threading.Thread(target=server.run, name="dxgate-api", daemon=True)
+        t.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not t.is_alive() or time.monotonic() > deadline:
+                raise DxgateError(f"the API could not listen on {api.host}:{api.port}")
+            time.sleep(0.01)  # uvicorn offers no event for "listening"
+        self.api_port = server.servers[0].sockets[0].getsockname()[1]
+        self._threads.append(t)
+
+    def _refresh_worklist(self) -> None:
+        assert self.gateway is not None
+        while not self._stop.is_set():
+            try:
+                self.gateway.worklist()
+            except DxgateError as exc:
+                LOGGER.warning("worklist refresh failed: %s", exc)
+            except Exception:  # the refresher must not die; the next round may succeed
+                LOGGER.exception("worklist refresh failed unexpectedly")
+            self._stop.wait(self.config.worklist.refresh_s)
+
+    def _watch_detector(self) -> None:
+        """The panel answers (its temperature, for metrics too): a panel that stops answering
+        stops this beat, and so the watchdog."""
+        assert self.gateway is not None
+        gw = self.gateway
+        while not self._stop.is_set():
+            try:
+                self.temperature_c = gw.detector.temperature_c()
+                self.heartbeats.beat("detector")
+            except DxgateError as exc:
+                LOGGER.error("detector does not answer: %s", exc)
+            except Exception:  # the watcher must not die; its silence is the alarm
+                LOGGER.exception("detector watch failed unexpectedly")
+            self._stop.wait(self.config.service.heartbeat_s)
+
+    def _monitor(self) -> None:
+        """Beats for the forwarder from its own health, so a hung pass stops the watchdog."""
+        assert self.gateway is not None
+        gw = self.gateway
+        while not self._stop.wait(self.config.service.heartbeat_s):
+            if gw.forwarding_alive() and gw.forwarder_progressing():
+                self.heartbeats.beat("forwarder")
+
+    def reload(self) -> None:
+        """Re-read the configuration; apply what can change while running; keep the rest."""
+        try:
+            new = config_module.load(self.config_path)
+        except DxgateError as exc:
+            LOGGER.error("reload refused, running configuration kept: %s", exc)
+            notify(STATUS=f"reload refused: {exc}")
+            self.last_reload = f"refused: {exc}"
+            self.reloaded.set()
+            return
+        assert self.gateway is not None
+        changed = [name for name in type(new).model_fields if getattr(new, name) != getattr(self.config, name)]
+        restart = [n for n in changed if n not in ("destinations", "worklist", "service")]
+        self.gateway.reconfigure(new)
+        logging.getLogger().setLevel(new.service.log_level.upper())
+        self.config = self.config.model_copy(update={"destinations": new.destinations, "worklist": new.worklist,
+                                                     "service": new.service})
+        if restart:
+            LOGGER.warning("reload: changes to %s need a restart; they are not applied", ", ".join(restart))
+        LOGGER.info("reload applied (%s)", ", ".join(n for n in changed if n not in restart) or "nothing changed")
+        notify(STATUS="ready (reloaded)")
+        self.last_reload = "applied: " + (", ".join(n for n in changed if n not in restart) or "nothing changed")
+        self.reloaded.set()
+
+    def _shutdown(self) -> None:
+        deadline = time.monotonic() + self.config.service.stop_timeout_s
+        self._stop.set()
+        if self._server is not None:
+            self._server.should_exit = True
+        for t in self._threads:
+            t.join(timeout=max(0.1, deadline - time.monotonic()))
+        if getattr(self, "_watchdog", None) is not None:
+            self._watchdog.stop()
+        if self.gateway is not None:
+            self.gateway.close(timeout_s=max(1.0, deadline - time.monotonic()))
+        if getattr(self, "users", None) is not None:
+            self.users.close()
+
+    # --- metrics --------------------------------------------------------------------------
+
+    def _bind_metrics(self, gw: Gateway) -> None:
+        lv = self.metrics.levels
+        lv.queue = gw.spool.counts_by_destination
+        lv.disk_free_bytes = gw.free_bytes
+        lv.detector_temperature_c = lambda: self.temperature_c
+        lv.calibration_age_s = gw.calibration_age_s
+        lv.heartbeat_ages_s = lambda: self.heartbeats.ages()
+        lv.alarms = gw.alarm_counts
+        gw.forwarder.on_result = self.metrics.record_send

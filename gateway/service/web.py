@@ -1,0 +1,27 @@
+"""The daemon's ASGI application: log-ins, the API routes, /metrics."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from gateway import __version__
+from gateway.api.auth import Sessions, install_auth
+from gateway.api.routes import ApiContext, build_router
+from gateway.app import Gateway
+from gateway.config import ApiConfig
+from gateway.events import EventBus
+from gateway.heartbeat import Heartbeats
+from gateway.metrics import Metrics
+from gateway.users import UserStore
+
+
+def build_app(api: ApiConfig, gw: Gateway, users: UserStore, *, metrics: Metrics, events: EventBus,
+              heartbeats: Heartbeats) -> FastAPI:
+    app = FastAPI(title="dxgate", version=__version__, docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+    sessions = Sessions(idle_s=api.session_idle_s, max_s=api.session_max_s)
+    require = install_auth(app, users=users, sessions=sessions, tls=bool(api.tls_cert))
+    ctx = ApiContext(gateway=gw, metrics=metrics, events=events,
+                     extra_status=lambda: {"stages": {k: round(v, 1) for k, v in heartbeats.ages().items()},
+                                           "stale": heartbeats.stale()})
+    app.include_router(build_router(ctx, require))
+    return app

@@ -1,0 +1,240 @@
+"""`dxgate run` as a whole: the daemon with its API over real HTTP, log-ins and roles, an
+exposure through the software trigger into DCMTK storescp, metrics, reload and stop.
+
+The daemon runs in this process on a thread (the simulated panel is injected as a pyusb
+backend; the generator is the simulator's pty), so the test drives it exactly through its
+API and its stop/reload requests — what SIGTERM and SIGHUP enqueue.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.config import (
+    ApiConfig,
+    CalibrationConfig,
+    Config,
+    DestinationConfig,
+    DetectorConfig,
+    GeneratorConfig,
+    SpoolConfig,
+    WorklistConfig,
+    to_toml,
+)
+from gateway.service.daemon import Daemon
+from gateway.users import UserStore
+from hw_sim.room import SimRoom
+from tests.peers import StoreSCP, free_port
+
+PASSWORD = "correct horse battery"
+
+
+class Running:
+    def __init__(self, daemon: Daemon, thread: threading.Thread, result: list[int]) -> None:
+        self.daemon, self.thread, self.result = daemon, thread, result
+        self.base = f"http://127.0.0.1:{daemon.api_port}"
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base, timeout=30)
+
+    def stop(self) -> int:
+        self.daemon.request("stop")
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "the daemon did not stop within its bound"
+        return self.result[0]
+
+
+def write_config(tmp_path: Path, room: SimRoom, pacs: StoreSCP, extra_dest: DestinationConfig | None = None) -> Path:
+    dests = (DestinationConfig(name="dcmtk", port=pacs.port, called_ae=pacs.aet),)
+    if extra_dest is not None:
+        dests += (extra_dest,)
+    cfg = Config(state_dir=str(tmp_path / "state"), detector=DetectorConfig(mode="8x8"),
+                 generator=GeneratorConfig(port=room.start_generator()),
+                 calibration=CalibrationConfig(dark_frames=4, flat_frames=4),
+                 worklist=WorklistConfig(port=free_port(), timeout_s=1.0), spool=SpoolConfig(min_free_mb=0),
+                 api=ApiConfig(port=0), destinations=dests)
+    path = tmp_path / "dxgate.toml"
+    path.write_text(to_toml(cfg))
+    return path
+
+
+@pytest.fixture
+def room() -> Iterator[SimRoom]:
+    with SimRoom(seed=4) as sim:
+        yield sim
+
+
+def start(path: Path, room: SimRoom) -> Running:
+    ready = threading.Event()
+    daemon = Daemon(path, usb_backend=room.usb_backend(), on_ready=lambda d: ready.set())
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(daemon.run()), daemon=True)
+    thread.start()
+    assert ready.wait(30), "the daemon never became ready"
+    return Running(daemon, thread, result)
+
+
+def users(path: Path, room: SimRoom) -> None:
+    from gateway.config import load
+    cfg = load(path)
+    Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
+    store = UserStore(cfg.path(cfg.spool.database))
+    for name, role in (("tina", "technologist"), ("eric", "engineer"), ("ada", "admin")):
+        store.add(name, role, PASSWORD)
+    store.close()
+
+
+def login(c: httpx.Client, name: str) -> dict[str, Any]:
+    r = c.post("/api/login", json={"user": name, "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    return {"X-CSRF-Token": r.json()["csrf_token"]}
+
+
+def test_roles_sessions_and_csrf(tmp_path: Path, room: SimRoom, storescp: StoreSCP) -> None:
+    path = write_config(tmp_path, room, storescp)
+    users(path, room)
+    run = start(path, room)
+    try:
+        with run.client() as anon:
+            assert anon.get("/api/status").status_code == 401  # no session
+            assert anon.post("/api/calibration").status_code == 401
+            assert anon.post("/api/login", content=b"user=tina&password=x",
+                             headers={"content-type": "application/x-www-form-urlencoded"}).status_code == 415
+        with run.client() as tech:
+            csrf = login(tech, "tina")
+            assert tech.get("/api/status").status_code == 200
+            assert tech.post("/api/calibration", headers=csrf).status_code == 403  # engineers calibrate
+            assert tech.post("/api/exam", json={}).status_code == 403  # no CSRF token
+            assert tech.post("/api/exam", json={}, headers={"X-CSRF-Token": "forged"}).status_code == 403
+            assert tech.post("/api/exam", json={}, headers=csrf).status_code == 200
+        with run.client() as again:
+            set_cookie = again.post("/api/login", json={"user": "tina", "password": PASSWORD}).headers["set-cookie"]
+            flags = {f.strip().lower() for f in set_cookie.split(";")[1:]}
+            assert {"httponly", "samesite=strict", "path=/"} <= flags, set_cookie
+        with run.client() as mallory:
+            for _ in range(5):
+                r = mallory.post("/api/login", json={"user": "eric", "password": "wrong password!"})
+            assert r.status_code == 423 and "locked" in r.json()["detail"]
+            assert mallory.post("/api/login", json={"user": "eric", "password": PASSWORD}).status_code == 423
+    finally:
+        assert run.stop() == 0
+
+
+def test_an_exposure_through_the_api_reaches_the_archive_and_the_metrics(
+        tmp_path: Path, room: SimRoom, storescp: StoreSCP) -> None:
+    path = write_config(tmp_path, room, storescp)
+    users(path, room)
+    run = start(path, room)
+    try:
+        with run.client() as eng:
+            csrf = login(eng, "eric")
+            room.place("open")
+            assert eng.post("/api/calibration", headers=csrf).status_code == 200
+            for _ in range(300):
+                state = eng.get("/api/calibration").json()
+                if state["state"] != "running":
+                    break
+                threading.Event().wait(0.1)  # polling the API as the console would
+            assert state["state"] == "done", state
+            room.place("chest")
+            assert eng.post("/api/exam", json={}, headers=csrf).status_code == 200
+            assert eng.post("/api/exam/view", json={"body_part": "HAND", "view_position": "PA", "laterality": "L",
+                                                    "kvp": 55, "mas": 2}, headers=csrf).status_code == 200
+            assert eng.post("/api/exam/expose", headers=csrf).status_code == 409  # not armed: no dose
+            pulses = len(room.pulses)
+            assert eng.post("/api/exam/arm", json={"armed": True}, headers=csrf).status_code == 200
+            r = eng.post("/api/exam/expose", headers=csrf)
+            assert r.status_code == 200, r.text
+            uid = r.json()["sop_instance_uid"]
+            assert len(room.pulses) == pulses + 1
+            png = eng.get(f"/api/exam/images/{uid}/preview.png")
+            assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+            exam = eng.get("/api/exam").json()
+            assert exam["images"][0]["sop_instance_uid"] == uid and exam["images"][0]["exposure_index"] > 0
+            assert eng.post(f"/api/exam/images/{uid}/review", json={"status": "rejected"},
+                            headers=csrf).status_code == 400  # a rejection needs a reason
+            assert eng.post("/api/exam/close", json={"completed": True}, headers=csrf).status_code == 200
+            [stored] = wait_for_files(storescp.files, 1)
+            ds = pydicom.dcmread(stored)
+            assert ds.SOPInstanceUID == uid and ds.BodyPartExamined == "HAND" and ds.ImageLaterality == "L"
+            metrics = {s.name: s for f in text_string_to_metric_families(eng.get("/metrics").text) for s in f.samples}
+            assert metrics["dxgate_frames_dropped_total"].value == 0
+            assert "dxgate_queue_deliveries" in metrics and "dxgate_stage_heartbeat_age_seconds" in metrics
+    finally:
+        assert run.stop() == 0
+
+
+def wait_for_files(files: Any, n: int, timeout_s: float = 30.0) -> list[Path]:
+    """The archive's own view: poll its folder (it offers no event) until n files are there."""
+    done = threading.Event()
+    deadline = threading.Timer(timeout_s, done.set)
+    deadline.start()
+    try:
+        while not done.is_set() and len(files()) < n:
+            done.wait(0.1)
+    finally:
+        deadline.cancel()
+    got = list(files())
+    assert len(got) >= n, f"{len(got)} of {n} files arrived"
+    return got
+
+
+def calibrate_and_arm(c: httpx.Client, csrf: dict[str, Any], room: SimRoom) -> None:
+    room.place("open")
+    assert c.post("/api/calibration", headers=csrf).status_code == 200
+    state: dict[str, Any] = {}
+    for _ in range(600):
+        state = c.get("/api/calibration").json()
+        if state["state"] != "running":
+            break
+        threading.Event().wait(0.1)
+    assert state["state"] == "done", state
+    room.place("chest")
+    assert c.post("/api/exam", json={}, headers=csrf).status_code == 200
+    assert c.post("/api/exam/view", json={"body_part": "CHEST", "view_position": "PA", "kvp": 80, "mas": 1.2},
+                  headers=csrf).status_code == 200
+    assert c.post("/api/exam/arm", json={"armed": True}, headers=csrf).status_code == 200
+
+
+def test_reload_adds_a_destination_and_a_broken_file_keeps_the_running_one(
+        tmp_path: Path, room: SimRoom, storescp: StoreSCP) -> None:
+    from gateway.peers import StorageServer
+
+    path = write_config(tmp_path, room, storescp)
+    users(path, room)
+    second = StorageServer(tmp_path / "second", ae_title="SECOND")
+    second_port = second.start()
+    run = start(path, room)
+    try:
+        good = path.read_text()
+        # a broken file: the running configuration stays, and says why
+        path.write_text(good + '\n[[destinations]]\nname = "x"\ncalled_ae = "' + "X" * 20 + '"\n')
+        run.daemon.reloaded.clear()
+        run.daemon.request("reload")
+        assert run.daemon.reloaded.wait(30)
+        assert run.daemon.last_reload.startswith("refused: ") and "called_ae" in run.daemon.last_reload
+        assert [d.name for d in run.daemon.config.destinations] == ["dcmtk"]
+        # a good file with a second archive: the next image goes there too
+        path.write_text(good + f'\n[[destinations]]\nname = "second"\nport = {second_port}\n'
+                        'called_ae = "SECOND"\n')
+        run.daemon.reloaded.clear()
+        run.daemon.request("reload")
+        assert run.daemon.reloaded.wait(30) and run.daemon.last_reload.startswith("applied")
+        with run.client() as eng:
+            csrf = login(eng, "eric")
+            calibrate_and_arm(eng, csrf, room)
+            uid = eng.post("/api/exam/expose", headers=csrf).json()["sop_instance_uid"]
+        assert [pydicom.dcmread(p).SOPInstanceUID for p in wait_for_files(storescp.files, 1)] == [uid]
+        assert [p.name for p in wait_for_files(lambda: list((tmp_path / "second").glob("*.dcm")), 1)] == [
+            f"{uid}.dcm"]
+    finally:
+        assert run.stop() == 0
+        second.stop()
