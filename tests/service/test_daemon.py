@@ -52,14 +52,15 @@ class Running:
         return self.result[0]
 
 
-def write_config(tmp_path: Path, room: SimRoom, pacs: StoreSCP, extra_dest: DestinationConfig | None = None) -> Path:
+def write_config(tmp_path: Path, room: SimRoom, pacs: StoreSCP, extra_dest: DestinationConfig | None = None,
+                 ris_port: int | None = None) -> Path:
     dests = (DestinationConfig(name="dcmtk", port=pacs.port, called_ae=pacs.aet),)
     if extra_dest is not None:
         dests += (extra_dest,)
     cfg = Config(state_dir=str(tmp_path / "state"), detector=DetectorConfig(mode="8x8"),
                  generator=GeneratorConfig(port=room.start_generator()),
                  calibration=CalibrationConfig(dark_frames=4, flat_frames=4),
-                 worklist=WorklistConfig(port=free_port(), timeout_s=1.0), spool=SpoolConfig(min_free_mb=0),
+                 worklist=WorklistConfig(port=ris_port or free_port(), timeout_s=1.0), spool=SpoolConfig(min_free_mb=0),
                  api=ApiConfig(port=0), destinations=dests)
     path = tmp_path / "dxgate.toml"
     path.write_text(to_toml(cfg))
@@ -238,3 +239,54 @@ def test_reload_adds_a_destination_and_a_broken_file_keeps_the_running_one(
     finally:
         assert run.stop() == 0
         second.stop()
+
+
+def test_no_patient_data_in_any_log_line_of_the_whole_daemon(tmp_path: Path, room: SimRoom, storescp: StoreSCP,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Canary patient data through worklist, exam, exposure, API, forwarding and an error path."""
+    from datetime import UTC, datetime
+
+    from gateway.peers import WorklistServer, make_worklist_entry
+
+    canaries = ("Canary^Tweety", "CANARYPID77", "19230405", "CANACC77")
+    ris = WorklistServer([make_worklist_entry(
+        patient_name=canaries[0], patient_id=canaries[1], birth_date=canaries[2], sex="F", accession=canaries[3],
+        study_uid="1.2.826.0.1.3680043.10.999.77", requested_procedure_id="RP77", sps_id="SPS77",
+        sps_description="Chest PA", station_ae="DXGATE", start=datetime.now(UTC))], ae_title="RIS")
+    ris_port = ris.start()
+    path = write_config(tmp_path, room, storescp, extra_dest=DestinationConfig(name="down", port=free_port(),
+                                                                                called_ae="DOWN"), ris_port=ris_port)
+    users(path, room)
+    caplog.set_level("DEBUG")
+    run = start(path, room)
+    try:
+        with run.client() as eng:
+            csrf = login(eng, "eric")
+            listing = eng.get("/api/worklist").json()
+            assert [i["patient_id"] for i in listing["items"]] == [canaries[1]]  # the API shows it ...
+            room.place("open")
+            eng.post("/api/calibration", headers=csrf)
+            for _ in range(600):
+                if eng.get("/api/calibration").json()["state"] != "running":
+                    break
+                threading.Event().wait(0.1)
+            room.place("chest")
+            assert eng.post("/api/exam", json={"accession_number": canaries[3]}, headers=csrf).status_code == 200
+            eng.post("/api/exam/view", json={"body_part": "CHEST", "view_position": "PA", "kvp": 80, "mas": 1.2},
+                     headers=csrf)
+            eng.post("/api/exam/arm", json={"armed": True}, headers=csrf)
+            uid = eng.post("/api/exam/expose", headers=csrf).json()["sop_instance_uid"]
+            eng.post("/api/exam/images/nope/review", json={"status": "accepted"}, headers=csrf)  # an error path
+            eng.get("/api/worklist", params={"patient_id": canaries[1]})  # a search by the canary itself
+        ds = pydicom.dcmread(wait_for_files(storescp.files, 1)[0])
+        assert ds.SOPInstanceUID == uid and ds.PatientName == canaries[0]  # ... the object holds it ...
+    finally:
+        assert run.stop() == 0
+        ris.stop()
+    # every logger of the daemon's process; httpx's are this test's client (its request lines quote URLs)
+    text = "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records
+                     if not r.name.startswith(("httpx", "httpcore")))
+    assert "saved" in text and "down" in text  # the events are logged ...
+    for canary in canaries:
+        assert canary not in text, f"{canary} reached a log line"  # ... the patient is not
+
