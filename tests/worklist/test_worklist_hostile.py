@@ -124,7 +124,9 @@ def test_an_endless_pending_stream_is_bounded_in_time(serve: Any) -> None:
     started = time.monotonic()
     with pytest.raises(WorklistError, match=r"took longer than 1s in all; ended after \d+ answers"):
         ask(server, max_query_s=1.0, max_answers=1_000_000)
-    assert time.monotonic() - started < 1.0 + 5.0  # 5 s: one response's network timeout at most
+    # ended by the bound, not by the server: well before "forever" (the bug ran 88 s past its
+    # timeout), with room for an abort's own network timeout on a loaded machine
+    assert time.monotonic() - started < 1.0 + 2 * 5.0 + 10.0
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
     assert grown_mb < 200
 
