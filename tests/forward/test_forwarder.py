@@ -339,3 +339,40 @@ def test_the_run_loop_lives_on_through_unexpected_errors(spool: Spool, scp_facto
     assert sorted(good.stored) == sorted(o.sop_instance_uid for o in objs)
     assert {d.state for u in good.stored for d in spool.deliveries(u) if d.destination == "broken"} == {
         DeliveryState.PENDING}
+
+
+def test_a_backlog_larger_than_a_batch_is_drained_in_one_pass(spool: Spool, clock: FakeClock,
+                                                            scp_factory: Callable[..., ScriptedSCP]) -> None:
+    scp = scp_factory()
+    objs = [make_object(seed=40 + i) for i in range(7)]
+    for o in objs:
+        put(spool, o)
+    results = forwarder(spool, clock, dest(scp.port), batch_size=3).forward_due()
+    assert [r.outcome for r in results] == [Outcome.SENT] * 7
+    assert scp.associations == 3 and sorted(scp.stored) == sorted(o.sop_instance_uid for o in objs)
+
+
+def test_health_reports_a_pass_stuck_beyond_its_bound(spool: Spool, scp_factory: Callable[..., ScriptedSCP]) -> None:
+    """The watchdog's view: a pass that hangs (an archive that accepts and never answers) is
+    reported unhealthy once it outlasts the bound; a finished pass is healthy again."""
+    entered, release = threading.Event(), threading.Event()
+    scp = scp_factory(behaviour=lambda n, e: (entered.set(), release.wait(30), 0x0000)[2])
+    now = [100.0]
+    fwd = Forwarder(spool, [dest(scp.port)], calling_ae="DXGATE", monotonic=lambda: now[0])
+    assert fwd.healthy() and fwd.last_pass_completed is None
+    put(spool, make_object(seed=50))
+    worker = threading.Thread(target=fwd.forward_due, daemon=True)
+    worker.start()
+    try:
+        assert entered.wait(30)
+        now[0] += 59.0
+        assert fwd.healthy(stuck_after_s=60.0)
+        now[0] += 2.0
+        assert not fwd.healthy(stuck_after_s=60.0)
+        assert fwd.healthy()  # 61 s: within the default bound, 10 x the destination's timeout + 60 s
+        now[0] += 100.0
+        assert not fwd.healthy()  # 161 s: beyond it
+    finally:
+        release.set()
+        worker.join(30)
+    assert fwd.healthy() and fwd.last_pass_completed == now[0]
