@@ -41,6 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     reprocess.add_argument("--json", action="store_true", help="print the result as JSON")
     reprocess.add_argument("ids", nargs="*", help="kept frame ids (default: all)")
 
+    queue = sub.add_parser("queue", help="the delivery queue, offline on the state directory")
+    queue.add_argument("--config", type=Path, required=True, help="the gateway's configuration file")
+    queue.add_argument("action", choices=("list", "show", "retry", "release"))
+    queue.add_argument("uid", nargs="?", default="", help="SOP Instance UID (show, retry, release)")
+    queue.add_argument("--state", choices=("pending", "sent", "quarantined"), help="list only this state")
+    queue.add_argument("--destination", help="only this destination")
+    queue.add_argument("--limit", type=int, default=100)
+    queue.add_argument("--json", action="store_true", help="print JSON")
+
     run = sub.add_parser("run", help="run the gateway as a service (systemd Type=notify)")
     run.add_argument("--config", type=Path, required=True, help="the gateway's configuration file")
 
@@ -95,8 +104,52 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return Daemon(args.config).run()
     if args.command == "user":
         return _user(args)
+    if args.command == "queue":
+        return _queue(args)
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def _queue(args: argparse.Namespace) -> int:
+    """Operator commands on the queue; a running daemon sees the changes at its next pass."""
+    from gateway.spool import Spool
+
+    cfg = load(args.config)
+    db = cfg.path(cfg.spool.database)
+    if not db.exists():
+        raise DxgateError(f"no state database at {db}: nothing was ever spooled with this configuration")
+    spool = Spool(cfg.path(cfg.spool.directory), db, min_free_bytes=0, busy_timeout_s=cfg.spool.db_busy_timeout_s)
+    try:
+        if args.action == "list":
+            rows = spool.listing(state=args.state, destination=args.destination, limit=args.limit)
+        else:
+            if not args.uid:
+                raise DxgateError(f"queue {args.action}: give the SOP Instance UID")
+            rows = [d for d in spool.deliveries(args.uid) if not args.destination or d.destination == args.destination]
+            if not rows:
+                raise DxgateError(f"no delivery of {args.uid} in the queue")
+            wanted = {"retry": "pending", "release": "quarantined"}.get(args.action)
+            if wanted is not None:
+                todo = [d for d in rows if d.state.value == wanted]
+                if not todo:
+                    raise DxgateError(f"queue {args.action}: no {wanted} delivery of {args.uid}")
+                for d in todo:
+                    (spool.retry_now if args.action == "retry" else spool.release)(d.sop_instance_uid, d.destination)
+                rows = spool.deliveries(args.uid)
+    finally:
+        spool.close()
+    if args.json:
+        json.dump([{"sop_instance_uid": d.sop_instance_uid, "destination": d.destination, "state": d.state.value,
+                    "attempts": d.attempts, "next_attempt_at": d.next_attempt_at, "last_status": d.last_status,
+                    "last_error": d.last_error, "size": d.size} for d in rows], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for d in rows:
+            status = "" if d.last_status is None else f" 0x{d.last_status:04X}"
+            print(f"{d.sop_instance_uid}  {d.destination}  {d.state.value}  attempts {d.attempts}{status}"
+                  f"{'  ' + d.last_error if d.last_error else ''}")
+        print(f"{len(rows)} deliver{'y' if len(rows) == 1 else 'ies'}")
+    return 0
 
 
 def _user(args: argparse.Namespace) -> int:

@@ -76,3 +76,31 @@ def test_reprocess_lists_and_reports_nothing_to_do(tmp_path: Path) -> None:
     assert listed.stdout.strip() == "[]"
     done = dxgate("reprocess", "--config", str(cfg))
     assert done.returncode == 0 and "0 of 0 kept frame(s) imaged" in done.stdout
+
+
+def test_queue_commands_offline_on_the_state_directory(tmp_path: Path) -> None:
+    from gateway.spool import Spool
+    from tests.spool.objects import make_object, put
+
+    cfg = tmp_path / "dxgate.toml"
+    cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n')
+    spool = Spool(tmp_path / "state" / "spool", tmp_path / "state" / "state.db", min_free_bytes=0)
+    a, b = make_object(seed=1), make_object(seed=2)
+    put(spool, a)
+    put(spool, b)
+    spool.quarantine(b.sop_instance_uid, "pacs", 0xC000, "refused by the archive", now=1.0)
+    spool.close()
+    listed = dxgate("queue", "--config", str(cfg), "list", "--state", "quarantined", "--json")
+    assert listed.returncode == 0, listed.stderr
+    import json
+    [row] = json.loads(listed.stdout)
+    assert (row["sop_instance_uid"], row["state"], row["last_status"]) == (b.sop_instance_uid, "quarantined", 0xC000)
+    _one_line_error(dxgate("queue", "--config", str(cfg), "release", a.sop_instance_uid),
+                    f"no quarantined delivery of {a.sop_instance_uid}")
+    released = dxgate("queue", "--config", str(cfg), "release", b.sop_instance_uid)
+    assert released.returncode == 0 and "pending" in released.stdout
+    spool = Spool(tmp_path / "state" / "spool", tmp_path / "state" / "state.db", min_free_bytes=0)
+    try:  # the spool's own view, from a new connection
+        assert [d.state.value for d in spool.deliveries(b.sop_instance_uid)] == ["pending"]
+    finally:
+        spool.close()
