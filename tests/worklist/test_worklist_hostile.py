@@ -109,11 +109,13 @@ def test_an_undecodable_answer_is_skipped_and_no_patient_data_reaches_any_log(
 
 
 class EndlessServer(WorklistServer):
-    """Pending answers forever, each a fresh copy (a broken RIS in a loop)."""
+    """Pending answers with no end in sight for the client (a broken RIS in a loop); the server
+    itself gives up after 8 s so that it can be stopped (its thread cannot see the client's abort
+    while it is busy yielding)."""
 
     def _on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
-        n = 0
-        while not event.is_cancelled and event.assoc.is_established:
+        n, until = 0, time.monotonic() + 8.0
+        while not event.is_cancelled and event.assoc.is_established and time.monotonic() < until:
             n += 1
             yield 0xFF00, entry(n % 50 + 1)
 
