@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 import typing
 from pathlib import Path
@@ -65,6 +66,53 @@ def _not_blank(value: str) -> str:
     return value
 
 
+def _no_controls(value: str) -> str:
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError(f"{value!r} holds a control character")
+    return value
+
+
+def _host(value: str) -> str:
+    """A host name or address: not empty, no blank or control character inside."""
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError(f"host {value!r} holds a blank or a control character")
+    return value
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def _registered_name(value: str) -> str:
+    """A driver or backend is named, never given as a dotted path to import ('os:system')."""
+    if not _NAME_RE.match(value):
+        raise ValueError(f"{value!r} is not a registered name (letters, digits, '_', '-', '.'; "
+                         "never a module path such as 'package.module:function')")
+    return value
+
+
+def _optional_host(value: str) -> str:
+    return value if value == "" else _host(value)
+
+
+def _optional_name(value: str) -> str:
+    return value if value == "" else _registered_name(value)
+
+
+def _finite_tree(value: Any, where: str = "") -> Any:
+    """NaN and infinities are refused at any depth of a free-form table (backend options)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a finite number{f' (at {where})' if where else ''}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _finite_tree(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _finite_tree(v, f"{where}[{i}]")
+    return value
+
+
 def _plain_text(value: str) -> str:
     """Text written into DICOM objects (LO/SH): no control characters, no backslash."""
     if "\\" in value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
@@ -79,9 +127,25 @@ def _number(value: Any) -> Any:
     return value
 
 
+def _body_part_term(value: str) -> str:
+    """The defined term as written into Body Part Examined (upper case), like view_position."""
+    if value not in anatomy.BODY_PARTS:
+        try:
+            anatomy.body_part(value)
+        except anatomy.AnatomyError as exc:
+            raise ValueError(str(exc)) from None
+        raise ValueError(f"body part {value!r}: write the defined term {value.strip().upper()!r}")
+    return value
+
+
 Number = Annotated[float, BeforeValidator(_number)]
 AETitle = Annotated[StrictStr, AfterValidator(_ae_title)]
-Host = Annotated[StrictStr, AfterValidator(_not_blank)]
+Host = Annotated[StrictStr, AfterValidator(_host)]
+# a file or directory of the gateway's own state (relative: under state_dir)
+StatePath = Annotated[StrictStr, AfterValidator(_not_blank), AfterValidator(_no_controls)]
+# a file the operator supplies; empty: not used
+OptionalPath = Annotated[StrictStr, AfterValidator(_no_controls)]
+RegisteredName = Annotated[StrictStr, AfterValidator(_registered_name)]
 Text64 = Annotated[StrictStr, Field(max_length=64), AfterValidator(_plain_text)]
 Text16 = Annotated[StrictStr, Field(max_length=16), AfterValidator(_plain_text)]
 PortNumber = Annotated[StrictInt, Field(ge=1, le=65535)]
@@ -101,31 +165,33 @@ class SiteConfig(_Section):
 
 
 class DetectorConfig(_Section):
-    driver: StrictStr = Field("usb_panel", description="Detector driver, by its registered name (entry point "
-                                                       "group dxgate.detectors).")
+    driver: RegisteredName = Field("usb_panel", description="Detector driver, by its registered name (entry "
+                                                           "point group dxgate.detectors).")
     vendor_id: StrictInt = Field(0x1209, ge=0, le=0xFFFF, description="USB vendor ID to look for.")
     product_id: StrictInt = Field(0x0001, ge=0, le=0xFFFF, description="USB product ID to look for.")
-    serial: StrictStr = Field("", description="Only use the panel with this serial number (empty: the first found).")
-    mode: StrictStr = Field("2x2", description="Readout mode name (the detector lists its modes).")
-    usb_backend: StrictStr = Field("", description="pyusb backend by registered name (entry point group "
-                                                   "dxgate.usb_backends); empty: libusb.")
-    backend_options: dict[str, Any] = Field(default_factory=dict,
-                                            description="Keyword arguments for the usb_backend factory.")
+    serial: Annotated[StrictStr, AfterValidator(_no_controls)] = Field(
+        "", description="Only use the panel with this serial number (empty: the first found).")
+    mode: Annotated[StrictStr, AfterValidator(_not_blank), AfterValidator(_no_controls)] = Field(
+        "2x2", description="Readout mode name (the detector lists its modes).")
+    usb_backend: Annotated[StrictStr, AfterValidator(_optional_name)] = Field(
+        "", description="pyusb backend by registered name (entry point group dxgate.usb_backends); empty: libusb.")
+    backend_options: Annotated[dict[StrictStr, Any], AfterValidator(_finite_tree)] = Field(
+        default_factory=dict, description="Keyword arguments for the usb_backend factory.")
     frame_timeout_s: Number = Field(10.0, ge=0.1, le=600, description="Longest wait for a frame after arming.")
     read_attempts: StrictInt = Field(3, ge=1, le=10, description="How often a corrupt frame is re-read before failing.")
 
 
 class GeneratorConfig(_Section):
-    driver: StrictStr = Field("serial_generator", description="Generator driver, by its registered name (entry point "
-                                                              "group dxgate.generators).")
-    port: Annotated[StrictStr, AfterValidator(_not_blank)] = Field(
+    driver: RegisteredName = Field("serial_generator", description="Generator driver, by its registered name "
+                                                                   "(entry point group dxgate.generators).")
+    port: Annotated[StrictStr, AfterValidator(_not_blank), AfterValidator(_no_controls)] = Field(
         "/dev/ttyUSB0", description="Serial device of the generator (or a pyserial URL).")
     baudrate: StrictInt = Field(115200, ge=1200, le=4_000_000, description="Serial speed.")
     timeout_s: Number = Field(5.0, ge=0.1, le=120, description="Longest wait for a generator reply.")
 
 
 class CalibrationConfig(_Section):
-    directory: StrictStr = Field("calibration", description="Where calibration sets live (relative: under state_dir).")
+    directory: StatePath = Field("calibration", description="Where calibration sets live (relative: under state_dir).")
     dark_frames: StrictInt = Field(16, ge=2, le=256,
                                    description="Dark frames averaged into the offset map (16+ finds noisy pixels).")
     flat_frames: StrictInt = Field(8, ge=2, le=256, description="Flat-field frames averaged into the gain map.")
@@ -149,12 +215,12 @@ class WorklistConfig(_Section):
                                    description="Most answers one worklist query may return; more end the query.")
     refresh_s: Number = Field(300.0, ge=10, le=86400, description="How often the daemon asks the RIS for the day's "
                                                                  "worklist.")
-    cache: StrictStr = Field("worklist-cache.json", description="Last worklist answer, used while the RIS is "
+    cache: StatePath = Field("worklist-cache.json", description="Last worklist answer, used while the RIS is "
                                                                 "unreachable (relative: under state_dir).")
 
 
 class DestinationConfig(_Section):
-    name: Annotated[StrictStr, Field(max_length=64), AfterValidator(_not_blank)] = Field(
+    name: Annotated[StrictStr, Field(max_length=64), AfterValidator(_not_blank), AfterValidator(_plain_text)] = Field(
         "pacs", description="Destination name, used in the queue and in logs.")
     host: Host = Field("127.0.0.1", description="Archive host.")
     port: PortNumber = Field(104, description="Archive port.")
@@ -171,8 +237,9 @@ class ExposureConfig(_Section):
     kvp: Number = Field(80.0, ge=40, le=150, description="Default tube voltage.")
     mas: Number = Field(2.0, ge=0.1, le=500, description="Default tube current-time product.")
     target_ei: Number = Field(400.0, ge=1, le=100000, description="Target exposure index (IEC 62494-1).")
-    body_part: StrictStr = Field("CHEST", description="Body Part Examined for exposures with no view chosen "
-                                                      f"(one of {', '.join(anatomy.BODY_PARTS)}).")
+    body_part: Annotated[StrictStr, AfterValidator(_body_part_term)] = Field(
+        "CHEST", description="Body Part Examined for exposures with no view chosen.",
+        json_schema_extra={"choices": list(anatomy.BODY_PARTS)})
     view_position: ViewPosition = Field("PA", description="View Position (DX defined terms).")
     laterality: Laterality = Field("", description="Image Laterality for paired body parts (R, L, B); empty for "
                                                    "unpaired ones.")
@@ -187,14 +254,14 @@ class ExposureConfig(_Section):
 
 
 class SpoolConfig(_Section):
-    directory: StrictStr = Field("spool", description="Where DICOM files wait to be forwarded (relative: under "
+    directory: StatePath = Field("spool", description="Where DICOM files wait to be forwarded (relative: under "
                                                       "state_dir).")
-    database: StrictStr = Field("state.db", description="SQLite state database (relative: under state_dir).")
+    database: StatePath = Field("state.db", description="SQLite state database (relative: under state_dir).")
     min_free_mb: StrictInt = Field(512, ge=0, le=1_000_000, description="Refuse acquisition when a state file "
                                                                         "system would fall below this much free space.")
     min_free_inodes: StrictInt = Field(1000, ge=0, le=1_000_000_000, description="Refuse acquisition when a state "
                                        "file system would fall below this many free inodes.")
-    raw_directory: StrictStr = Field("raw", description="Where raw frames are kept from the moment X-rays may have "
+    raw_directory: StatePath = Field("raw", description="Where raw frames are kept from the moment X-rays may have "
                                                         "been delivered until their image is spooled (relative: "
                                                         "under state_dir).")
     keep_raw_after_image: StrictBool = Field(False, description="Keep each raw frame after its image is spooled (for "
@@ -207,8 +274,8 @@ class ApiConfig(_Section):
     host: Host = Field("127.0.0.1", description="Address the local API and console listen on (TLS needed beyond "
                                                 "loopback).")
     port: StrictInt = Field(8080, ge=0, le=65535, description="API port (0: any free port).")
-    tls_cert: StrictStr = Field("", description="PEM certificate for HTTPS (required when host is not loopback).")
-    tls_key: StrictStr = Field("", description="PEM private key for HTTPS.")
+    tls_cert: OptionalPath = Field("", description="PEM certificate for HTTPS (required when host is not loopback).")
+    tls_key: OptionalPath = Field("", description="PEM private key for HTTPS.")
     session_idle_s: Number = Field(900.0, ge=60, le=86400, description="A console session ends after this long idle.")
     session_max_s: Number = Field(43200.0, ge=300, le=7 * 86400, description="A console session ends after this long.")
     lockout_attempts: StrictInt = Field(5, ge=1, le=100, description="Wrong passwords in a row that lock a user.")
@@ -225,14 +292,14 @@ class ApiConfig(_Section):
 
 
 class AuditConfig(_Section):
-    collector_host: StrictStr = Field("", description="Syslog collector (ATNA audit record repository); empty: "
-                                                      "audit records are kept locally only.")
+    collector_host: Annotated[StrictStr, AfterValidator(_optional_host)] = Field(
+        "", description="Syslog collector (ATNA audit record repository); empty: audit records are kept locally only.")
     collector_port: PortNumber = Field(6514, description="Collector port (6514 TLS, 601 TCP, 514 UDP).")
     transport: Literal["tls", "tcp", "udp"] = Field("tls", description="Syslog transport (RFC 5425 TLS, RFC 6587 "
                                                                        "TCP or RFC 5426 UDP).")
-    ca_file: StrictStr = Field("", description="CA bundle to verify the collector (TLS).")
-    cert_file: StrictStr = Field("", description="Client certificate for mutual TLS (optional).")
-    key_file: StrictStr = Field("", description="Client key for mutual TLS (optional).")
+    ca_file: OptionalPath = Field("", description="CA bundle to verify the collector (TLS).")
+    cert_file: OptionalPath = Field("", description="Client certificate for mutual TLS (optional).")
+    key_file: OptionalPath = Field("", description="Client key for mutual TLS (optional).")
 
 
 class ServiceConfig(_Section):
@@ -242,8 +309,7 @@ class ServiceConfig(_Section):
 
 
 class Config(_Section):
-    state_dir: Annotated[StrictStr, AfterValidator(_not_blank)] = Field("/var/lib/dxgate",
-                                                                       description="Root of all local state.")
+    state_dir: StatePath = Field("/var/lib/dxgate", description="Root of all local state.")
     site: SiteConfig = Field(default_factory=SiteConfig, description="Who this gateway is.")
     detector: DetectorConfig = Field(default_factory=DetectorConfig, description="Flat-panel detector.")
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig, description="X-ray generator.")
