@@ -88,6 +88,9 @@ class ReviewedImage:
 
 REVIEW_STATES = ("new", "accepted", "rejected")
 
+# How an exposure is made: the technique in, the frame and exposure out (None: none was made).
+Trigger = Callable[[Technique], "tuple[RawFrame, Exposure] | None"]
+
 
 class ExamWorkflow:
     """Exams and exposures of one room. One exposure at a time (the sequence serialises them)."""
@@ -113,6 +116,11 @@ class ExamWorkflow:
         self.view: ViewChoice | None = None
         self.armed = False
         self.reviewed: list[ReviewedImage] = []
+        # The hand switch's release lasts while armed; disarming (or a new view, or closing the
+        # exam) sets this event, which withdraws a release still waiting for the hand switch.
+        self._armed_changed = threading.Condition(self._lock)
+        self._withdrawn = threading.Event()
+        self._withdrawn.set()
 
     @property
     def frames_held_in_memory(self) -> int:
@@ -126,7 +134,8 @@ class ExamWorkflow:
             if self.current is not None:
                 raise DxgateError("an exam is already open: close it first")
             self.current = self.open_exam(item)
-            self.view, self.armed, self.reviewed = None, False, []
+            self.view, self.reviewed = None, []
+            self._set_armed(False)
         self._events.publish("exam", state="open", study_uid=self.current.study_uid)
         return self.current
 
@@ -139,7 +148,7 @@ class ExamWorkflow:
             if self.current is None:
                 raise DxgateError("no exam is open")
             self.view = ViewChoice(anatomy, technique, float(target_ei))
-            self.armed = False
+            self._set_armed(False)
         self._events.publish("exam", state="view", body_part=anatomy.body_part, view=anatomy.view_position)
         return self.view
 
@@ -148,19 +157,49 @@ class ExamWorkflow:
         with self._lock:
             if armed and (self.current is None or self.view is None):
                 raise DxgateError("choose an exam and a view before arming")
-            self.armed = armed
+            self._set_armed(armed)
         self._events.publish("exam", state="armed" if armed else "disarmed")
 
-    def expose_chosen(self) -> AcquiredImage:
-        """One exposure of the open exam with the chosen view (the hand switch, or a software trigger)."""
+    def _set_armed(self, armed: bool) -> None:
+        """With the lock held: arm (a fresh release) or disarm (withdraw a waiting release)."""
+        if armed and not self.armed:
+            self._withdrawn = threading.Event()
+        elif not armed:
+            self._withdrawn.set()
+        self.armed = armed
+        self._armed_changed.notify_all()
+
+    def wait_armed(self, timeout_s: float) -> threading.Event | None:
+        """Wait until armed; returns the event that withdraws this arming (None: not armed in time)."""
+        with self._armed_changed:
+            if not self._armed_changed.wait_for(lambda: self.armed, timeout_s):
+                return None
+            return self._withdrawn
+
+    def expose_chosen(self, hand_switch: threading.Event | None = None) -> AcquiredImage | None:
+        """One exposure of the open exam with the chosen view.
+
+        With `hand_switch` (a cancel event), the exposure is released to the technologist's hand
+        switch and waited for; None when the release is withdrawn (cancel set) before it fired.
+        Without it, a software trigger (service and QA).
+        """
         with self._lock:
             exam, view = self.current, self.view
             if exam is None or view is None or not self.armed:
                 raise ExposureRefused("exposure refused before the tube fired: not armed (choose an exam and a "
                                       "view, then arm)")
-        image = self.expose(exam, view.technique, anatomy=view.anatomy, target_ei=view.target_ei)
-        with self._lock:
-            self.reviewed.append(ReviewedImage(image=image, view=view))
+        trigger: Trigger | None = None
+        if hand_switch is not None:
+            cancel = hand_switch
+
+            def trigger(technique: Technique) -> tuple[RawFrame, Exposure] | None:
+                return self._hw.sequence.expose_on_hand_switch(technique, cancel)
+
+        image = self._acquire(exam, view.technique, anatomy=view.anatomy, target_ei=view.target_ei,
+                              trigger=trigger)
+        if image is not None:
+            with self._lock:
+                self.reviewed.append(ReviewedImage(image=image, view=view))
         return image
 
     def review(self, sop_instance_uid: str, status: str, reason: str = "") -> ReviewedImage:
@@ -187,7 +226,8 @@ class ExamWorkflow:
                 raise DxgateError("no exam is open")
             if not completed and not reason.strip():
                 raise DxgateError("a discontinued exam needs a reason")
-            self.current, self.view, self.armed = None, None, False
+            self.current, self.view = None, None
+            self._set_armed(False)
         self._events.publish("exam", state="completed" if completed else "discontinued",
                              study_uid=exam.study_uid, images=len(exam.images))
         return exam
@@ -226,6 +266,13 @@ class ExamWorkflow:
         the dose raises FrameKeptError naming the kept frame, which `reprocess` turns into its
         image once the cause is fixed.
         """
+        image = self._acquire(exam, technique, laterality=laterality, anatomy=anatomy, target_ei=target_ei)
+        assert image is not None  # the software trigger always exposes (or raises)
+        return image
+
+    def _acquire(self, exam: Exam, technique: Technique | None = None, *, laterality: str | None = None,
+                 anatomy: Anatomy | None = None, target_ei: float | None = None,
+                 trigger: Trigger | None = None) -> AcquiredImage | None:
         exp_cfg = self._config.exposure
         if anatomy is None:
             anatomy = Anatomy(exp_cfg.body_part, exp_cfg.view_position, laterality or exp_cfg.laterality or None)
@@ -241,7 +288,13 @@ class ExamWorkflow:
                            target_ei=target_ei,
                            detector=self._hw.detector.info, pixel_spacing_mm=self._hw.mode.pixel_spacing_mm)
         t0 = time.perf_counter()
-        raw, exposure = self._hw.sequence.expose(technique)  # from here on, X-rays may have been given
+        if trigger is None:
+            raw, exposure = self._hw.sequence.expose(technique)  # from here on, X-rays may have been given
+        else:
+            acquired = trigger(technique)
+            if acquired is None:
+                return None  # the release was withdrawn before the hand switch fired: no X-rays
+            raw, exposure = acquired
         laps = {"acquire": time.perf_counter() - t0}
         t0 = time.perf_counter()
         kept_id = self._keep(raw, exposure, ctx.to_json())

@@ -53,3 +53,18 @@ class Generator(Protocol):
         """Fire; returns the delivered values once the exposure is over."""
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class HandSwitch(Protocol):
+    """A generator fired by the technologist's hand switch once the host releases an exposure."""
+
+    def enable_hand_switch(self) -> None:
+        """Release one exposure (the detector is armed and everything that could refuse the image
+        was checked)."""
+
+    def wait_hand_switch(self, timeout_s: float) -> ExposureReadback | None:
+        """The delivered values of the exposure the hand switch made, or None within `timeout_s`."""
+
+    def disable_hand_switch(self) -> ExposureReadback | None:
+        """Withdraw the release; returns an exposure that raced the withdrawal, if any."""

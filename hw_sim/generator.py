@@ -1,7 +1,9 @@
 """The simulated X-ray generator, serving docs/generator-protocol.md on a pseudo-terminal.
 
 A thread reads sentences from the pty master and answers them; the host opens the slave
-(``path``) with pyserial like any serial port. EXPOSE calls ``on_pulse(kvp, mas)``, which
+(``path``) with pyserial like any serial port. The technologist's hand switch is
+``press()``: it fires only while the host has released exposures with ENABLE, and reports
+the exposure with unsolicited EVT sentences. EXPOSE (or a press) calls ``on_pulse(kvp, mas)``, which
 delivers the dose to the room and returns the air kerma (uGy) at the detector plane; the
 DAP the generator reports is that kerma times the collimated field area.
 """
@@ -53,6 +55,10 @@ class SimGenerator:
         self._garble = 0
         self._readback: str | None = None
         self.exposures = 0
+        self.presses_refused = 0  # hand-switch presses while exposures were not released: no X-rays
+        # Held while a reply or an event is decided and written: an EVT,DONE is on the line
+        # before the reply to any command handled after it (the host relies on this order).
+        self._io = threading.Lock()
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)  # no echo, no CR/LF translation before pyserial opens it
         self.path = os.ttyname(self._slave)
@@ -82,6 +88,31 @@ class SimGenerator:
         with self._lock:
             self._interlock = None
             self._state = "IDLE"
+
+    # --- the hand switch ---------------------------------------------------------------------
+
+    def press(self) -> bool:
+        """The technologist presses the hand switch through both stages (prepare, expose).
+
+        Fires only while the host has released exposures (ENABLE) and no interlock is latched;
+        returns whether X-rays were delivered. Each release allows one exposure.
+        """
+        with self._io:
+            with self._lock:
+                if self._state != "ENABLED" or self._interlock:
+                    self.presses_refused += 1
+                    LOGGER.info("hand switch pressed while exposures are not released (%s): no X-rays",
+                                self._interlock or self._state)
+                    return False
+                self._state = "PREPARING"
+            os.write(self._master, _sentence("EVT,PREP"))
+            if self.prep_time_s > 0:
+                self._sleep(self.prep_time_s)
+            with self._lock:
+                self._state = "READY"
+            reply = self._expose([])
+            os.write(self._master, self._maybe_garble(_sentence("EVT," + reply)))
+            return reply.startswith("DONE")
 
     @property
     def state(self) -> str:
@@ -113,8 +144,9 @@ class SimGenerator:
             pending += chunk
             while b"\n" in pending:
                 line, pending = pending.split(b"\n", 1)
-                reply = self._handle(line.rstrip(b"\r"))
-                os.write(self._master, self._maybe_garble(reply))
+                with self._io:
+                    reply = self._handle(line.rstrip(b"\r"))
+                    os.write(self._master, self._maybe_garble(reply))
             if len(pending) > 4 * _MAX_LINE:
                 pending = b""
                 os.write(self._master, _sentence("ERR,SYNTAX,line too long"))
@@ -138,7 +170,8 @@ class SimGenerator:
         fields = text[1:-3].split(",")
         verb, args = fields[0], fields[1:]
         handler = {"ID": self._id, "TECH": self._tech, "PREP": self._prep, "EXPOSE": self._expose,
-                   "STATUS": self._status, "RESET": self._reset}.get(verb)
+                   "STATUS": self._status, "RESET": self._reset,
+                   "ENABLE": self._enable, "DISABLE": self._disable}.get(verb)
         if handler is None:
             return _sentence(f"ERR,SYNTAX,unknown command {verb[:20]}")
         return _sentence(handler(args))
@@ -154,8 +187,8 @@ class SimGenerator:
         if not (KV_RANGE[0] <= kvp <= KV_RANGE[1]) or not (MAS_RANGE[0] <= mas <= MAS_RANGE[1]):
             return f"ERR,RANGE,kV {KV_RANGE[0]:g}-{KV_RANGE[1]:g} mAs {MAS_RANGE[0]:g}-{MAS_RANGE[1]:g}"
         with self._lock:
-            if self._state == "READY":
-                return "ERR,STATE,TECH while prepared"
+            if self._state in ("READY", "ENABLED", "PREPARING"):
+                return f"ERR,STATE,TECH while {self._state}"
             self._kvp, self._mas = float(round(kvp)), round(mas, 2)
             return f"TECH,{self._kvp:.1f},{self._mas:.2f}"
 
@@ -187,6 +220,21 @@ class SimGenerator:
         if override is not None:
             return f"DONE,{override}"
         return f"DONE,{kvp:.1f},{mas:.2f},{ms:.1f},{dap_dgy_cm2:.4f}"
+
+    def _enable(self, args: list[str]) -> str:
+        with self._lock:
+            if self._interlock:
+                return f"ERR,INTERLOCK,{self._interlock}"
+            if self._state not in ("IDLE", "ENABLED"):
+                return f"ERR,STATE,ENABLE while {self._state}"
+            self._state = "ENABLED"
+        return "ENABLED"
+
+    def _disable(self, args: list[str]) -> str:
+        with self._lock:
+            if self._state == "ENABLED":
+                self._state = "IDLE"
+        return "OK"
 
     def _status(self, args: list[str]) -> str:
         with self._lock:

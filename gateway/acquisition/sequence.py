@@ -17,7 +17,7 @@ from gateway.acquisition.readback import check_readback
 from gateway.acquisition.state import ExposureState, check_transition
 from gateway.alarms import Alarms, Severity
 from gateway.errors import ConfigError, GeneratorRefused
-from gateway.ports import Detector, Generator
+from gateway.ports import Detector, Generator, HandSwitch
 from gateway.types import Exposure, ExposureReadback, FrameKind, RawFrame, Technique
 
 LOGGER = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class ExposureSequence:
             return frame
 
     def expose(self, technique: Technique) -> tuple[RawFrame, Exposure]:
-        """Make one exposure and read its frame.
+        """Make one exposure by software trigger (calibration, QA, service) and read its frame.
 
         Before EXPOSE is sent, any failure ends the sequence with no dose. From the moment it
         is sent X-rays may have been delivered, so the frame is read out whatever the generator
@@ -77,42 +77,94 @@ class ExposureSequence:
         sequence without a frame. Whatever fails, the state machine returns to IDLE.
         """
         with self._lock:
-            self._go(ExposureState.PREPARING, f"{technique.kvp:g} kV {technique.mas:g} mAs")
+            self._prepare(technique, lambda: self._generator.prepare())
+            started = self._clock()
+            self._go(ExposureState.EXPOSING)
+            return self._after_dose(technique, started, self._generator.expose)
+
+    def expose_on_hand_switch(self, technique: Technique, cancel: threading.Event,
+                              poll_s: float = 0.25) -> tuple[RawFrame, Exposure] | None:
+        """Arm, release one exposure to the technologist's hand switch and wait for it.
+
+        Returns None when `cancel` is set before the hand switch fired (no X-rays: the release is
+        withdrawn). An exposure that races the withdrawal is still read out and returned.
+        """
+        generator = self._generator
+        if not isinstance(generator, HandSwitch):
+            raise GeneratorRefused("this generator has no hand-switch release; use the software trigger")
+        with self._lock:
+            self._prepare(technique, generator.enable_hand_switch, "waiting for the hand switch")
+            readback: ExposureReadback | None = None
+            error: Exception | None = None
             try:
-                self._generator.set_technique(technique)
-                self._generator.prepare()
+                while readback is None:
+                    if cancel.is_set():
+                        readback = generator.disable_hand_switch()
+                        if readback is None:
+                            self._go(ExposureState.IDLE, "released withdrawn, no exposure")
+                            return None
+                        break
+                    readback = generator.wait_hand_switch(poll_s)
+            except GeneratorRefused as exc:  # the generator says it did not fire
+                self._fail(exc)
+                raise
+            except Exception as exc:  # garbled or lost line while released: X-rays may have been given
+                error = exc
+            started = self._clock()
+            self._go(ExposureState.EXPOSING)
+
+            def delivered() -> ExposureReadback:
+                if error is not None:
+                    raise error
+                assert readback is not None
+                return readback
+
+            return self._after_dose(technique, started, delivered)
+
+    def _prepare(self, technique: Technique, release: Callable[[], None], detail: str = "") -> None:
+        """Technique, arm, release (prepare or hand-switch enable): any failure here is before any dose."""
+        self._go(ExposureState.PREPARING, f"{technique.kvp:g} kV {technique.mas:g} mAs")
+        try:
+            self._generator.set_technique(technique)
+            if detail:  # hand switch: the panel integrates before the generator may fire
                 self._detector.arm(FrameKind.EXPOSED)
-                self._go(ExposureState.READY)
-                started = self._clock()
-                self._go(ExposureState.EXPOSING)
-            except BaseException as exc:
-                self._fail(exc)
-                raise
-            actual: ExposureReadback | None = None
-            problems: tuple[str, ...] = ()
-            try:
-                actual, problems = check_readback(self._generator.expose())
-            except GeneratorRefused as exc:  # an explicit ERR: the generator did not fire
-                self._fail(exc)
-                raise
-            except Exception as exc:  # garbled, lost or malformed reply: X-rays may have been given
-                problems = (f"dose unknown: {exc}",)
-            if problems:
-                self._alarms.raise_("dose-unknown" if actual is None else "dose-readback-invalid",
-                                    "; ".join(problems) + " (the frame is read out and kept)",
-                                    key=f"exposure at {started.isoformat()}")
-            try:
-                self._go(ExposureState.READOUT)
-                frame = self._detector.read_frame(self._timeout)
-            except BaseException as exc:
-                self._fail(exc)
-                raise
-            for flag in frame.meta.flags:
-                self._alarms.raise_("frame-flagged", flag, key=f"frame {frame.meta.frame_number}",
-                                    severity=Severity.WARNING)
-            self._go(ExposureState.DONE, f"frame {frame.meta.frame_number}")
-            self._go(ExposureState.IDLE)
-            return frame, Exposure(requested=technique, actual=actual, started_at=started, problems=problems)
+                release()
+            else:
+                release()
+                self._detector.arm(FrameKind.EXPOSED)
+            self._go(ExposureState.READY, detail)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+
+    def _after_dose(self, technique: Technique, started: datetime,
+                    readback: Callable[[], ExposureReadback]) -> tuple[RawFrame, Exposure]:
+        """From the moment X-rays may have been given: read the frame out whatever the readback is."""
+        actual: ExposureReadback | None = None
+        problems: tuple[str, ...] = ()
+        try:
+            actual, problems = check_readback(readback())
+        except GeneratorRefused as exc:  # an explicit ERR: the generator did not fire
+            self._fail(exc)
+            raise
+        except Exception as exc:  # garbled, lost or malformed reply: X-rays may have been given
+            problems = (f"dose unknown: {exc}",)
+        if problems:
+            self._alarms.raise_("dose-unknown" if actual is None else "dose-readback-invalid",
+                                "; ".join(problems) + " (the frame is read out and kept)",
+                                key=f"exposure at {started.isoformat()}")
+        try:
+            self._go(ExposureState.READOUT)
+            frame = self._detector.read_frame(self._timeout)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        for flag in frame.meta.flags:
+            self._alarms.raise_("frame-flagged", flag, key=f"frame {frame.meta.frame_number}",
+                                severity=Severity.WARNING)
+        self._go(ExposureState.DONE, f"frame {frame.meta.frame_number}")
+        self._go(ExposureState.IDLE)
+        return frame, Exposure(requested=technique, actual=actual, started_at=started, problems=problems)
 
     def _fail(self, exc: BaseException) -> None:
         """FAILED then IDLE, from any state: the sequence never stays stuck mid-exposure."""

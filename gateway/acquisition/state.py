@@ -24,7 +24,8 @@ class IllegalTransition(DxgateError):
 _ALLOWED: dict[ExposureState, frozenset[ExposureState]] = {
     ExposureState.IDLE: frozenset({ExposureState.PREPARING, ExposureState.READOUT}),  # READOUT: dark frames
     ExposureState.PREPARING: frozenset({ExposureState.READY, ExposureState.FAILED}),
-    ExposureState.READY: frozenset({ExposureState.EXPOSING, ExposureState.FAILED}),
+    # READY -> IDLE: the hand switch's release withdrawn before any X-rays
+    ExposureState.READY: frozenset({ExposureState.EXPOSING, ExposureState.FAILED, ExposureState.IDLE}),
     ExposureState.EXPOSING: frozenset({ExposureState.READOUT, ExposureState.FAILED}),
     ExposureState.READOUT: frozenset({ExposureState.DONE, ExposureState.FAILED}),
     ExposureState.DONE: frozenset({ExposureState.IDLE}),

@@ -268,6 +268,7 @@ def build_router(ctx: ApiContext, require: Require) -> APIRouter:
             image = gw.exams.expose_chosen()
         except DxgateError as exc:
             raise _fail(exc) from None
+        assert image is not None  # a software trigger exposes or raises
         return {"sop_instance_uid": image.instance.sop_instance_uid}
 
     @r.get("/api/exam/images/{uid}/preview.png", dependencies=[Depends(tech)])

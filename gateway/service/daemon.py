@@ -31,7 +31,7 @@ from gateway import config as config_module
 from gateway import logsafe
 from gateway.app import Gateway
 from gateway.config import Config
-from gateway.errors import DxgateError
+from gateway.errors import DxgateError, ExposureRefused, FrameKeptError
 from gateway.events import EventBus
 from gateway.heartbeat import Heartbeats
 from gateway.metrics import Metrics
@@ -137,6 +137,7 @@ class Daemon:
         self._spawn("worklist", self._refresh_worklist)
         self.heartbeats.register("detector", cfg.service.heartbeat_s * 4)
         self._spawn("detector", self._watch_detector)
+        self._spawn("handswitch", self._hand_switch_loop)
         self.users = UserStore(cfg.path(cfg.spool.database), lockout_attempts=cfg.api.lockout_attempts,
                                lockout_s=cfg.api.lockout_s, min_password_length=cfg.api.min_password_length,
                                busy_timeout_s=cfg.spool.db_busy_timeout_s)
@@ -179,6 +180,37 @@ class Daemon:
             except Exception:  # the refresher must not die; the next round may succeed
                 LOGGER.exception("worklist refresh failed unexpectedly")
             self._stop.wait(self.config.worklist.refresh_s)
+
+    def _hand_switch_loop(self) -> None:
+        """While the console has armed an exam's view, release one exposure at a time to the
+        technologist's hand switch; every image is read, kept, built and spooled without anyone
+        calling a function. A refusal before the dose disarms, so the console shows why."""
+        assert self.gateway is not None
+        exams = self.gateway.exams
+        while not self._stop.is_set():
+            withdrawn = exams.wait_armed(0.5)
+            if withdrawn is None or self._stop.is_set():
+                continue
+            try:
+                image = exams.expose_chosen(hand_switch=withdrawn)
+            except ExposureRefused as exc:
+                LOGGER.error("hand switch not released: %s", exc)
+                exams.arm(False)
+                self.events.publish("exam", state="refused", reason=str(exc))
+            except FrameKeptError as exc:
+                LOGGER.error("%s", exc)
+                exams.arm(False)
+                self.events.publish("exam", state="frame-kept", reason=str(exc))
+            except DxgateError as exc:
+                LOGGER.error("exposure failed: %s", exc)
+                exams.arm(False)
+                self.events.publish("exam", state="failed", reason=str(exc))
+            except Exception:  # the loop must not die: the next arming may succeed
+                LOGGER.exception("exposure failed unexpectedly")
+                exams.arm(False)
+            else:
+                if image is not None:
+                    self.events.publish("image", state="saved", sop_instance_uid=image.instance.sop_instance_uid)
 
     def _watch_detector(self) -> None:
         """The panel answers (its temperature, for metrics too): a panel that stops answering
@@ -230,6 +262,8 @@ class Daemon:
     def _shutdown(self) -> None:
         deadline = time.monotonic() + self.config.service.stop_timeout_s
         self._stop.set()
+        if self.gateway is not None:
+            self.gateway.exams.arm(False)  # withdraw a waiting release; an exposure under way finishes
         if self._server is not None:
             self._server.should_exit = True
         for t in self._threads:
