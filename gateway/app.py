@@ -82,6 +82,7 @@ class Gateway:
         self.sequence.subscribe(self._publish_state)
         self.exams = ExamWorkflow(config, self.hardware, self.pipeline, alarms=self.alarms, events=self.events,
                                   clock=clock, corrector=self.corrector, on_saved=self._saved)
+        self.exams.keep_recovered(list(getattr(self.detector, "recovered", [])))
         self.calibration = CalibrationWorkflow(config, self.hardware, self.pipeline, events=self.events, clock=clock)
         self.worklists = WorklistService(config, clock=clock)
         self._stop = threading.Event()

@@ -337,6 +337,21 @@ class ExamWorkflow:
                                "until it is written", key=f"frame {raw.meta.frame_number}")
             return ""
 
+    def keep_recovered(self, frames: list[RawFrame]) -> list[str]:
+        """Keep frames the panel held when it was opened (X-rays given, the host gone before
+        their image was saved): raw records with the dose unknown and no exam, and an alarm each."""
+        kept = []
+        for raw in frames:
+            exposure = Exposure(requested=Technique(kvp=0.0, mas=0.0), actual=None, started_at=raw.meta.acquired_at,
+                                problems=("dose unknown: frame found on the panel at start-up",))
+            kept_id = self._keep(raw, exposure, {"recovered_at_startup": True})
+            if kept_id:
+                self._alarms.raise_("frame-recovered", f"frame {raw.meta.frame_number} was found on the panel at "
+                                   f"start-up (X-rays were given, no image was saved) and is kept as {kept_id}; "
+                                   "its exam is unknown: an engineer must assign it", key=kept_id)
+                kept.append(kept_id)
+        return kept
+
     def retry_unkept(self) -> bool:
         """Write frames held in memory to the raw store; True when none is left."""
         still = []

@@ -34,6 +34,9 @@ class Detector(Protocol):
     def read_frame(self, timeout_s: float) -> RawFrame:
         """Read the armed frame; raises FrameError for a corrupt frame (never patches it)."""
 
+    def disarm(self) -> None:
+        """End an arming that received no X-rays; DeviceError if X-rays arrived (read the frame)."""
+
     def temperature_c(self) -> float: ...
 
     def close(self) -> None: ...

@@ -161,8 +161,8 @@ class SimPanel:
         with self._cond:
             self._check_open()
             if request == w.SET_MODE:
-                if self._armed is not None:
-                    self._stall(w.E_BUSY, "SET_MODE while armed")
+                if self._armed is not None or self._held is not None:
+                    self._stall(w.E_BUSY, "SET_MODE while armed or holding a frame")
                 names = [m for m in self.modes if MODES[m][0] == value]
                 if not names:
                     self._stall(w.E_BAD_MODE, f"no mode id {value}")
@@ -173,6 +173,10 @@ class SimPanel:
                     self._stall(w.E_BAD_KIND, f"ARM kind {value}")
                 self._discard()
                 self._armed, self._pulse = value, None
+            elif request == w.DISARM:
+                if self._held is not None or self._pulse is not None:
+                    self._stall(w.E_BUSY, "DISARM with X-rays received: read the frame")
+                self._armed = None
             elif request == w.ACK:
                 if self._held is None:
                     self._stall(w.E_NO_FRAME, "ACK with no frame held")

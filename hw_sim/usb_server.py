@@ -85,6 +85,7 @@ class UsbSocketServer:
             raw, payload = _exact(sock, hlen), _exact(sock, plen) if plen else b""
             if raw is None or payload is None:
                 return
+            data: bytes | memoryview
             try:
                 request = json.loads(raw)
                 result, data = self._dispatch(str(request["op"]), list(request["args"]), payload)
@@ -100,7 +101,6 @@ class UsbSocketServer:
             except (KeyError, TypeError, ValueError) as exc:
                 header, data = {"ok": False, "error": {"kind": "usb", "message": f"Invalid parameter ({exc})",
                                                         "code": -2, "errno": errno.EINVAL}}, b""
-            data_out: bytes | memoryview = data
             raw_header = json.dumps(header, separators=(",", ":")).encode()
             try:
                 sock.sendall(_LENGTHS.pack(len(raw_header), len(data)) + raw_header)

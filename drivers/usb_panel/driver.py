@@ -106,6 +106,8 @@ class UsbPanelDetector:
         self._expected_frame = 1
         self._claimed = False
         self._closed = False
+        # Frames found on the panel when it was opened (a dose whose host went away): kept by the gateway.
+        self.recovered: list[RawFrame] = []
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -133,7 +135,39 @@ class UsbPanelDetector:
         self._expected_frame = (status.last_frame_number + 1) & 0xFFFFFFFF
         LOGGER.info("opened panel %s %s serial %s firmware %s (%d modes)", ident.vendor, ident.model,
                     ident.serial, ident.firmware, len(ident.modes))
+        self._recover(status)
         self.set_mode(mode)
+
+    def _recover(self, status: p.Status) -> None:
+        """The panel as the last host left it: an arming without X-rays is ended; a frame that
+        received X-rays (held, or armed with the pulse in) is read and kept in `recovered`."""
+        state = status.state
+        if state == p.State.IDLE:
+            return
+        if state == p.State.ARMED:
+            try:
+                self._ctrl_out(p.Request.DISARM)
+                LOGGER.info("panel %s was left armed without X-rays: disarmed", self.info.serial)
+                return
+            except DeviceError:
+                LOGGER.error("panel %s was left armed and has received X-rays: reading its frame", self.info.serial)
+        modes = [m for m in self.info.modes if m.mode_id == status.mode_id]
+        if not modes:
+            raise DeviceError(f"panel {self._where()} holds a frame in unknown mode id {status.mode_id}")
+        self._mode = modes[0]
+        self._armed = FrameKind.EXPOSED
+        if state == p.State.HOLDING:
+            LOGGER.error("panel %s holds frame %d that no host acknowledged: reading it", self.info.serial,
+                         status.last_frame_number)
+            self._expected_frame = status.last_frame_number
+            self._ctrl_out(p.Request.RESEND)
+        self.recovered.append(self.read_frame(PAYLOAD_TIMEOUT_FLOOR_S * 5))
+
+    def disarm(self) -> None:
+        """End an arming that received no X-rays (STALL BUSY if a pulse arrived: read the frame)."""
+        with self._lock:
+            self._ctrl_out(p.Request.DISARM)
+            self._armed = None
 
     def close(self) -> None:
         with self._lock:

@@ -33,6 +33,7 @@ class Request(enum.IntEnum):
     STATUS = 0x04
     ACK = 0x05
     RESEND = 0x06
+    DISARM = 0x07
 
 
 class State(enum.IntEnum):

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from gateway.acquisition.readback import check_readback
 from gateway.acquisition.state import ExposureState, check_transition
 from gateway.alarms import Alarms, Severity
-from gateway.errors import ConfigError, GeneratorRefused
+from gateway.errors import ConfigError, DxgateError, GeneratorError, GeneratorRefused
 from gateway.ports import Detector, Generator, HandSwitch
 from gateway.types import Exposure, ExposureReadback, FrameKind, RawFrame, Technique
 
@@ -101,7 +101,12 @@ class ExposureSequence:
                     if cancel.is_set():
                         readback = generator.disable_hand_switch()
                         if readback is None:
-                            self._go(ExposureState.IDLE, "released withdrawn, no exposure")
+                            try:
+                                self._detector.disarm()
+                            except DxgateError as exc:  # the panel saw X-rays the generator did not report
+                                raise GeneratorError(f"the panel refused to disarm ({exc}): X-rays reached it "
+                                                     "after the release was withdrawn") from exc
+                            self._go(ExposureState.IDLE, "release withdrawn, no exposure")
                             return None
                         break
                     readback = generator.wait_hand_switch(poll_s)

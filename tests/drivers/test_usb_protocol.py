@@ -39,7 +39,7 @@ def test_identify_and_status_records_agree() -> None:
 
 
 def test_request_and_state_codes_agree() -> None:
-    assert [int(r) for r in p.Request] == [w.IDENTIFY, w.SET_MODE, w.ARM, w.STATUS, w.ACK, w.RESEND]
+    assert [int(r) for r in p.Request] == [w.IDENTIFY, w.SET_MODE, w.ARM, w.STATUS, w.ACK, w.RESEND, w.DISARM]
     assert [int(s) for s in p.State] == [w.IDLE, w.ARMED, w.HOLDING]
     assert (p.VENDOR_ID, p.PRODUCT_ID, p.BULK_IN, p.MAX_PACKET) == (w.VENDOR_ID, w.PRODUCT_ID, w.BULK_IN,
                                                                    w.MAX_PACKET)
