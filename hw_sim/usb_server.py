@@ -56,12 +56,19 @@ class UsbSocketServer:
         self._devices: dict[int, Any] = {}
         self._handles: dict[int, Any] = {}
         self._next_handle = 1
+        self._connections: set[socket.socket] = set()
         Path(self.path).unlink(missing_ok=True)
         outer = self
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
-                outer._serve(self.request)
+                with outer._lock:
+                    outer._connections.add(self.request)
+                try:
+                    outer._serve(self.request)
+                finally:
+                    with outer._lock:
+                        outer._connections.discard(self.request)
 
         self._server = socketserver.ThreadingUnixStreamServer(self.path, Handler)
         self._server.daemon_threads = True
@@ -69,8 +76,16 @@ class UsbSocketServer:
         self._thread.start()
 
     def close(self) -> None:
+        """Stop listening and cut every connection (the host sees the panel gone)."""
         self._server.shutdown()
         self._server.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         Path(self.path).unlink(missing_ok=True)
 
     def _serve(self, sock: socket.socket) -> None:

@@ -69,6 +69,8 @@ def open_detector(*, vendor_id: int = p.VENDOR_ID, product_id: int = p.PRODUCT_I
                                         find_all=True))
     except usb.core.NoBackendError as exc:
         raise DeviceError(f"cannot look for USB panel {ident}: no libusb backend available") from exc
+    except usb.core.USBError as exc:
+        raise DeviceError(f"cannot look for USB panel {ident}: {exc}") from exc
     seen: list[str] = []
     chosen = None
     for dev in candidates:

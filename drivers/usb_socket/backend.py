@@ -86,7 +86,6 @@ class SocketUsbBackend(usb.backend.IBackend):
         self._connect_timeout_s = connect_timeout_s
         self._lock = threading.Lock()
         self._idle: list[socket.socket] = []
-        self._closed = False
 
     # --- transport ---------------------------------------------------------------------------
 
@@ -103,8 +102,6 @@ class SocketUsbBackend(usb.backend.IBackend):
 
     def _call(self, op: str, *args: Any, payload: bytes | bytearray | memoryview = b"") -> tuple[Any, bytearray]:
         with self._lock:
-            if self._closed:
-                raise _no_device("backend closed")
             sock = self._idle.pop() if self._idle else None
         if sock is None:
             sock = self._connect()
@@ -115,10 +112,7 @@ class SocketUsbBackend(usb.backend.IBackend):
             sock.close()
             raise _no_device(f"USB server at {self.path}: {exc}") from None
         with self._lock:
-            if self._closed:
-                sock.close()
-            else:
-                self._idle.append(sock)
+            self._idle.append(sock)
         if not header.get("ok"):
             raise self._error(header.get("error") or {})
         return header.get("result"), data
@@ -136,10 +130,15 @@ class SocketUsbBackend(usb.backend.IBackend):
         return usb.core.USBError(message, code, err_no)
 
     def close(self) -> None:
+        """Close the idle pooled connections (the backend's owner calls it; pyusb never does).
+        A later call opens a fresh one."""
         with self._lock:
-            self._closed = True
             idle, self._idle = self._idle, []
         for sock in idle:
+            sock.close()
+
+    def __del__(self) -> None:
+        for sock in getattr(self, "_idle", []):
             sock.close()
 
     # --- enumeration and descriptors -------------------------------------------------------
