@@ -22,6 +22,7 @@ from gateway.alarms import Alarms
 from gateway.config import Config
 from gateway.correction import Corrector
 from gateway.dicom import check_anatomy, new_uid
+from gateway.dicom.preview import preview_png
 from gateway.errors import ConfigError, DxgateError, ExposureRefused, FrameKeptError
 from gateway.events import EventBus
 from gateway.hardware import Hardware
@@ -78,12 +79,20 @@ class ViewChoice:
 
 @dataclass
 class ReviewedImage:
-    """An image of the open exam and the technologist's verdict on it."""
+    """An image of the open exam and the technologist's verdict on it. The exam keeps what the
+    console shows (a PNG preview, for the latest PREVIEWS_KEPT images), never the full frame, so
+    memory stays flat however many exposures an exam takes."""
 
-    image: AcquiredImage
+    instance: SpooledInstance
+    exposure: Exposure
+    exposure_index: ExposureIndex | None
     view: ViewChoice
+    preview: bytes | None = None
     status: str = "new"  # new, accepted, rejected
     reason: str = ""
+
+
+PREVIEWS_KEPT = 32
 
 
 REVIEW_STATES = ("new", "accepted", "rejected")
@@ -121,6 +130,7 @@ class ExamWorkflow:
         self._armed_changed = threading.Condition(self._lock)
         self._withdrawn = threading.Event()
         self._withdrawn.set()
+        self._software = 0  # software triggers waiting or under way: the hand switch waits for them
 
     @property
     def frames_held_in_memory(self) -> int:
@@ -172,7 +182,7 @@ class ExamWorkflow:
     def wait_armed(self, timeout_s: float) -> threading.Event | None:
         """Wait until armed; returns the event that withdraws this arming (None: not armed in time)."""
         with self._armed_changed:
-            if not self._armed_changed.wait_for(lambda: self.armed, timeout_s):
+            if not self._armed_changed.wait_for(lambda: self.armed and not self._software, timeout_s):
                 return None
             return self._withdrawn
 
@@ -188,19 +198,48 @@ class ExamWorkflow:
             if exam is None or view is None or not self.armed:
                 raise ExposureRefused("exposure refused before the tube fired: not armed (choose an exam and a "
                                       "view, then arm)")
-        trigger: Trigger | None = None
-        if hand_switch is not None:
-            cancel = hand_switch
+        if hand_switch is None:
+            return self._software_trigger(exam, view)
+        cancel = hand_switch
 
-            def trigger(technique: Technique) -> tuple[RawFrame, Exposure] | None:
-                return self._hw.sequence.expose_on_hand_switch(technique, cancel)
+        def trigger(technique: Technique) -> tuple[RawFrame, Exposure] | None:
+            return self._hw.sequence.expose_on_hand_switch(technique, cancel)
 
         image = self._acquire(exam, view.technique, anatomy=view.anatomy, target_ei=view.target_ei,
                               trigger=trigger)
         if image is not None:
-            with self._lock:
-                self.reviewed.append(ReviewedImage(image=image, view=view))
+            self._review_later(image, view)
         return image
+
+    def _software_trigger(self, exam: Exam, view: ViewChoice) -> AcquiredImage | None:
+        """Service and QA: withdraw a release waiting for the hand switch, expose, then let the
+        hand switch have the room again."""
+        with self._armed_changed:
+            self._software += 1
+            self._withdrawn.set()
+        try:
+            image = self._acquire(exam, view.technique, anatomy=view.anatomy, target_ei=view.target_ei)
+            if image is not None:
+                self._review_later(image, view)
+            return image
+        finally:
+            with self._armed_changed:
+                self._software -= 1
+                if self.armed and self._withdrawn.is_set():
+                    self._withdrawn = threading.Event()
+                self._armed_changed.notify_all()
+
+    def _review_later(self, image: AcquiredImage, view: ViewChoice) -> None:
+        try:
+            png: bytes | None = preview_png(image.frame.pixels)
+        except DxgateError as exc:  # the image is saved; only its preview is missing
+            LOGGER.error("no preview for %s: %s", image.instance.sop_instance_uid, exc)
+            png = None
+        with self._lock:
+            self.reviewed.append(ReviewedImage(instance=image.instance, exposure=image.exposure,
+                                               exposure_index=image.exposure_index, view=view, preview=png))
+            for older in self.reviewed[:-PREVIEWS_KEPT]:
+                older.preview = None
 
     def review(self, sop_instance_uid: str, status: str, reason: str = "") -> ReviewedImage:
         """Accept or reject an image of the open exam (a rejection needs a reason; it stays kept)."""
@@ -210,7 +249,7 @@ class ExamWorkflow:
             raise DxgateError("a rejected image needs a reason")
         with self._lock:
             for r in self.reviewed:
-                if r.image.instance.sop_instance_uid == sop_instance_uid:
+                if r.instance.sop_instance_uid == sop_instance_uid:
                     r.status, r.reason = status, reason.strip()
                     break
             else:

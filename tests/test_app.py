@@ -165,3 +165,28 @@ def test_an_image_without_a_computable_exposure_index_is_still_kept(
     ds = pydicom.dcmread(image.instance.path)
     assert "ExposureIndex" not in ds and float(ds.KVP) == pytest.approx(120, abs=1)
     dciodvfy(Path(image.instance.path))
+
+
+def test_an_exam_holds_previews_only_not_frames_and_only_the_latest(
+        tmp_path: Path, room: SimRoom, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory stays flat however many exposures an exam takes (the soak found 4 MB kept per image)."""
+    import numpy as np
+
+    from gateway import exam_workflow
+    from gateway.types import Anatomy
+
+    monkeypatch.setattr(exam_workflow, "PREVIEWS_KEPT", 2)
+    with Gateway(config_for(tmp_path, room, free_port()), usb_backend=room.usb_backend()) as gw:
+        gw.calibrate()
+        room.place("chest")
+        ex = gw.exams
+        ex.start(None)
+        ex.choose_view(Anatomy("CHEST", "PA", None), Technique(kvp=80.0, mas=1.2), 400.0)
+        ex.arm(True)
+        images = [ex.expose_chosen() for _ in range(3)]
+        assert [r.instance.sop_instance_uid for r in ex.reviewed] == [i.instance.sop_instance_uid for i in images
+                                                                      if i is not None]
+        assert [r.preview is not None for r in ex.reviewed] == [False, True, True]
+        assert all(r.preview.startswith(b"\x89PNG") for r in ex.reviewed[1:] if r.preview)
+        held = [v for r in ex.reviewed for v in vars(r).values() if isinstance(v, np.ndarray)]
+        assert held == []  # no pixel array is kept by the exam

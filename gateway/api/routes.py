@@ -26,7 +26,6 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.app import Gateway
-from gateway.dicom.preview import preview_png
 from gateway.errors import DxgateError, ExposureRefused, FrameKeptError
 from gateway.events import EventBus
 from gateway.exam_workflow import ReviewedImage
@@ -122,9 +121,9 @@ def _delivery_json(d: Delivery) -> dict[str, Any]:
 
 
 def _reviewed_json(r: ReviewedImage) -> dict[str, Any]:
-    ei = r.image.exposure_index
-    exposure = r.image.exposure
-    return {"sop_instance_uid": r.image.instance.sop_instance_uid, "status": r.status, "reason": r.reason,
+    ei = r.exposure_index
+    exposure = r.exposure
+    return {"sop_instance_uid": r.instance.sop_instance_uid, "status": r.status, "reason": r.reason,
             "exposure_index": None if ei is None else round(ei.ei, 1),
             "deviation_index": None if ei is None else round(ei.deviation_index, 2),
             "target_ei": r.view.target_ei, "body_part": r.view.anatomy.body_part,
@@ -274,8 +273,10 @@ def build_router(ctx: ApiContext, require: Require) -> APIRouter:
     @r.get("/api/exam/images/{uid}/preview.png", dependencies=[Depends(tech)])
     def exam_preview(uid: str) -> Response:
         for reviewed in gw.exams.reviewed:
-            if reviewed.image.instance.sop_instance_uid == uid:
-                return Response(preview_png(reviewed.image.frame.pixels), media_type="image/png",
+            if reviewed.instance.sop_instance_uid == uid:
+                if reviewed.preview is None:
+                    raise HTTPException(410, detail="this image's preview is no longer held; the archive has it")
+                return Response(reviewed.preview, media_type="image/png",
                                 headers={"Cache-Control": "no-store"})
         raise HTTPException(404, detail="no such image in the open exam")
 

@@ -1,0 +1,151 @@
+"""Soak: N exposures through the running daemon, as a room makes them.
+
+Starts the simulator process (`python -m hw_sim`), DCMTK storescp (TCP_NODELAY=1) as the
+archive and `dxgate run` under a fake NOTIFY_SOCKET; calibrates through the API, opens an exam,
+arms, and presses the simulated hand switch N times. Reports (JSON):
+
+- ready_s: from `dxgate run` starting to READY=1 (goal <= 2 s);
+- rss_mb at the first and the last exposure, and growth (goal <= 300 MB, growth <= 5 %);
+- exposures_per_min;
+- latency percentiles from the end of readout (the daemon's "kept raw frame" line, written
+  right after the last byte) to the archive's acknowledgement (its "sent" line) (goal p95 <= 0.4 s);
+- delivered: files the archive holds, against images saved.
+
+    .venv/bin/python bench/soak.py [--exposures 1000] [--mode 1x1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gateway.config import (  # noqa: E402
+    ApiConfig,
+    CalibrationConfig,
+    Config,
+    DestinationConfig,
+    DetectorConfig,
+    GeneratorConfig,
+    SpoolConfig,
+    WorklistConfig,
+    to_toml,
+)
+from tests.peers import StoreSCP, free_port  # noqa: E402
+from tests.service.processes import DaemonProcess, SimProcess, add_user, login  # noqa: E402
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wait(predicate: Any, timeout_s: float = 600.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        threading.Event().wait(0.02)
+    raise TimeoutError("soak: condition not reached")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--exposures", type=int, default=1000)
+    ap.add_argument("--mode", default="1x1")
+    args = ap.parse_args()
+    os.environ.setdefault("TCP_NODELAY", "1")
+    with tempfile.TemporaryDirectory(prefix="dxgate-soak-") as tmp:
+        root = Path(tmp)
+        (root / "sim").mkdir()
+        sim = SimProcess(root / "sim").start()
+        pacs = StoreSCP(root / "pacs")
+        pacs.root.mkdir()
+        pacs.start()
+        api_port = free_port()
+        config = root / "dxgate.toml"
+        config.write_text(to_toml(Config(
+            state_dir=str(root / "state"),
+            detector=DetectorConfig(mode=args.mode, usb_backend="socket",
+                                    backend_options={"path": sim.info["usb_socket"]}, frame_timeout_s=60),
+            generator=GeneratorConfig(port=sim.info["generator_port"]),
+            calibration=CalibrationConfig(dark_frames=4, flat_frames=4),
+            worklist=WorklistConfig(port=free_port(), timeout_s=1.0), spool=SpoolConfig(min_free_mb=0),
+            api=ApiConfig(port=api_port),
+            destinations=(DestinationConfig(name="pacs", port=pacs.port, called_ae=pacs.aet),))))
+        add_user(config, "eric", "engineer")
+        daemon = DaemonProcess(config, api_port, root).start()
+        assert daemon.proc is not None
+        try:
+            with daemon.client() as c:
+                csrf = login(c, "eric")
+                sim.call("place", scene="open")
+                c.post("/api/calibration", headers=csrf)
+                wait(lambda: c.get("/api/calibration").json()["state"] != "running")
+                sim.call("place", scene="chest")
+                c.post("/api/exam", json={}, headers=csrf)
+                c.post("/api/exam/view", json={"body_part": "CHEST", "view_position": "PA", "kvp": 80, "mas": 1.2},
+                       headers=csrf)
+                c.post("/api/exam/arm", json={"armed": True}, headers=csrf)
+                rss: list[float] = []
+                t0 = time.monotonic()
+                for n in range(args.exposures):
+                    wait(lambda: sim.call("status")["generator_state"] == "ENABLED")
+                    if not sim.call("press")["fired"]:
+                        raise RuntimeError("the hand switch did not fire")
+                    if n == 0 or n == args.exposures - 1:
+                        rss.append(rss_mb(daemon.proc.pid))
+                wait(lambda: len(c.get("/api/exam").json()["images"]) >= args.exposures)
+                elapsed = time.monotonic() - t0
+                wait(lambda: len(pacs.files()) >= args.exposures)
+                rss.append(rss_mb(daemon.proc.pid))
+        finally:
+            daemon.stop()
+            pacs.stop()
+            sim.stop()
+        journal = daemon.journal()
+    kept: dict[int, float] = {}
+    frame_of: dict[str, int] = {}
+    sent: dict[str, float] = {}
+    for line in journal.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        msg = rec.get("msg", "")
+        if m := re.match(r"kept raw frame (\d+) as", msg):
+            kept[int(m.group(1))] = rec["ts"]
+        elif m := re.match(r"saved (\S+) \(frame (\d+)", msg):
+            frame_of[m.group(1)] = int(m.group(2))
+        elif m := re.match(r"sent (\S+) to pacs", msg):
+            sent[m.group(1)] = rec["ts"]
+    lat = sorted(sent[u] - kept[f] for u, f in frame_of.items() if u in sent and f in kept)
+    q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
+    print(json.dumps({
+        "exposures": args.exposures, "mode": args.mode, "ready_s": round(daemon.ready_s, 3),
+        "rss_mb_first": round(rss[0], 1), "rss_mb_last": round(rss[1], 1), "rss_mb_after_drain": round(rss[2], 1),
+        "rss_growth_pct": round(100 * (rss[1] - rss[0]) / rss[0], 1),
+        "exposures_per_min": round(args.exposures / elapsed * 60, 1),
+        "readout_to_ack_s": {"p50": round(q[49], 3), "p95": round(q[94], 3), "max": round(lat[-1], 3),
+                             "n": len(lat)},
+        "saved": len(frame_of), "delivered": len(sent),
+    }, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
