@@ -27,6 +27,7 @@ ORTHANC = "/usr/sbin/Orthanc"
 ORTHANC_PLUGINS = "/usr/share/orthanc/plugins"
 STORESCP = "/usr/bin/storescp"
 WLMSCPFS = "/usr/bin/wlmscpfs"
+RSYSLOGD = "/usr/sbin/rsyslogd"
 START_TIMEOUT_S = 30.0
 
 
@@ -250,3 +251,43 @@ def dciodvfy_errors(path: Path | str) -> list[str]:
         if out.returncode == 0 and not lines and not Path(path).is_file():
             errors.append(f"{tool}: {path} is not a file")
     return errors
+
+
+@dataclass
+class Rsyslog:
+    """Debian's rsyslogd as the audit record repository: TCP and UDP on loopback, every message
+    written raw (as received) to `out`."""
+
+    root: Path
+    tcp_port: int = 0
+    udp_port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    out: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.out = self.root / "received.log"
+
+    def start(self, tcp_port: int = 0) -> Rsyslog:
+        exe = require(RSYSLOGD)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tcp_port, self.udp_port = tcp_port or free_port(), free_port()
+        conf = self.root / "rsyslog.conf"
+        conf.write_text(f'''global(workDirectory="{self.root}" maxMessageSize="64k")
+module(load="imtcp")
+module(load="imudp")
+input(type="imtcp" port="{self.tcp_port}" address="127.0.0.1")
+input(type="imudp" port="{self.udp_port}" address="127.0.0.1")
+template(name="raw" type="string" string="%rawmsg%\\n")
+*.* action(type="omfile" file="{self.out}" template="raw")
+''')
+        log = self.root / "rsyslogd.log"
+        self.proc = _start([exe, "-n", "-f", str(conf), "-i", str(self.root / "rsyslogd.pid")], log, self.root)
+        wait_for_port(self.tcp_port, self.proc, log)
+        return self
+
+    def messages(self) -> list[str]:
+        return self.out.read_text(encoding="utf-8").splitlines() if self.out.exists() else []
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -30,6 +31,8 @@ import uvicorn
 from gateway import config as config_module
 from gateway import logsafe
 from gateway.app import Gateway
+from gateway.audit import AuditTrail, Outcome
+from gateway.audit import messages as audit_msg
 from gateway.config import Config
 from gateway.errors import DxgateError, ExposureRefused, FrameKeptError
 from gateway.events import EventBus
@@ -114,6 +117,7 @@ class Daemon:
         LOGGER.info("dxgate ready in %.2f s (API on %s:%s)", time.monotonic() - started,
                     self.config.api.host, self.api_port)
         notify(READY=1, STATUS="ready")
+        self._audit(audit_msg.application(True, ae_title=self.config.site.ae_title, when=self._now()))
         if self._on_ready is not None:
             self._on_ready(self)
         while True:
@@ -124,12 +128,20 @@ class Daemon:
             break
         notify(STOPPING=1, STATUS="stopping")
         LOGGER.info("dxgate stopping")
+        self._audit(audit_msg.application(False, ae_title=self.config.site.ae_title, when=self._now()))
         self._shutdown()
         LOGGER.info("dxgate stopped")
         return 0
 
     def _start(self) -> None:
         cfg = self.config
+        Path(cfg.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        au = cfg.audit
+        self.audit = AuditTrail(cfg.path(cfg.spool.database), source_id=cfg.site.ae_title,
+                                site=cfg.site.institution_name, collector=au.collector_host, port=au.collector_port,
+                                transport=au.transport, ca_file=au.ca_file, cert_file=au.cert_file,
+                                key_file=au.key_file, busy_timeout_s=cfg.spool.db_busy_timeout_s)
+        self.audit.start()
         self.gateway = gw = Gateway(cfg, usb_backend=self._usb_backend, events=self.events)
         self._bind_metrics(gw)
         gw.start_forwarding()
@@ -153,7 +165,8 @@ class Daemon:
 
     def _start_api(self, gw: Gateway) -> None:
         api = self.config.api
-        app = build_app(api, gw, self.users, metrics=self.metrics, events=self.events, heartbeats=self.heartbeats)
+        app = build_app(api, gw, self.users, metrics=self.metrics, events=self.events, heartbeats=self.heartbeats,
+                        on_auth=self._audit_auth, audit_query=self.audit.query)
         ssl: dict[str, Any] = {}
         if api.tls_cert and api.tls_key:
             ssl = {"ssl_certfile": api.tls_cert, "ssl_keyfile": api.tls_key}
@@ -174,9 +187,11 @@ class Daemon:
         assert self.gateway is not None
         while not self._stop.is_set():
             try:
-                self.gateway.worklist()
+                view = self.gateway.worklist()
+                self._audit_query(view.source == "ris", view.error or "")
             except DxgateError as exc:
                 LOGGER.warning("worklist refresh failed: %s", exc)
+                self._audit_query(False, str(exc))
             except Exception:  # the refresher must not die; the next round may succeed
                 LOGGER.exception("worklist refresh failed unexpectedly")
             self._stop.wait(self.config.worklist.refresh_s)
@@ -240,6 +255,9 @@ class Daemon:
         try:
             new = config_module.load(self.config_path)
         except DxgateError as exc:
+            self._audit(audit_msg.security_alert(audit_msg.SOFTWARE_CONFIGURATION, who=self.config.site.ae_title,
+                                                 outcome=Outcome.MINOR_FAILURE, when=self._now(),
+                                                 description=f"reload refused: {exc}"))
             LOGGER.error("reload refused, running configuration kept: %s", exc)
             notify(STATUS=f"reload refused: {exc}")
             self.last_reload = f"refused: {exc}"
@@ -256,6 +274,9 @@ class Daemon:
             LOGGER.warning("reload: changes to %s need a restart; they are not applied", ", ".join(restart))
         LOGGER.info("reload applied (%s)", ", ".join(n for n in changed if n not in restart) or "nothing changed")
         notify(STATUS="ready (reloaded)")
+        self._audit(audit_msg.security_alert(audit_msg.SOFTWARE_CONFIGURATION, who=self.config.site.ae_title,
+                                             outcome=Outcome.SUCCESS, when=self._now(),
+                                             description="reload applied: " + (", ".join(changed) or "nothing")))
         self.last_reload = "applied: " + (", ".join(n for n in changed if n not in restart) or "nothing changed")
         self.reloaded.set()
 
@@ -274,6 +295,8 @@ class Daemon:
             self.gateway.close(timeout_s=max(1.0, deadline - time.monotonic()))
         if getattr(self, "users", None) is not None:
             self.users.close()
+        if getattr(self, "audit", None) is not None:
+            self.audit.close(timeout_s=max(1.0, deadline - time.monotonic()))
 
     # --- metrics --------------------------------------------------------------------------
 
@@ -285,4 +308,44 @@ class Daemon:
         lv.calibration_age_s = gw.calibration_age_s
         lv.heartbeat_ages_s = lambda: self.heartbeats.ages()
         lv.alarms = gw.alarm_counts
-        gw.forwarder.on_result = self.metrics.record_send
+        gw.forwarder.on_result = self._on_send
+
+    # --- audit ----------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def _audit(self, event: audit_msg.AuditEvent, user: str = "") -> None:
+        """Record an audit event; a failure to record is an error in the log, never a crash."""
+        try:
+            self.audit.record(event, user)
+        except Exception:
+            LOGGER.exception("audit record of %s could not be written", event.name)
+
+    def _audit_auth(self, kind: str, user: str, outcome: str, address: str) -> None:
+        result = {"ok": Outcome.SUCCESS, "refused": Outcome.MINOR_FAILURE}.get(outcome, Outcome.SERIOUS_FAILURE)
+        self._audit(audit_msg.authentication(kind == "login", user=user, outcome=result, address=address,
+                                             when=self._now(), description="" if outcome == "ok" else outcome), user)
+        if outcome == "locked":
+            self._audit(audit_msg.security_alert(audit_msg.USER_SECURITY_ATTRIBUTES_CHANGED, who=user,
+                                                 outcome=Outcome.SERIOUS_FAILURE, when=self._now(), address=address,
+                                                 description="log-in refused: user locked out"), user)
+
+    def _audit_query(self, ok: bool, error: str) -> None:
+        wl = self.config.worklist
+        self._audit(audit_msg.worklist_query(ae_title=self.config.site.ae_title, ris=wl.called_ae,
+                                             address=f"{wl.host}", when=self._now(),
+                                             outcome=Outcome.SUCCESS if ok else Outcome.MINOR_FAILURE,
+                                             description=error[:200]))
+
+    def _on_send(self, result: Any) -> None:
+        self.metrics.record_send(result)
+        if str(getattr(result.outcome, "value", result.outcome)).lower() != "sent":
+            return
+        assert self.gateway is not None
+        inst = self.gateway.spool.instance(result.uid)
+        dest = next((d for d in self.config.destinations if d.name == result.destination), None)
+        self._audit(audit_msg.instances_transferred(
+            ae_title=self.config.site.ae_title, destination=dest.called_ae if dest else result.destination,
+            address=dest.host if dest else "", study_uid=getattr(inst, "study_instance_uid", ""), patient_id="",
+            outcome=Outcome.SUCCESS, when=self._now()))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from fastapi import FastAPI
 
 from gateway import __version__
-from gateway.api.auth import Sessions, install_auth
+from gateway.api.auth import AuthEvent, Sessions, install_auth
 from gateway.api.routes import ApiContext, build_router
 from gateway.app import Gateway
 from gateway.config import ApiConfig
@@ -16,12 +19,14 @@ from gateway.users import UserStore
 
 
 def build_app(api: ApiConfig, gw: Gateway, users: UserStore, *, metrics: Metrics, events: EventBus,
-              heartbeats: Heartbeats) -> FastAPI:
+              heartbeats: Heartbeats, on_auth: AuthEvent | None = None,
+              audit_query: Callable[..., list[dict[str, Any]]] | None = None) -> FastAPI:
     app = FastAPI(title="dxgate", version=__version__, docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     sessions = Sessions(idle_s=api.session_idle_s, max_s=api.session_max_s)
-    require = install_auth(app, users=users, sessions=sessions, tls=bool(api.tls_cert))
+    require = install_auth(app, users=users, sessions=sessions, tls=bool(api.tls_cert), on_event=on_auth)
     ctx = ApiContext(gateway=gw, metrics=metrics, events=events,
                      extra_status=lambda: {"stages": {k: round(v, 1) for k, v in heartbeats.ages().items()},
-                                           "stale": heartbeats.stale()})
+                                           "stale": heartbeats.stale()},
+                     audit_query=audit_query)
     app.include_router(build_router(ctx, require))
     return app

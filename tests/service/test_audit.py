@@ -1,0 +1,133 @@
+"""The audit trail (DICOM PS3.15 A.5 over RFC 5424 syslog) against Debian's rsyslogd on loopback:
+records made while the collector is down wait in the database and all arrive, in order, well-formed,
+once it is up; UDP too. rsyslog's own file is the truth."""
+
+from __future__ import annotations
+
+import re
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from gateway.audit import AuditTrail, Outcome
+from gateway.audit import messages as m
+from tests.peers import Rsyslog, free_port
+
+pytestmark = pytest.mark.peers
+
+HEADER = re.compile(r"^<85>1 (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (\S+) dxgate (\d+) IHE\+RFC-3881 - \ufeff(<.*)$")
+NOW = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+
+
+def every_kind() -> list[m.AuditEvent]:
+    return [
+        m.application(True, ae_title="DXGATE", when=NOW),
+        m.authentication(True, user="tina", outcome=Outcome.SUCCESS, address="127.0.0.1", when=NOW),
+        m.authentication(True, user="mallory", outcome=Outcome.MINOR_FAILURE, address="10.1.2.3", when=NOW,
+                         description="refused"),
+        m.worklist_query(ae_title="DXGATE", ris="RIS", address="127.0.0.1", outcome=Outcome.SUCCESS, when=NOW),
+        m.instances_transferred(ae_title="DXGATE", destination="PACS", address="127.0.0.1",
+                                study_uid="1.2.826.0.1.3680043.10.999.1", patient_id="", outcome=Outcome.SUCCESS,
+                                when=NOW),
+        m.security_alert(m.SOFTWARE_CONFIGURATION, who="DXGATE", outcome=Outcome.SUCCESS, when=NOW,
+                         description="reload applied: destinations"),
+        m.authentication(False, user="tina", outcome=Outcome.SUCCESS, address="127.0.0.1", when=NOW),
+        m.application(False, ae_title="DXGATE", when=NOW),
+    ]
+
+
+def until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    done = threading.Event()
+    timer = threading.Timer(timeout_s, done.set)
+    timer.start()
+    try:
+        while not done.is_set() and not predicate():
+            done.wait(0.05)
+    finally:
+        timer.cancel()
+    assert predicate(), "the collector did not receive everything in time"
+
+
+def check_well_formed(line: str) -> ET.Element:
+    match = HEADER.match(line)
+    assert match, f"not an RFC 5424 DICOM audit message: {line[:120]!r}"
+    root = ET.fromstring(match.group(4))
+    assert root.tag == "AuditMessage"
+    ident = root.find("EventIdentification")
+    assert ident is not None and ident.get("EventOutcomeIndicator") in ("0", "4", "8", "12")
+    event_id = ident.find("EventID")
+    assert event_id is not None and event_id.get("codeSystemName") == "DCM"
+    assert root.find("AuditSourceIdentification[@AuditSourceID='DXGATE']") is not None
+    return root
+
+
+def code_of(root: ET.Element, tag: str) -> str | None:
+    found = root.find(f"EventIdentification/{tag}")
+    return None if found is None else found.get("csd-code")
+
+
+@pytest.fixture
+def trail_db(tmp_path: Path) -> Path:
+    return tmp_path / "state.db"
+
+
+def test_records_wait_while_the_collector_is_down_then_all_arrive_in_order(tmp_path: Path, trail_db: Path) -> None:
+    port = free_port()  # nobody listens yet
+    trail = AuditTrail(trail_db, source_id="DXGATE", collector="127.0.0.1", port=port, transport="tcp")
+    syslog: Rsyslog | None = None
+    try:
+        trail.start()
+        events = every_kind()
+        for e in events:
+            trail.record(e)
+        until(lambda: bool(trail.last_error))  # it tried, and failed: the records wait
+        assert len(trail.unsent()) == len(events)
+        syslog = Rsyslog(tmp_path / "rsyslog").start(tcp_port=port)
+        until(lambda: len(syslog.messages()) >= len(events), timeout_s=90)  # the sender's backoff is bounded
+        got = [check_well_formed(line) for line in syslog.messages()]
+        codes = [(code_of(r, "EventID"), code_of(r, "EventTypeCode")) for r in got]
+        assert codes == [(e.event[0], e.event_type[0] if e.event_type else None) for e in events]
+        assert got[2].find("EventIdentification").get("EventOutcomeIndicator") == "4"  # type: ignore[union-attr]
+        assert got[4].find("ParticipantObjectIdentification").get(  # type: ignore[union-attr]
+            "ParticipantObjectID") == "1.2.826.0.1.3680043.10.999.1"
+        assert trail.unsent() == []
+        assert [r["event"] for r in trail.query()] == [e.name for e in reversed(events)]  # the local trail
+    finally:
+        trail.close()
+        if syslog is not None:
+            syslog.stop()
+
+
+def test_udp_transport(tmp_path: Path, trail_db: Path) -> None:
+    syslog = Rsyslog(tmp_path / "rsyslog").start()
+    trail = AuditTrail(trail_db, source_id="DXGATE", collector="127.0.0.1", port=syslog.udp_port, transport="udp")
+    try:
+        trail.start()
+        for e in every_kind():
+            trail.record(e)
+        until(lambda: len(syslog.messages()) >= len(every_kind()))
+        for line in syslog.messages():
+            check_well_formed(line)
+    finally:
+        trail.close()
+        syslog.stop()
+
+
+def test_no_patient_name_in_any_audit_message() -> None:
+    root = ET.fromstring(m.to_xml(m.instances_transferred(
+        ae_title="DXGATE", destination="PACS", address="127.0.0.1", study_uid="1.2.3", patient_id="PID77",
+        outcome=Outcome.SUCCESS, when=NOW), source_id="DXGATE"))
+    objects = root.findall("ParticipantObjectIdentification")
+    assert [o.get("ParticipantObjectTypeCode") for o in objects] == ["2", "1"]  # study, then the patient by ID
+    assert all(o.find("ParticipantObjectName") is None for o in objects)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_threads() -> Iterator[None]:
+    before = {t.name for t in threading.enumerate()}
+    yield
+    assert not {t.name for t in threading.enumerate() if t.name == "dxgate-audit"} - before
