@@ -1,8 +1,16 @@
 """Store-and-forward: send what the spool holds to every destination, retrying as data.
 
-Per destination, the due backlog goes over one association. A delivery is marked sent only
-on a success or storage-warning status; a transient failure sets next_attempt_at with
-exponential backoff and jitter; a permanent one quarantines it with the reason.
+Each destination has its own worker thread (`run`), so an archive that hangs delays only
+its own backlog. Per destination, the due backlog goes over one association. A delivery is
+marked sent on a success or warning status (the warning recorded); a permanent failure
+quarantines it with the reason.
+
+Backoff belongs to the destination, not to an image (DESIGN.md): when the destination fails
+(no association, out of resources, an abort, a timeout), its whole pending backlog gets ONE
+retry time, computed once, exponential with jitter in the number of consecutive failures;
+images spooled meanwhile join it (the spool gives their rows that time); and the first
+answer from the archive ends the backoff and makes all of the backlog due at once, sent in
+the same pass. Everything is in the state database, so a restart or the CLI sees it.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pynetdicom._validators import validate_ae
 from pynetdicom.events import EventHandlerType
@@ -22,8 +30,8 @@ from gateway.alarms import Alarms
 from gateway.config import DestinationConfig
 from gateway.errors import DxgateError, ForwardError
 from gateway.forward import scu
-from gateway.forward.status import Outcome, Verdict, classify_status, classify_transport, describe
-from gateway.spool import Delivery, DeliveryState, Spool
+from gateway.forward.status import Outcome, Scope, Verdict, classify_status, classify_transport, describe
+from gateway.spool import Delivery, Spool
 
 LOGGER = logging.getLogger(__name__)
 
@@ -38,6 +46,7 @@ class DeliveryResult:
     outcome: Outcome
     status: int | None
     error: str | None
+    warning: str | None = None  # SENT with a warning status: what the archive warned about
 
 
 def check_destinations(destinations: Sequence[DestinationConfig]) -> None:
@@ -56,16 +65,30 @@ def check_destinations(destinations: Sequence[DestinationConfig]) -> None:
             raise ForwardError(f"destination {d.name!r}: port {d.port} outside 1..65535")
 
 
+@dataclass
+class _Worker:
+    """One destination's thread: its own wake and stop, and the association it has open."""
+
+    name: str
+    wake: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)
+    attempt: scu.Attempt = field(default_factory=scu.Attempt)
+    thread: threading.Thread | None = None
+
+
 class Forwarder:
-    """Forwards due deliveries from a Spool; `forward_due` once, or `run` as a loop."""
+    """Forwards due deliveries from a Spool: `forward_due` once (every destination in turn),
+    or `run`, a worker thread per destination."""
 
     def __init__(self, spool: Spool, destinations: Sequence[DestinationConfig], *, calling_ae: str,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
                  backoff_base_s: float = 2.0, backoff_max_s: float = 300.0, batch_size: int = 1000,
                  extra_handlers: Sequence[EventHandlerType] = (), alarms: Alarms | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, stop_grace_s: float = 2.0) -> None:
         """`extra_handlers`: pynetdicom (event, handler) pairs bound on every association
-        besides TCP_NODELAY (for metrics and tests)."""
+        besides TCP_NODELAY (for metrics and tests). `stop_grace_s`: at shutdown, how long a
+        worker may finish the C-STORE in flight before its association is cut; `run` returns
+        at most about a second after that, even if an archive hangs."""
         check_destinations(destinations)
         ok, why = validate_ae(calling_ae)
         if not ok or not calling_ae.strip():
@@ -74,73 +97,223 @@ class Forwarder:
             raise ForwardError(f"need 0 < backoff_base_s <= backoff_max_s, got {backoff_base_s}, {backoff_max_s}")
         if batch_size < 1:
             raise ForwardError(f"batch_size must be >= 1, got {batch_size}")
+        if not stop_grace_s >= 0:
+            raise ForwardError(f"stop_grace_s must be >= 0, got {stop_grace_s}")
         self._spool = spool
         self._destinations = tuple(destinations)
         self._calling_ae = calling_ae
         self._clock = clock
         self._rng = rng or random.Random()
+        self._rng_lock = threading.Lock()
         self._base = backoff_base_s
         self._max = backoff_max_s
         self._batch = batch_size
         self._handlers = tuple(extra_handlers)
-        self.loop_failures = 0  # passes of run() that failed (a metric; the loop goes on)
-        self._dest_failures: dict[str, int] = {}  # consecutive association failures per destination
+        self._grace = stop_grace_s
+        self.loop_failures = 0  # worker passes that failed outright (a metric; the worker goes on)
         self.alarms = alarms if alarms is not None else Alarms()
         self.on_result: Callable[[DeliveryResult], None] | None = None  # metrics hook
         self._monotonic = monotonic
-        self._pass_started: float | None = None  # monotonic start of the pass in progress
+        self._passes: dict[str, float] = {}  # destination -> monotonic start of its pass in progress
         self.last_pass_completed: float | None = None  # monotonic end of the last completed pass
+        self._workers: dict[str, _Worker] = {}  # while `run` runs
+        self._retired: list[_Worker] = []  # workers of destinations that left, finishing their pass
+        self._running = False
+        self._run_wake: threading.Event | None = None
 
     @property
     def max_idle_s(self) -> float:
-        """Longest the loop sleeps between passes."""
+        """Longest a worker sleeps between passes."""
         return self._max
 
     def healthy(self, stuck_after_s: float | None = None) -> bool:
-        """False while one pass has been running longer than `stuck_after_s` (default: three
-        times the slowest destination's network timeout per association step, generously)."""
-        started = self._pass_started
-        if started is None:
-            return True
+        """False while a destination's pass has been running longer than `stuck_after_s`
+        (default: ten times the slowest destination's network timeout, plus a minute), or
+        when a destination's worker thread has died while `run` runs."""
         limit = stuck_after_s if stuck_after_s is not None else 10 * max(
             (d.timeout_s for d in self._destinations), default=30.0) + 60.0
-        return self._monotonic() - started <= limit
+        now = self._monotonic()
+        if any(now - started > limit for started in list(self._passes.values())):
+            return False
+        if self._running:
+            return all(w.thread is not None and w.thread.is_alive() for w in list(self._workers.values()))
+        return True
 
     def reconfigure(self, destinations: Sequence[DestinationConfig]) -> None:
-        """Serve a new list of destinations from the next pass on (SIGHUP)."""
+        """Serve a new list of destinations from the next pass on (SIGHUP); under `run`, a
+        destination that came gets a worker and one that left loses its own."""
         check_destinations(destinations)
         self._destinations = tuple(destinations)
         LOGGER.info("forwarder now serves %s", ", ".join(d.name for d in self._destinations))
+        if self._run_wake is not None:
+            self._run_wake.set()
 
     def forward_due(self, stop: threading.Event | None = None) -> list[DeliveryResult]:
-        """Send every due delivery once; return what happened to each.
+        """Send every due delivery once, one destination after the other; return what
+        happened to each.
 
         With `stop`, returns between deliveries once it is set (what is unsent stays pending).
         """
         results: list[DeliveryResult] = []
-        self._pass_started = self._monotonic()
-        try:
-            for dest in self._destinations:
-                batch: list[Delivery] = []
-                try:
-                    while stop is None or not stop.is_set():
-                        batch = self._spool.due(dest.name, self._clock(), self._batch)
-                        if not batch:
-                            break
-                        done = self._forward_batch(dest, batch, stop)
-                        results += done
-                        if len(batch) < self._batch or any(r.outcome is Outcome.RETRY for r in done):
-                            break
-                except Exception as exc:  # one destination's failure must not stop the others
-                    results += self._pass_failed(dest, batch, exc)
-                    continue
-                if any(r.destination == dest.name and r.outcome is Outcome.SENT for r in results):
-                    if self.alarms.clear("forward-pass-failed", dest.name):
-                        LOGGER.info("%s: forwarding works again", dest.name)
-        finally:
-            self._pass_started = None
-            self.last_pass_completed = self._monotonic()
+        for dest in self._destinations:
+            if stop is not None and stop.is_set():
+                break
+            results += self._forward_destination(dest, stop)[0]
         return results
+
+    def run(self, stop: threading.Event, wake: threading.Event) -> None:
+        """Forward until `stop` is set: a worker thread per destination, each sleeping until its
+        next retry is due or `wake` is set (wake is handed on to all of them).
+
+        To stop promptly, set `stop` and then `wake`. Set `wake` after every put. Returns at most
+        `stop_grace_s` plus about a second after `stop` is seen, whatever an archive does."""
+        LOGGER.info("forwarder started for %s", ", ".join(d.name for d in self._destinations))
+        self._run_wake = wake
+        self._running = True
+        try:
+            while not stop.is_set():
+                wake.clear()
+                self._reconcile()
+                for worker in list(self._workers.values()):
+                    worker.wake.set()
+                wake.wait(self._max)
+        finally:
+            self._running = False
+            self._run_wake = None
+            self._stop_workers()
+        LOGGER.info("forwarder stopped")
+
+    def backoff_delay(self, attempts: int) -> float:
+        """Exponential backoff with jitter: in [c/2, c], c = min(max, base * 2**attempts)."""
+        ceiling = min(self._max, self._base * 2.0 ** min(attempts, 32))
+        with self._rng_lock:
+            jitter = self._rng.uniform(0.0, ceiling / 2)
+        return ceiling / 2 + jitter
+
+    # --- workers ---------------------------------------------------------------------------
+
+    def _reconcile(self) -> None:
+        """One worker per configured destination: start missing ones (again, if one died),
+        retire those of destinations that left."""
+        wanted = {d.name for d in self._destinations}
+        for name in list(self._workers):
+            worker = self._workers[name]
+            if name not in wanted:
+                worker.stop.set()
+                worker.wake.set()
+                self._retired.append(self._workers.pop(name))
+                LOGGER.info("%s: no longer a destination; its worker ends", name)
+            elif worker.thread is not None and not worker.thread.is_alive():
+                LOGGER.error("%s: forwarding worker died; starting a new one", name)
+                del self._workers[name]
+        self._retired = [w for w in self._retired if w.thread is not None and w.thread.is_alive()]
+        for name in sorted(wanted - self._workers.keys()):
+            worker = _Worker(name)
+            worker.thread = threading.Thread(target=self._work, args=(worker,), name=f"dxgate-forward-{name}",
+                                             daemon=True)
+            self._workers[name] = worker
+            worker.thread.start()
+
+    def _stop_workers(self) -> None:
+        """Stop every worker: let each finish what is in flight for the grace time, then cut
+        its association (an archive that never answers) and wait a little more."""
+        workers = list(self._workers.values()) + self._retired
+        for w in workers:
+            w.stop.set()
+            w.wake.set()
+        deadline = self._grace_clock() + self._grace
+        for w in workers:
+            if w.thread is not None:
+                w.thread.join(max(0.0, deadline - self._grace_clock()))
+        busy = [w for w in workers if w.thread is not None and w.thread.is_alive()]
+        for w in busy:
+            LOGGER.warning("%s: still busy %.1f s after stop; cutting its association", w.name, self._grace)
+            w.attempt.cancel()
+        deadline = self._grace_clock() + 1.0
+        for w in busy:
+            if w.thread is not None:
+                w.thread.join(max(0.0, deadline - self._grace_clock()))
+            if w.thread is not None and w.thread.is_alive():
+                LOGGER.error("%s: forwarding worker did not end; left behind (it records nothing more)", w.name)
+        self._workers.clear()
+        self._retired.clear()
+
+    @staticmethod
+    def _grace_clock() -> float:
+        return time.monotonic()  # real time: shutdown bounds are real, whatever clock is injected
+
+    def _destination(self, name: str) -> DestinationConfig | None:
+        return next((d for d in self._destinations if d.name == name), None)
+
+    def _work(self, worker: _Worker) -> None:
+        """A destination's loop: a pass, then sleep until its next due time or a wake."""
+        failures = 0
+        while not worker.stop.is_set():
+            worker.wake.clear()
+            dest = self._destination(worker.name)
+            if dest is None:
+                return
+            try:
+                _, failed = self._forward_destination(dest, worker.stop, worker.attempt)
+                if worker.stop.is_set():
+                    return  # the spool may be closing: touch it no more
+                timeout = self._idle_timeout(dest)
+                failures = failures + 1 if failed else 0
+                if failed:  # never spin on an error the queue could not record
+                    timeout = max(timeout, self.backoff_delay(failures - 1))
+            except Exception as exc:
+                # Nothing is lost (rows stay pending); the worker must not die, nor spin.
+                failures += 1
+                self.loop_failures += 1
+                timeout = self.backoff_delay(failures)
+                LOGGER.error("%s: forwarding pass failed (%d in a row), retrying in %.0f s: %s: %s",
+                             dest.name, failures, timeout, type(exc).__name__, exc)
+                self.alarms.raise_("forward-loop-failed", f"a forwarding pass to {dest.name} failed "
+                                   f"({type(exc).__name__}: {exc}); retrying in {timeout:.0f} s", key=dest.name)
+            except BaseException as exc:
+                LOGGER.critical("%s: forwarding worker ends: %s", dest.name, type(exc).__name__)
+                raise
+            else:
+                self.alarms.clear("forward-loop-failed", dest.name)
+            worker.wake.wait(timeout)
+
+    def _idle_timeout(self, dest: DestinationConfig) -> float:
+        due = self._spool.next_attempt_at(dest.name)
+        if due is None:
+            return self._max
+        return min(self._max, max(0.0, due - self._clock()))
+
+    # --- one destination's pass ------------------------------------------------------------
+
+    def _forward_destination(self, dest: DestinationConfig, stop: threading.Event | None,
+                             attempt: scu.Attempt | None = None) -> tuple[list[DeliveryResult], bool]:
+        """Send the destination's due backlog, batch after batch, until none is due, the
+        destination fails or `stop` is set. Returns the results, and whether the pass failed
+        unexpectedly."""
+        results: list[DeliveryResult] = []
+        batch: list[Delivery] = []
+        failed = False
+        self._passes[dest.name] = self._monotonic()
+        try:
+            while stop is None or not stop.is_set():
+                batch = self._spool.due(dest.name, self._clock(), self._batch)
+                if not batch:
+                    break
+                done, go_on = self._forward_batch(dest, batch, stop, attempt)
+                results += done
+                if not go_on:
+                    break
+        except Exception as exc:  # one destination's failure must not stop the others
+            failed = True
+            results += self._pass_failed(dest, batch, exc)
+        else:
+            if any(r.outcome is Outcome.SENT for r in results):
+                if self.alarms.clear("forward-pass-failed", dest.name):
+                    LOGGER.info("%s: forwarding works again", dest.name)
+        finally:
+            self._passes.pop(dest.name, None)
+            self.last_pass_completed = self._monotonic()
+        return results, failed
 
     def _pass_failed(self, dest: DestinationConfig, batch: list[Delivery], exc: Exception) -> list[DeliveryResult]:
         """Record an unexpected error on the deliveries it held up, back off, raise an alarm."""
@@ -148,62 +321,16 @@ class Forwarder:
         LOGGER.error("%s: %s", dest.name, reason, exc_info=not isinstance(exc, (DxgateError, sqlite3.Error, OSError)))
         self.alarms.raise_("forward-pass-failed", f"forwarding to {dest.name} failed: {type(exc).__name__}: {exc}; "
                            "the images wait and are retried", key=dest.name)
-        self._dest_failures[dest.name] = self._dest_failures.get(dest.name, 0) + 1
-        delay = self.backoff_delay(self._dest_failures[dest.name] - 1)
-        out: list[DeliveryResult] = []
-        for row in batch:
-            try:
-                if row.state is DeliveryState.PENDING and all(r.uid != row.sop_instance_uid for r in out):
-                    out.append(self._settle(row, classify_transport(reason), None, delay=delay))
-            except Exception as inner:  # e.g. the database itself failing: rows stay as they were
-                LOGGER.error("%s: could not record the failure on %s: %s", dest.name, row.sop_instance_uid, inner)
-        return out
+        try:
+            return self._back_off(dest, [(row, None, reason) for row in batch], reason)
+        except Exception as inner:  # e.g. the database itself failing: rows stay as they were
+            LOGGER.error("%s: could not record the failure: %s", dest.name, inner)
+            return []
 
-    def run(self, stop: threading.Event, wake: threading.Event) -> None:
-        """Forward until `stop` is set; sleep until the next retry is due or `wake` is set.
-
-        To stop promptly, set `stop` and then `wake`. Set `wake` after every put.
-        """
-        LOGGER.info("forwarder started for %s", ", ".join(d.name for d in self._destinations))
-        failures = 0
-        while not stop.is_set():
-            wake.clear()
-            try:
-                self.forward_due(stop)
-                failures = 0
-                timeout = self._idle_timeout()
-            except Exception as exc:
-                # Nothing is lost (rows stay pending); the thread must not die, nor spin.
-                failures += 1
-                self.loop_failures += 1
-                timeout = self.backoff_delay(failures)
-                LOGGER.error("forwarder pass failed (%d in a row), retrying in %.0f s: %s: %s",
-                             failures, timeout, type(exc).__name__, exc)
-                self.alarms.raise_("forward-loop-failed", f"a forwarding pass failed ({type(exc).__name__}: "
-                                   f"{exc}); retrying in {timeout:.0f} s")
-            except BaseException as exc:
-                LOGGER.critical("forwarder thread ends: %s", type(exc).__name__)
-                raise
-            else:
-                self.alarms.clear("forward-loop-failed")
-            wake.wait(timeout)
-        LOGGER.info("forwarder stopped")
-
-    def backoff_delay(self, attempts: int) -> float:
-        """Exponential backoff with jitter: in [c/2, c], c = min(max, base * 2**attempts)."""
-        ceiling = min(self._max, self._base * 2.0 ** min(attempts, 32))
-        return ceiling / 2 + self._rng.uniform(0.0, ceiling / 2)
-
-    # --- internals -------------------------------------------------------------------------
-
-    def _idle_timeout(self) -> float:
-        due = [t for t in (self._spool.next_attempt_at(d.name) for d in self._destinations) if t is not None]
-        if not due:
-            return self._max
-        return min(self._max, max(0.0, min(due) - self._clock()))
-
-    def _forward_batch(self, dest: DestinationConfig, batch: list[Delivery],
-                       stop: threading.Event | None = None) -> list[DeliveryResult]:
+    def _forward_batch(self, dest: DestinationConfig, batch: list[Delivery], stop: threading.Event | None,
+                       attempt: scu.Attempt | None) -> tuple[list[DeliveryResult], bool]:
+        """One association for a batch. Returns the results, and whether the pass may go on
+        (False once the destination failed or `stop` is set)."""
         results: list[DeliveryResult] = []
         ready: list[tuple[Delivery, str]] = []
         for row in batch:
@@ -212,36 +339,41 @@ class Forwarder:
             except scu.ObjectRefused as exc:
                 results.append(self._settle(row, Verdict(Outcome.QUARANTINED, str(exc)), None))
         if not ready:
-            return results
+            return results, True
         contexts = scu.build_contexts((row.sop_class_uid, ts) for row, ts in ready)
         try:
-            session = scu.open_session(dest, self._calling_ae, contexts, self._handlers)
+            session = scu.open_session(dest, self._calling_ae, contexts, self._handlers, attempt)
         except scu.AssociationFailed as exc:
-            # The destination failed, not the objects: one retry time for the whole backlog, so
-            # a down PACS sees one connection attempt per backoff, and all of it goes on recovery.
-            shared = None
+            if stop is not None and stop.is_set():
+                return results, False  # cut short at shutdown: nothing happened, nothing recorded
             if exc.verdict.outcome is Outcome.RETRY:
-                self._dest_failures[dest.name] = self._dest_failures.get(dest.name, 0) + 1
-                shared = self.backoff_delay(self._dest_failures[dest.name] - 1)
-            LOGGER.warning("%s: %s; %d deliveries wait", dest.name, exc.verdict.reason, len(ready))
-            return results + [self._settle(row, exc.verdict, None, delay=shared) for row, _ in ready]
-        self._dest_failures.pop(dest.name, None)
+                # The destination failed, not the objects: one retry time for its whole backlog,
+                # so a down PACS sees one connection attempt per backoff.
+                return results + self._back_off(dest, [(row, None, exc.verdict.reason) for row, _ in ready],
+                                                exc.verdict.reason), False
+            return results + [self._settle(row, exc.verdict, None) for row, _ in ready], True
+        answered = False
         try:
             for i, (row, ts) in enumerate(ready):
                 if stop is not None and stop.is_set():
-                    break  # shutting down: the rest stays pending, untouched
+                    return results, False  # shutting down: the rest stays pending, untouched
                 if not session.established:
-                    results += self._defer([r for r, _ in ready[i:]], "association lost before sending")
-                    break
+                    why = "association lost before sending"
+                    return results + self._back_off(dest, [(r, None, why) for r, _ in ready[i:]], why), False
                 verdict, status = self._send_one(session, row, ts)
+                if verdict.outcome is Outcome.RETRY and verdict.scope is Scope.DESTINATION:
+                    if status is None and stop is not None and stop.is_set():
+                        return results, False  # cut at shutdown: outcome unknown, the row stays due
+                    deferred = f"deferred: {dest.name} failed transiently on an earlier object"
+                    items = [(row, status, verdict.reason)] + [(r, None, deferred) for r, _ in ready[i + 1:]]
+                    return results + self._back_off(dest, items, verdict.reason), False
                 results.append(self._settle(row, verdict, status))
-                if verdict.outcome is Outcome.RETRY:
-                    rest = [r for r, _ in ready[i + 1:]]
-                    results += self._defer(rest, f"deferred: {dest.name} failed transiently on an earlier object")
-                    break
+                if not answered:
+                    answered = True  # the archive answers: its backlog need wait no longer
+                    self._spool.release_destination(dest.name, self._clock())
         finally:
             session.release()
-        return results
+        return results, True
 
     def _send_one(self, session: scu.Session, row: Delivery, transfer_syntax: str) -> tuple[Verdict, int | None]:
         try:
@@ -251,27 +383,51 @@ class Forwarder:
             return Verdict(Outcome.QUARANTINED, str(exc)), None
         if reply.status is None:
             return classify_transport(NO_RESPONSE), None
-        return classify_status(reply.status), reply.status
+        return classify_status(reply.status, row.last_status), reply.status
 
-    def _defer(self, rows: list[Delivery], reason: str) -> list[DeliveryResult]:
-        return [self._settle(row, classify_transport(reason), None) for row in rows]
+    # --- recording -------------------------------------------------------------------------
 
-    def _settle(self, row: Delivery, verdict: Verdict, status: int | None,
-                delay: float | None = None) -> DeliveryResult:
+    def _back_off(self, dest: DestinationConfig, items: list[tuple[Delivery, int | None, str]],
+                  reason: str) -> list[DeliveryResult]:
+        """The destination failed: ONE retry time (read the clock once, draw the jitter once)
+        for the attempted rows and the rest of its pending backlog, in one transaction."""
+        now = self._clock()
+        backoff = self._spool.backoff(dest.name)
+        at = now + self.backoff_delay(backoff.failures if backoff else 0)
+        if backoff is not None:
+            at = max(at, backoff.retry_at)  # never pull the backlog's time earlier
+        updated = set(self._spool.back_off(dest.name, [(row.sop_instance_uid, status, why)
+                                                       for row, status, why in items], at, reason, now))
+        LOGGER.warning("%s: %s; its backlog waits %.1f s", dest.name, reason, at - now)
+        out = []
+        for row, status, why in items:
+            if row.sop_instance_uid in updated:
+                out.append(self._report(DeliveryResult(row.sop_instance_uid, dest.name, Outcome.RETRY, status, why)))
+        return out
+
+    def _settle(self, row: Delivery, verdict: Verdict, status: int | None) -> DeliveryResult:
+        """Record the outcome of one delivery: sent, quarantined, or (this object only) retried."""
         now = self._clock()
         uid, dest = row.sop_instance_uid, row.destination
         if verdict.outcome is Outcome.SENT:
-            self._spool.mark_sent(uid, dest, 0 if status is None else status, now)
-            LOGGER.info("sent %s to %s: %s", uid, dest, describe(status or 0))
-            result = DeliveryResult(uid, dest, Outcome.SENT, status, None)
+            warning = verdict.reason if verdict.warning else None
+            self._spool.mark_sent(uid, dest, 0 if status is None else status, now, warning)
+            if warning:
+                LOGGER.warning("sent %s to %s, %s", uid, dest, warning)
+            else:
+                LOGGER.info("sent %s to %s: %s", uid, dest, describe(status or 0))
+            result = DeliveryResult(uid, dest, Outcome.SENT, status, None, warning)
         else:
             if verdict.outcome is Outcome.RETRY:
-                at = now + (self.backoff_delay(row.attempts) if delay is None else delay)
+                at = now + self.backoff_delay(row.attempts)
                 self._spool.mark_retry(uid, dest, status, verdict.reason, at, now)
                 LOGGER.warning("retry %s to %s in %.1f s: %s", uid, dest, at - now, verdict.reason)
             else:
                 self._spool.quarantine(uid, dest, status, verdict.reason, now)
             result = DeliveryResult(uid, dest, verdict.outcome, status, verdict.reason)
+        return self._report(result)
+
+    def _report(self, result: DeliveryResult) -> DeliveryResult:
         if self.on_result is not None:
             try:
                 self.on_result(result)

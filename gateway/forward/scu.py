@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import socket
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import build_context
+from pynetdicom import build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.events import EventHandlerType
 from pynetdicom.presentation import PresentationContext
@@ -89,6 +91,48 @@ def build_contexts(pairs: Iterable[tuple[str, str]]) -> list[PresentationContext
     return contexts
 
 
+class Attempt:
+    """The association one destination's worker has open or is opening, so that another
+    thread can cut it short (shutdown): the socket is shut down, which makes pynetdicom
+    end a wait for A-ASSOCIATE-AC or for a C-STORE response at once, as an abort.
+
+    A TCP connect still in progress is not interrupted; the connection timeout bounds it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._assoc: Association | None = None
+        self.cancelled = False
+
+    def handlers(self) -> list[EventHandlerType]:
+        return [(evt.EVT_CONN_OPEN, self._opened)]
+
+    def _opened(self, event: evt.Event) -> None:
+        with self._lock:
+            self._assoc = event.assoc
+            cancelled = self.cancelled
+        if cancelled:
+            _shut(event.assoc)
+
+    def cancel(self) -> None:
+        """Cut the association short, now and as soon as it opens (idempotent)."""
+        with self._lock:
+            self.cancelled = True
+            assoc = self._assoc
+        if assoc is not None:
+            _shut(assoc)
+
+
+def _shut(assoc: Association) -> None:
+    transport = assoc.dul.socket
+    sock = None if transport is None else transport.socket
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # not connected (any more): nothing to cut
+
+
 @dataclass(frozen=True)
 class StoreReply:
     status: int | None  # None: no response (abort, timeout, connection lost)
@@ -132,8 +176,14 @@ class Session:
 
 
 def open_session(destination: DestinationConfig, calling_ae: str, contexts: Sequence[PresentationContext],
-                 extra_handlers: Sequence[EventHandlerType] = ()) -> Session:
-    """Associate with a destination, or raise AssociationFailed with a retry/quarantine verdict."""
+                 extra_handlers: Sequence[EventHandlerType] = (), attempt: Attempt | None = None) -> Session:
+    """Associate with a destination, or raise AssociationFailed with a retry/quarantine verdict.
+
+    Every network wait is bounded by the destination's timeout_s (TCP connect, A-ASSOCIATE,
+    each DIMSE response, network idle); `attempt` lets another thread cut it shorter."""
+    where = f"{destination.name} ({destination.called_ae}@{destination.host}:{destination.port})"
+    if attempt is not None and attempt.cancelled:
+        raise AssociationFailed(classify_transport(f"{where}: not associating, shutting down"))
     ae = ApplicationEntity(ae_title=calling_ae)
     ae.acse_timeout = destination.timeout_s
     ae.dimse_timeout = destination.timeout_s
@@ -142,14 +192,14 @@ def open_session(destination: DestinationConfig, calling_ae: str, contexts: Sequ
     ae.maximum_pdu_size = destination.max_pdu
     assoc = ae.associate(destination.host, destination.port, contexts=list(contexts),
                          ae_title=destination.called_ae, max_pdu=destination.max_pdu,
-                         evt_handlers=nodelay_handlers() + list(extra_handlers))
+                         evt_handlers=nodelay_handlers() + (attempt.handlers() if attempt else [])
+                         + list(extra_handlers))
     if assoc.is_established:
         session = Session(assoc, destination)
         LOGGER.info("association to %s (%s:%d) established, %d contexts accepted, nodelay=%s",
                     destination.name, destination.host, destination.port,
                     len(assoc.accepted_contexts), session.nodelay)
         return session
-    where = f"{destination.name} ({destination.called_ae}@{destination.host}:{destination.port})"
     if assoc.is_rejected:
         rj = assoc.acceptor.primitive
         if rj is None or rj.result is None or rj.result_source is None or rj.diagnostic is None:

@@ -51,6 +51,16 @@ class Delivery:
     size: int
 
 
+@dataclass(frozen=True)
+class Backoff:
+    """A destination that failed: how many times in a row, and when its backlog is next due."""
+
+    destination: str
+    failures: int
+    retry_at: float
+    last_error: str | None
+
+
 _DELIVERY_SELECT = """
 select d.sop_instance_uid, d.destination, d.state, d.attempts, d.next_attempt_at,
        d.last_status, d.last_error, d.updated_at, i.sop_class_uid, i.path, i.sha256, i.size
@@ -144,6 +154,10 @@ class Queue:
                 foreign_keys=[("sop_instance_uid", "instances", "sop_instance_uid")], if_not_exists=True)
             self._db.table("deliveries").create_index(["destination", "state", "next_attempt_at"],
                                                      index_name="deliveries_due", if_not_exists=True)
+            # A destination's backoff (added within schema version 1: older code ignores it)
+            self._db.table("destinations").create({
+                "name": str, "failures": int, "retry_at": float, "last_error": str, "updated_at": float,
+            }, pk="name", not_null={"failures", "retry_at", "updated_at"}, if_not_exists=True)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # --- instances -------------------------------------------------------------------------
@@ -165,10 +179,15 @@ class Queue:
             self._insert_deliveries(uid, destinations, now)
 
     def _insert_deliveries(self, uid: str, destinations: Iterable[str], now: float) -> None:
+        """New rows join their destination's backoff: due at its retry time, not at once."""
         self._db.table("deliveries").insert_all(
             ({"sop_instance_uid": uid, "destination": d, "state": DeliveryState.PENDING.value,
-              "attempts": 0, "next_attempt_at": now, "last_status": None, "last_error": None,
-              "updated_at": now} for d in destinations), ignore=True)
+              "attempts": 0, "next_attempt_at": max(now, self._retry_at(d)), "last_status": None,
+              "last_error": None, "updated_at": now} for d in destinations), ignore=True)
+
+    def _retry_at(self, destination: str) -> float:
+        row = self._db.execute("select retry_at from destinations where name = ?", [destination]).fetchone()
+        return float("-inf") if row is None else float(row[0])
 
     def paths(self) -> dict[str, str]:
         """Relative path -> SOP Instance UID, for every committed instance."""
@@ -237,6 +256,58 @@ class Queue:
         if changed != 1:
             states = "any state" if expect is None else "/".join(s.value for s in expect)
             raise SpoolError(f"no delivery of {uid} to {destination!r} in {states}")
+
+    # --- destinations ----------------------------------------------------------------------
+
+    def backoff(self, destination: str) -> Backoff | None:
+        """The destination's backoff, None when it has none (it last answered, or never failed)."""
+        with self._lock:
+            row = self._db.execute("select failures, retry_at, last_error from destinations where name = ?",
+                                   [destination]).fetchone()
+        return None if row is None else Backoff(destination, int(row[0]), float(row[1]), row[2])
+
+    def back_off(self, destination: str, attempted: Sequence[tuple[str, int | None, str]], retry_at: float,
+                 error: str, now: float) -> list[str]:
+        """In ONE transaction: count one more failure of the destination and give its whole
+        pending backlog one retry time (rows due later keep their time); the `attempted`
+        (uid, status, error) rows also count an attempt. Returns the attempted uids updated
+        (rows no longer pending are left as they are)."""
+        updated = []
+        with self._write():
+            for uid, status, why in attempted:
+                changed = self._db.execute(
+                    "update deliveries set attempts = attempts + 1, last_status = ?, last_error = ?, "
+                    "next_attempt_at = max(next_attempt_at, ?), updated_at = ? "
+                    "where sop_instance_uid = ? and destination = ? and state = 'pending'",
+                    [status, why, retry_at, now, uid, destination]).rowcount
+                if changed == 1:
+                    updated.append(uid)
+            self._db.execute(
+                "update deliveries set next_attempt_at = ?, updated_at = ? "
+                "where destination = ? and state = 'pending' and next_attempt_at < ?",
+                [retry_at, now, destination, retry_at])
+            self._db.execute(
+                "insert into destinations (name, failures, retry_at, last_error, updated_at) values (?, 1, ?, ?, ?) "
+                "on conflict(name) do update set failures = failures + 1, retry_at = excluded.retry_at, "
+                "last_error = excluded.last_error, updated_at = excluded.updated_at",
+                [destination, retry_at, error, now])
+        return updated
+
+    def release_destination(self, destination: str, now: float) -> int:
+        """End the destination's backoff: every pending row it held (due later than `now`, but
+        not later than its retry time) becomes due at `now`. Returns how many were released."""
+        with self._lock:
+            held = self._db.execute("select retry_at from destinations where name = ?", [destination]).fetchone()
+        if held is None:
+            return 0
+        with self._write():
+            released = self._db.execute(
+                "update deliveries set next_attempt_at = ?, updated_at = ? where destination = ? "
+                "and state = 'pending' and next_attempt_at > ? and next_attempt_at <= "
+                "(select retry_at from destinations where name = ?)",
+                [now, now, destination, now, destination]).rowcount
+            self._db.execute("delete from destinations where name = ?", [destination])
+        return int(released)
 
     def _select(self, where: str, args: list[Any]) -> list[Delivery]:
         with self._lock:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gateway.errors import SpoolError
 from gateway.spool import files
-from gateway.spool.queue import Delivery, DeliveryState, Queue
+from gateway.spool.queue import Backoff, Delivery, DeliveryState, Queue
 from gateway.types import SpooledInstance
 from gateway.uids import is_valid_uid
 
@@ -60,6 +60,7 @@ class Spool:
 
         A re-put of the same UID with identical bytes is idempotent (and adds any new
         destinations); with different bytes it is refused, since identity is assigned once.
+        A delivery to a destination that is backing off joins its backlog: due at its retry time.
         """
         for name, uid in (("SOP Instance UID", sop_instance_uid), ("SOP Class UID", sop_class_uid),
                           ("Study Instance UID", study_instance_uid)):
@@ -127,9 +128,10 @@ class Spool:
             raise SpoolError(f"limit must be >= 1, got {limit}")
         return self._queue.due(destination, now, limit)
 
-    def mark_sent(self, uid: str, destination: str, status: int, now: float) -> None:
+    def mark_sent(self, uid: str, destination: str, status: int, now: float, warning: str | None = None) -> None:
+        """Stored; `warning` records what a warning status said (kept as the row's last_error)."""
         self._queue.update(uid, destination, expect=(DeliveryState.PENDING,), count_attempt=True,
-                           state=DeliveryState.SENT.value, last_status=status, last_error=None,
+                           state=DeliveryState.SENT.value, last_status=status, last_error=warning,
                            updated_at=now)
 
     def mark_retry(self, uid: str, destination: str, status: int | None, error: str,
@@ -137,6 +139,25 @@ class Spool:
         self._queue.update(uid, destination, expect=(DeliveryState.PENDING,), count_attempt=True,
                            last_status=status, last_error=error, next_attempt_at=next_attempt_at,
                            updated_at=now)
+
+    def backoff(self, destination: str) -> Backoff | None:
+        """The destination's backoff (consecutive failures, retry time), None when it has none."""
+        return self._queue.backoff(destination)
+
+    def back_off(self, destination: str, attempted: Sequence[tuple[str, int | None, str]], retry_at: float,
+                 error: str, now: float) -> list[str]:
+        """The destination failed: one more failure, and ONE retry time for its whole pending
+        backlog, committed at once; rows spooled later join it (see `put`). `attempted` lists
+        the (uid, status, error) of the deliveries this attempt was for; they count an attempt.
+        Returns those still pending and updated."""
+        return self._queue.back_off(destination, attempted, retry_at, error, now)
+
+    def release_destination(self, destination: str, now: float) -> int:
+        """The destination answered again: its whole held backlog is due at `now`."""
+        released = self._queue.release_destination(destination, now)
+        if released:
+            LOGGER.info("%s answers again: %d waiting deliveries released", destination, released)
+        return released
 
     def quarantine(self, uid: str, destination: str, status: int | None, reason: str, now: float) -> None:
         """Park a delivery until an operator releases it; `reason` says why."""

@@ -10,6 +10,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation, SecondaryCaptureImageStorage
+from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from gateway.netopts import nodelay_handlers
 
@@ -63,7 +64,7 @@ class ScriptedSCP:
         if status is None:
             event.assoc.abort()
             return 0xC000  # never reaches the SCU: the association is gone
-        if status in (0x0000, 0xB000, 0xB006, 0xB007):
+        if code_to_category(status) in (STATUS_SUCCESS, STATUS_WARNING):  # what the archive keeps
             ds = event.dataset
             ds.file_meta = event.file_meta
             with self._lock:

@@ -72,14 +72,20 @@ def test_sent_in_the_stored_syntax_or_converted_when_the_archive_wants_another(
     assert (ds.pixel_array == obj.pixels).all()
 
 
+# every Warning status of PS3.4 / PS3.7 as pynetdicom's table classes them: stored, never quarantined
+WARNINGS = [0x0001, 0xB000, 0xB001, 0xB006, 0xB007, 0xB00F, 0x0107, 0x0116]
+
+
 @pytest.mark.parametrize("status, outcome, state", [
-    (0xB000, Outcome.SENT, DeliveryState.SENT),
+    (0x0000, Outcome.SENT, DeliveryState.SENT),
+    *[(w, Outcome.SENT, DeliveryState.SENT) for w in WARNINGS],
     (0xA700, Outcome.RETRY, DeliveryState.PENDING),
     (0xA900, Outcome.QUARANTINED, DeliveryState.QUARANTINED),
     (0xC000, Outcome.QUARANTINED, DeliveryState.QUARANTINED),
 ])
 def test_status_decides_the_row(spool: Spool, clock: FakeClock, scp_factory: Callable[..., ScriptedSCP],
                                 status: int, outcome: Outcome, state: DeliveryState) -> None:
+    """The status an archive really answers (a pynetdicom SCP) decides the queue row."""
     scp = scp_factory(behaviour=always(status))
     obj = make_object(seed=1)
     put(spool, obj)
@@ -87,6 +93,13 @@ def test_status_decides_the_row(spool: Spool, clock: FakeClock, scp_factory: Cal
     assert (result.uid, result.outcome, result.status) == (obj.sop_instance_uid, outcome, status)
     [row] = spool.deliveries(obj.sop_instance_uid)
     assert row.state is state and row.last_status == status and row.attempts == 1
+    assert scp.stores == 1
+    if status in WARNINGS:  # stored, with the warning kept on the row and in the result
+        assert scp.stored == [obj.sop_instance_uid]
+        assert row.last_error is not None and f"warning: 0x{status:04X}" in row.last_error
+        assert result.warning == row.last_error and result.error is None
+    if status == 0x0000:
+        assert row.last_error is None and result.warning is None
     if outcome is Outcome.QUARANTINED:
         assert f"0x{status:04X}" in row.last_error and "refused" in row.last_error
     if outcome is Outcome.RETRY:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import SpoolError
-from gateway.spool import DeliveryState, Spool
+from gateway.spool import Delivery, DeliveryState, Spool
 from tests.spool.objects import make_object, put
 
 
@@ -116,3 +116,38 @@ def test_counts_and_listing(spool: Spool) -> None:
     assert {d.destination for d in spool.listing(destination="pacs")} == {"pacs"}
     with pytest.raises(SpoolError, match="unknown delivery state 'lost'"):
         spool.listing(state="lost")
+
+
+def _row(spool: Spool, uid: str, dest: str) -> Delivery:
+    [d] = [d for d in spool.deliveries(uid) if d.destination == dest]
+    return d
+
+def test_a_destination_backoff_is_one_time_for_its_backlog_joined_by_new_rows_and_released_at_once(
+        spool: Spool, clock: Clock, tmp_path: Path) -> None:
+    a, b, c = (put(spool, make_object(16, 16, seed=s), ("pacs", "other")).sop_instance_uid for s in (1, 2, 3))
+    spool.mark_retry(c, "pacs", 0x0110, "own retry", 5000.0, clock.t)  # an object waiting on its own, later
+    assert spool.back_off("pacs", [(a, None, "refused")], 1100.0, "refused", clock.t) == [a]
+    assert spool.back_off("pacs", [(c, None, "x")], 1100.0, "refused", clock.t) == [c]  # pending: counted
+    assert [_row(spool, u, "pacs").next_attempt_at for u in (a, b, c)] == [1100.0, 1100.0, 5000.0]
+    assert [_row(spool, u, "pacs").attempts for u in (a, b, c)] == [1, 0, 2]
+    assert _row(spool, a, "pacs").last_error == "refused"
+    assert {_row(spool, u, "other").next_attempt_at for u in (a, b, c)} == {1000.0}
+    backoff = spool.backoff("pacs")
+    assert backoff is not None and (backoff.failures, backoff.retry_at, backoff.last_error) == (2, 1100.0, "refused")
+    clock.t = 1010.0
+    d = put(spool, make_object(16, 16, seed=4), ("pacs", "other")).sop_instance_uid
+    assert _row(spool, d, "pacs").next_attempt_at == 1100.0  # joins the backoff
+    assert _row(spool, d, "other").next_attempt_at == 1010.0  # the other is not held
+    spool.close()
+    reopened = Spool(spool.directory, spool.database, min_free_bytes=0, clock=clock)  # persisted
+    try:
+        assert reopened.backoff("pacs") == backoff
+        assert reopened.release_destination("pacs", 1020.0) == 3  # a, b, d: held by the destination
+        assert [_row(reopened, u, "pacs").next_attempt_at for u in (a, b, c, d)] == [
+            1020.0, 1020.0, 5000.0, 1020.0]
+        assert reopened.backoff("pacs") is None and reopened.release_destination("pacs", 1030.0) == 0
+        clock.t = 1040.0
+        e = put(reopened, make_object(16, 16, seed=5)).sop_instance_uid
+        assert _row(reopened, e, "pacs").next_attempt_at == 1040.0
+    finally:
+        reopened.close()
