@@ -156,7 +156,8 @@ class _Section(BaseModel):
 
 
 class SiteConfig(_Section):
-    ae_title: AETitle = Field("DXGATE", description="This gateway's own AE title (also the worklist query key).")
+    ae_title: AETitle = Field("DXGATE", description="This gateway's own AE title (calling AE; the worklist "
+                                                    "query key when worklist.match_station_ae is set).")
     station_name: Text16 = Field("DXROOM1", description="Station Name written into every image.")
     institution_name: Text64 = Field("", description="Institution Name written into every image.")
     manufacturer: Text64 = Field("dxgate", description="Manufacturer written into every image.")
@@ -202,12 +203,40 @@ class CalibrationConfig(_Section):
     max_age_days: Number = Field(180.0, ge=1, le=3650, description="Refuse a calibration set older than this.")
 
 
+_CS_RE = re.compile(r"^[A-Z0-9_ ]*$")
+
+
+def _code_string(value: str) -> str:
+    """A DICOM code string (CS) such as a modality: upper-case letters, digits, '_' and space."""
+    if not _CS_RE.match(value):
+        raise ValueError(f"{value!r} is not a DICOM code string (upper-case letters, digits, '_' and space)")
+    return value
+
+
+Modality = Annotated[StrictStr, Field(max_length=16), AfterValidator(_code_string)]
+DateRange = Literal["today", "none"]
+
+
 class WorklistConfig(_Section):
     host: Host = Field("127.0.0.1", description="Worklist (RIS) server host.")
     port: PortNumber = Field(104, description="Worklist server port.")
     called_ae: AETitle = Field("RIS", description="Worklist server AE title.")
-    modality: Text16 = Field("DX", description="Modality queried for.")
-    days_ahead: StrictInt = Field(0, ge=0, le=30, description="Also fetch steps scheduled up to this many days ahead.")
+    match_station_ae: StrictBool = Field(
+        False, description="Send site.ae_title as the Scheduled Station AE Title matching key. Off by default: many "
+                           "RIS leave that attribute empty in their entries, and an empty value never matches a "
+                           "non-empty key, so the worklist would come back empty. Turn it on when the RIS fills it "
+                           "and shares the worklist between rooms.")
+    modality: Modality = Field("DX", description="Modality matching key (a DICOM code string); empty: any modality.")
+    station_name: Annotated[StrictStr, Field(max_length=16), AfterValidator(_plain_text)] = Field(
+        "", description="Scheduled Station Name matching key (* and ? wildcards); empty: not matched.")
+    date_range: DateRange = Field(
+        "today", description="Scheduled Procedure Step Start Date matching key: 'today' asks for today - "
+                             "days_before .. today + days_ahead; 'none' sends no date (max_answers and "
+                             "max_query_s still bound the query).")
+    days_before: StrictInt = Field(0, ge=0, le=30, description="Also fetch steps scheduled up to this many days "
+                                                               "before today (date_range 'today').")
+    days_ahead: StrictInt = Field(0, ge=0, le=30, description="Also fetch steps scheduled up to this many days "
+                                                              "ahead (date_range 'today').")
     timeout_s: Number = Field(10.0, ge=0.5, le=300, description="Network timeout for the query.")
     max_query_s: Number = Field(30.0, ge=1, le=600, description="Longest a whole worklist query may take, answers "
                                                                "included.")
@@ -217,6 +246,12 @@ class WorklistConfig(_Section):
                                                                  "worklist.")
     cache: StatePath = Field("worklist-cache.json", description="Last worklist answer, used while the RIS is "
                                                                 "unreachable (relative: under state_dir).")
+
+    @model_validator(mode="after")
+    def _dates(self) -> WorklistConfig:
+        if self.date_range == "none" and (self.days_before or self.days_ahead):
+            raise ValueError("days_before and days_ahead apply to date_range 'today'; with 'none' no date is asked")
+        return self
 
 
 class DestinationConfig(_Section):

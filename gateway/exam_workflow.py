@@ -37,6 +37,7 @@ from gateway.types import (
     Technique,
     WorklistItem,
 )
+from gateway.worklist.cache import text_problem
 
 LOGGER = logging.getLogger(__name__)
 
@@ -273,12 +274,14 @@ class ExamWorkflow:
 
     def open_exam(self, item: WorklistItem | None) -> Exam:
         """Start an exam; the Study Instance UID comes from the worklist whenever it gives one."""
+        if item is not None and (problem := text_problem(item)):
+            raise DxgateError(f"this patient or order cannot be written into an image: {problem}")
         root = self._config.site.uid_root
         study_uid = item.study_instance_uid if item and item.study_instance_uid else new_uid(root)
         return Exam(item=item, study_uid=study_uid, series_uid=new_uid(root))
 
     def preflight(self, technique: Technique, body_part: str, view_position: str,
-                  laterality: str | None, target_ei: float = 400.0) -> Corrector:
+                  laterality: str | None, target_ei: float = 400.0, item: WorklistItem | None = None) -> Corrector:
         """Everything that could refuse the image, checked before the tube may fire.
 
         Raises ExposureRefused naming the cause (no X-rays are given); returns the corrector.
@@ -288,6 +291,8 @@ class ExamWorkflow:
                 raise DxgateError(f"{len(self._unkept)} frame(s) from earlier exposures are held in memory "
                                   "because their raw record could not be written: free the state disk first")
             _check_technique(technique, target_ei)
+            if item is not None and (problem := text_problem(item)):
+                raise DxgateError(f"the exam's patient or order data cannot be written into the image: {problem}")
             corrector = self._corrector()
             check_anatomy(body_part, view_position, laterality)
             self._pipeline.check_storage(self._hw.mode.rows, self._hw.mode.columns)
@@ -318,7 +323,8 @@ class ExamWorkflow:
         laterality = anatomy.laterality or None
         technique = technique or Technique(kvp=exp_cfg.kvp, mas=exp_cfg.mas)
         target_ei = exp_cfg.target_ei if target_ei is None else target_ei
-        corrector = self.preflight(technique, anatomy.body_part, anatomy.view_position, laterality, target_ei)
+        corrector = self.preflight(technique, anatomy.body_part, anatomy.view_position, laterality, target_ei,
+                                   exam.item)
         root = self._config.site.uid_root
         ctx = ImageContext(item=exam.item, study_uid=exam.study_uid, series_uid=exam.series_uid,
                            series_number=exam.series_number, sop_instance_uid=new_uid(root),

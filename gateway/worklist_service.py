@@ -43,11 +43,14 @@ class WorklistService:
         now = self._clock()
         search = bool(patient_id or accession_number)
         try:
+            # the matching keys are the site's choice: the station AE only where the RIS fills it in
             result = query_worklist_result(
                 host=wl.host, port=wl.port, called_ae=wl.called_ae, calling_ae=self._config.site.ae_title,
-                modality=wl.modality, station_ae=self._config.site.ae_title, on=on or now.astimezone().date(),
-                days_ahead=wl.days_ahead, patient_id=patient_id, accession_number=accession_number,
-                timeout_s=wl.timeout_s, max_query_s=wl.max_query_s, max_answers=wl.max_answers)
+                modality=wl.modality, station_ae=self._config.site.ae_title if wl.match_station_ae else "",
+                station_name=wl.station_name, on=on or now.astimezone().date(), match_date=wl.date_range == "today",
+                days_before=wl.days_before, days_ahead=wl.days_ahead, patient_id=patient_id,
+                accession_number=accession_number, timeout_s=wl.timeout_s, max_query_s=wl.max_query_s,
+                max_answers=wl.max_answers)
         except WorklistError as exc:
             if not cache.exists():
                 raise
@@ -68,7 +71,7 @@ class WorklistService:
                 save_cache(items, cache, saved_at=now)
             elif not search:
                 LOGGER.error("worklist: all %d answer(s) were malformed; the offline cache is kept", result.answers)
-        except OSError as exc:  # the live answer still stands; only the offline copy is stale
+        except (OSError, WorklistError) as exc:  # the live answer still stands; only the offline copy is stale
             LOGGER.error("worklist cache %s could not be saved: %s", cache, exc)
         view = WorklistView(items=items, source="ris", as_of=now)
         if not search:

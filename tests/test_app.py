@@ -190,3 +190,25 @@ def test_an_exam_holds_previews_only_not_frames_and_only_the_latest(
         assert all(r.preview.startswith(b"\x89PNG") for r in ex.reviewed[1:] if r.preview)
         held = [v for r in ex.reviewed for v in vars(r).values() if isinstance(v, np.ndarray)]
         assert held == []  # no pixel array is kept by the exam
+
+
+def test_patient_text_that_cannot_be_written_is_refused_before_the_tube_fires(tmp_path: Path, room: SimRoom) -> None:
+    """An unscheduled patient typed with an ESC or a control character: refused at exam open, and
+    (defence in depth) before the tube fires, never after the dose by the DICOM encoder."""
+    from gateway.errors import DxgateError
+    from gateway.exam_workflow import Exam
+    from gateway.types import WorklistItem
+
+    item = WorklistItem(patient_name="Kim\x1b$)C^Minji", patient_id="P1", patient_birth_date=None, patient_sex="F",
+                        accession_number="", study_instance_uid="", requested_procedure_id="",
+                        requested_procedure_description="", sps_id="", sps_description="", sps_start=None,
+                        modality="DX", scheduled_station_ae="")
+    with Gateway(config_for(tmp_path, room, free_port()), usb_backend=room.usb_backend()) as gw:
+        gw.calibrate()
+        pulses = len(room.pulses)
+        with pytest.raises(DxgateError, match="cannot be written into an image: .*patient_name"):
+            gw.open_exam(item)
+        with pytest.raises(ExposureRefused, match="before the tube fired: .*patient_name"):
+            gw.expose(Exam(item=item, study_uid="1.2.3", series_uid="1.2.3.4"))
+        assert len(room.pulses) == pulses and gw.raw_store.pending() == []
+        assert "Kim" not in str(gw.alarms.active())

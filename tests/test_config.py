@@ -72,6 +72,15 @@ def test_every_key_is_documented() -> None:
     ({"state_dir": ""}, "state_dir: must not be empty"),
     ({"destinations": [{"name": "a\\b"}]}, "destinations[0].name:"),
     ({"exposure": {"body_part": "chest"}}, "write the defined term 'CHEST'"),
+    # worklist matching keys
+    ({"worklist": {"modality": "dx"}}, "worklist.modality: 'dx' is not a DICOM code string"),
+    ({"worklist": {"date_range": "week"}}, "worklist.date_range: 'week': input should be 'today' or 'none'"),
+    ({"worklist": {"date_range": "none", "days_ahead": 2}}, "worklist: days_before and days_ahead apply to "
+                                                            "date_range 'today'"),
+    ({"worklist": {"days_before": 31}}, "worklist.days_before: 31 is out of range"),
+    ({"worklist": {"match_station_ae": "yes"}}, "worklist.match_station_ae: input should be a valid boolean"),
+    ({"worklist": {"station_name": "ROOM\\1"}}, "worklist.station_name: 'ROOM\\\\1' holds a backslash"),
+    ({"worklist": {"station_name": "X" * 17}}, "worklist.station_name: String should have at most 16 characters"),
 ])
 def test_mistakes_are_named(raw: dict, message: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -140,3 +149,16 @@ def test_relative_paths_live_under_state_dir(tmp_path: Path) -> None:
     cfg = Config(state_dir=str(tmp_path))
     assert cfg.path(cfg.spool.directory) == tmp_path / "spool"
     assert cfg.path("/abs/x") == Path("/abs/x")
+
+
+def test_worklist_matching_keys_default_to_what_a_ris_leaving_the_station_ae_empty_answers() -> None:
+    """Many RIS leave Scheduled Station AE Title empty, and an empty value never matches a key:
+    by default the query matches modality DX and today's date, not the station AE."""
+    wl = Config().worklist
+    assert (wl.match_station_ae, wl.modality, wl.station_name, wl.date_range, wl.days_before, wl.days_ahead) == (
+        False, "DX", "", "today", 0, 0)
+    keys = from_dict({"worklist": {"match_station_ae": True, "modality": "", "station_name": "DXROOM*",
+                                   "days_before": 1, "days_ahead": 2}}).worklist
+    assert (keys.match_station_ae, keys.modality, keys.station_name, keys.days_before, keys.days_ahead) == (
+        True, "", "DXROOM*", 1, 2)
+    assert from_dict({"worklist": {"date_range": "none"}}).worklist.date_range == "none"

@@ -1,4 +1,10 @@
-"""Serialise a dataset to Part-10 bytes (the spool writes them; this stage never touches disk)."""
+"""Serialise a dataset to Part-10 bytes (the spool writes them; this stage never touches disk).
+
+Text is checked before it is encoded: dxgate writes ISO_IR 192 (UTF-8), and no ESC byte (an
+ISO 2022 escape sequence left undecoded somewhere upstream) nor any other control character may
+reach an object — LT, ST and UT may hold TAB, LF, FF and CR (PS3.5 6.1.3). The worklist parser
+refuses such text already; this is the last gate before the spool and the PACS.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,17 @@ import logging
 
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.valuerep import PersonName
 
 from gateway.errors import DxgateError
 
 LOGGER = logging.getLogger(__name__)
 
 IMPLEMENTATION_VERSION_NAME = "DXGATE_01"
+_FORMATTED_VRS = ("LT", "ST", "UT")  # may hold TAB, LF, FF and CR
+_FORMAT_CONTROLS = frozenset("\t\n\f\r")
 
 
 class EncodeError(DxgateError):
@@ -29,6 +39,10 @@ def to_bytes(ds: Dataset) -> bytes:
     for kw in ("SOPClassUID", "SOPInstanceUID"):
         if not getattr(ds, kw, ""):
             raise EncodeError(f"dataset has no {kw}: cannot write a Part-10 file")
+    bad = control_text(ds)
+    if bad:  # the keyword only: the value may be patient data
+        raise EncodeError(f"instance {ds.SOPInstanceUID}: {bad} holds an escape sequence or a control character; "
+                          "not written")
     meta = copy.deepcopy(getattr(ds, "file_meta", None) or FileMetaDataset())
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
@@ -47,3 +61,17 @@ def to_bytes(ds: Dataset) -> bytes:
         else:
             ds.file_meta = saved
     return buf.getvalue()
+
+
+def control_text(ds: Dataset) -> str:
+    """The keyword of the first text element (at any depth) holding ESC, another C0 or C1 control
+    character or DEL where its VR does not allow it; "" when there is none."""
+    for elem in ds.iterall():
+        value = elem.value
+        values = value if isinstance(value, (list, tuple, MultiValue)) else [value]
+        allowed = _FORMAT_CONTROLS if elem.VR in _FORMATTED_VRS else frozenset()
+        for v in values:
+            if isinstance(v, (str, PersonName)) and any(
+                    (ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F) and c not in allowed for c in str(v)):
+                return elem.keyword or str(elem.tag)
+    return ""

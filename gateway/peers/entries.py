@@ -24,21 +24,28 @@ MWL_FIND = UID("1.2.840.10008.5.1.4.31")  # Modality Worklist Information Model 
 
 def make_worklist_entry(*, patient_name: str, patient_id: str, birth_date: date | str, sex: str, accession: str,
                         study_uid: str, requested_procedure_id: str, sps_id: str, sps_description: str,
-                        station_ae: str, modality: str = "DX", start: datetime, charset: str = "ISO_IR 192",
+                        station_ae: str, modality: str = "DX", start: datetime, charset: str | Seq[str] = "ISO_IR 192",
                         requested_procedure_description: str = "", referring_physician: str = "",
                         issuer_of_patient_id: str = "", protocol_codes: Seq[tuple[str, str, str]] = (),
-                        referenced_study_uid: str = "") -> Dataset:
+                        referenced_study_uid: str = "", station_name: str = "") -> Dataset:
     """One MWL entry (patient, order and one Scheduled Procedure Step) in `charset`.
 
+    `station_ae` may be empty, as many RIS leave it; `station_name` is written when given.
     `birth_date` is a date or DICOM "YYYYMMDD" text; `protocol_codes` are (value, scheme, meaning).
-    Every text must be encodable in `charset` (one character set such as "ISO_IR 100" or
-    "ISO_IR 192"), else ValueError names the attribute.
+    `charset` is one character set ("ISO_IR 100", "ISO_IR 192") or ISO 2022 code extensions, as
+    several values or one backslash-separated text ("ISO 2022 IR 6\\ISO 2022 IR 149": pydicom then
+    writes the escape sequences). Every text must be encodable in it, else ValueError names the
+    attribute.
     """
-    codec = python_encoding.get(charset)
-    if codec is None:
-        raise ValueError(f"character set {charset!r} is not a DICOM character set pydicom knows")
+    terms = charset.split("\\") if isinstance(charset, str) else list(charset)
+    codecs = []
+    for n, term in enumerate(terms):
+        codec = python_encoding.get(term) if term or (n == 0 and len(terms) > 1) else None
+        if codec is None:
+            raise ValueError(f"character set {charset!r} is not a DICOM character set pydicom knows")
+        codecs.append(codec)
     ds = Dataset()
-    ds.SpecificCharacterSet = charset
+    ds.SpecificCharacterSet = terms if len(terms) > 1 else terms[0]
     ds.PatientName = patient_name
     ds.PatientID = patient_id
     if issuer_of_patient_id:
@@ -58,6 +65,8 @@ def make_worklist_entry(*, patient_name: str, patient_id: str, birth_date: date 
     sps = Dataset()
     sps.Modality = modality
     sps.ScheduledStationAETitle = station_ae
+    if station_name:
+        sps.ScheduledStationName = station_name
     sps.ScheduledProcedureStepStartDate = start.strftime("%Y%m%d")
     sps.ScheduledProcedureStepStartTime = start.strftime("%H%M%S")
     sps.ScheduledPerformingPhysicianName = ""
@@ -73,7 +82,7 @@ def make_worklist_entry(*, patient_name: str, patient_id: str, birth_date: date 
     if codes:
         sps.ScheduledProtocolCodeSequence = Sequence(codes)
     ds.ScheduledProcedureStepSequence = Sequence([sps])
-    _check_encodable(ds, codec, charset)
+    _check_encodable(ds, codecs, "\\".join(terms))
     return ds
 
 
@@ -90,10 +99,20 @@ def worklist_file_bytes(entry: Dataset) -> bytes:
     return buf.getvalue()
 
 
-def _check_encodable(ds: Dataset, codec: str, charset: str) -> None:
+def _check_encodable(ds: Dataset, codecs: list[str], charset: str) -> None:
+    """Every character of every text must be in one of the character sets (with code extensions,
+    pydicom switches between them character by character)."""
     for elem in ds.iterall():
         if elem.VR in ("PN", "LO", "SH", "LT", "ST", "UT", "UC") and elem.value:
-            try:
-                str(elem.value).encode(codec)
-            except UnicodeEncodeError:
-                raise ValueError(f"{elem.keyword} cannot be written in character set {charset}") from None
+            if not all(_encodable(c, codecs) for c in str(elem.value)):
+                raise ValueError(f"{elem.keyword} cannot be written in character set {charset}")
+
+
+def _encodable(char: str, codecs: list[str]) -> bool:
+    for codec in codecs:
+        try:
+            char.encode("ascii" if codec == "iso8859" else codec)  # pydicom's name for ISO_IR 6 (ASCII)
+            return True
+        except UnicodeEncodeError:
+            pass
+    return False

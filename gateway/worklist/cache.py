@@ -3,6 +3,10 @@
 JSON, written atomically (temporary file fsynced, renamed over the old one, directory
 fsynced): a crash leaves either the old cache or the new one, never half of either.
 The file holds patient data: it is created mode 0600 inside the gateway's state directory.
+
+Its text is what goes into images while the RIS is down, so it obeys the parser's rule: no
+ESC, control character or U+FFFD. An item that breaks it is never saved, and is skipped with a
+warning (naming the item and the field, never the value) when an older cache holds one.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 from gateway.durable import write_atomic
 from gateway.errors import WorklistError
 from gateway.types import ProtocolCode, WorklistItem
+from gateway.worklist.text import UndecodableText, check_text
 
 LOGGER = logging.getLogger(__name__)
 
@@ -28,6 +33,11 @@ VERSION = 1
 def save_cache(items: Iterable[WorklistItem], path: str | Path, *, saved_at: datetime | None = None) -> None:
     """Replace the cache at `path` with `items`, atomically."""
     p = Path(path)
+    items = list(items)
+    for n, item in enumerate(items):
+        problem = text_problem(item)
+        if problem:
+            raise WorklistError(f"worklist cache {p} not saved: item {n} {problem}")
     encoded = [encode_item(i) for i in items]
     doc = {
         "format": FORMAT,
@@ -66,11 +76,31 @@ def load_cache_with_time(path: str | Path) -> tuple[list[WorklistItem], datetime
     items = []
     for n, d in enumerate(doc["items"]):
         try:
-            items.append(decode_item(d))
+            item = decode_item(d)
         except (ValueError, KeyError, TypeError):
             # the parser's message may quote a value (a birth date): name the item, not its data
             raise WorklistError(f"worklist cache {p} is unreadable: item {n} is malformed") from None
+        problem = text_problem(item)
+        if problem:  # written before dxgate refused such text: never into an image
+            LOGGER.warning("worklist cache %s: item %d skipped: it %s", p, n, problem)
+            continue
+        items.append(item)
     return items, saved_at
+
+
+def text_problem(item: WorklistItem) -> str:
+    """Why the item's text must not reach an ISO_IR 192 object ("" when it may): the field, never
+    its value."""
+    fields = [(f.name, getattr(item, f.name)) for f in dataclasses.fields(item)]
+    fields += [(f"protocol_codes[{i}].{f.name}", getattr(code, f.name))
+               for i, code in enumerate(item.protocol_codes) for f in dataclasses.fields(code)]
+    for name, value in fields:
+        if isinstance(value, str):
+            try:
+                check_text(value)
+            except UndecodableText as exc:
+                return f"{exc} in {name}"
+    return ""
 
 
 def encode_item(item: WorklistItem) -> dict[str, Any]:

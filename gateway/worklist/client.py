@@ -1,10 +1,14 @@
 """Modality Worklist C-FIND SCU (IHE SWF RAD-5): ask the RIS what this room is to do.
 
-Query keys: Scheduled Procedure Step Sequence with Modality, Scheduled Station AE Title and an
-SPS start date range, plus Patient ID / Accession Number when given. Every other attribute a
-WorklistItem holds is asked for as a return key. Answers are filtered again on the client,
-because some servers ignore matching keys they do not index. Malformed answers are skipped
-and counted (see gateway.worklist.parse for the policy).
+Matching keys, each sent only when the caller asks for it (an empty key matches everything):
+inside the Scheduled Procedure Step Sequence, Modality, Scheduled Station AE Title, Scheduled
+Station Name and an SPS start date range; Patient ID / Accession Number when given. Which of
+them the daemon sends is configured ([worklist] match_station_ae, modality, station_name,
+date_range): many RIS leave Scheduled Station AE Title empty in their entries, and an empty
+value never matches a non-empty key (PS3.4 C.2.2.2), so matching it hides the whole worklist.
+Every other attribute a WorklistItem holds is asked for as a return key. Answers are filtered
+again on the client, because some servers ignore matching keys they do not index. Malformed
+answers are skipped and counted (see gateway.worklist.parse for the policy).
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
 
 from gateway.errors import WorklistError
-from gateway.netopts import ApplicationEntity, nodelay_handlers
+from gateway.netopts import ApplicationEntity, configure_pynetdicom, nodelay_handlers
 from gateway.types import WorklistItem
-from gateway.worklist.parse import parse_answer
+from gateway.worklist.parse import parse_steps
 
 LOGGER = logging.getLogger(__name__)
 
@@ -52,9 +56,10 @@ def should_replace_cache(result: QueryResult) -> bool:
     return bool(result.items) or not result.skipped
 
 
-def build_query(*, modality: str, station_ae: str, start: date, end: date, patient_id: str = "",
-                accession_number: str = "") -> Dataset:
-    """The C-FIND identifier: matching keys set, return keys present and empty."""
+def build_query(*, modality: str, station_ae: str, start: date | None, end: date | None, patient_id: str = "",
+                accession_number: str = "", station_name: str = "") -> Dataset:
+    """The C-FIND identifier: matching keys set, return keys present and empty (no date range
+    when `start` is None)."""
     q = Dataset()
     q.PatientName = ""
     q.PatientID = patient_id
@@ -73,7 +78,8 @@ def build_query(*, modality: str, station_ae: str, start: date, end: date, patie
     sps = Dataset()
     sps.Modality = modality
     sps.ScheduledStationAETitle = station_ae
-    sps.ScheduledProcedureStepStartDate = _date_range(start, end)
+    sps.ScheduledStationName = station_name
+    sps.ScheduledProcedureStepStartDate = "" if start is None or end is None else _date_range(start, end)
     sps.ScheduledProcedureStepStartTime = ""
     sps.ScheduledProcedureStepID = ""
     sps.ScheduledProcedureStepDescription = ""
@@ -89,19 +95,22 @@ def build_query(*, modality: str, station_ae: str, start: date, end: date, patie
 
 
 def query_worklist(*, host: str, port: int, called_ae: str, calling_ae: str, modality: str = "DX",
-                   station_ae: str = "", on: date | None = None, days_ahead: int = 0, patient_id: str = "",
+                   station_ae: str = "", station_name: str = "", on: date | None = None, days_ahead: int = 0,
+                   days_before: int = 0, match_date: bool = True, patient_id: str = "",
                    accession_number: str = "", timeout_s: float = 10.0, max_query_s: float = 30.0,
                    max_answers: int = 2000) -> list[WorklistItem]:
-    """The scheduled steps for this room from `on` (default today) to `on + days_ahead`, by start."""
+    """The scheduled steps from `on - days_before` to `on + days_ahead` (`on` defaults to today; any
+    date without match_date), by start. Empty `modality`, `station_ae`, `station_name`: not matched."""
     return list(query_worklist_result(
         host=host, port=port, called_ae=called_ae, calling_ae=calling_ae, modality=modality,
-        station_ae=station_ae, on=on, days_ahead=days_ahead, patient_id=patient_id,
-        accession_number=accession_number, timeout_s=timeout_s, max_query_s=max_query_s,
-        max_answers=max_answers).items)
+        station_ae=station_ae, station_name=station_name, on=on, days_ahead=days_ahead, days_before=days_before,
+        match_date=match_date, patient_id=patient_id, accession_number=accession_number, timeout_s=timeout_s,
+        max_query_s=max_query_s, max_answers=max_answers).items)
 
 
 def query_worklist_result(*, host: str, port: int, called_ae: str, calling_ae: str, modality: str = "DX",
-                          station_ae: str = "", on: date | None = None, days_ahead: int = 0,
+                          station_ae: str = "", station_name: str = "", on: date | None = None,
+                          days_ahead: int = 0, days_before: int = 0, match_date: bool = True,
                           patient_id: str = "", accession_number: str = "",
                           timeout_s: float = 10.0, max_query_s: float = 30.0, max_answers: int = 2000) -> QueryResult:
     """Like query_worklist, with the count of answers skipped as malformed or filtered out.
@@ -110,12 +119,13 @@ def query_worklist_result(*, host: str, port: int, called_ae: str, calling_ae: s
     brought more than `max_answers` answers (a server streaming pending answers forever must
     neither hang the console nor fill the memory); a partial list is never shown as the day's.
     """
-    if days_ahead < 0:
-        raise WorklistError(f"days_ahead must be >= 0, not {days_ahead}")
-    start = on or date.today()
-    end = start + timedelta(days=days_ahead)
+    if days_ahead < 0 or days_before < 0:
+        raise WorklistError(f"days_ahead and days_before must be >= 0, not {days_ahead} and {days_before}")
+    day = on or date.today()
+    start: date | None = day - timedelta(days=days_before) if match_date else None
+    end: date | None = day + timedelta(days=days_ahead) if match_date else None
     where = f"worklist {called_ae}@{host}:{port}"
-    query = build_query(modality=modality, station_ae=station_ae, start=start, end=end,
+    query = build_query(modality=modality, station_ae=station_ae, station_name=station_name, start=start, end=end,
                         patient_id=patient_id, accession_number=accession_number)
     identifiers = _find(query, host=host, port=port, called_ae=called_ae, calling_ae=calling_ae,
                         timeout_s=timeout_s, where=where, max_query_s=max_query_s, max_answers=max_answers)
@@ -128,14 +138,15 @@ def query_worklist_result(*, host: str, port: int, called_ae: str, calling_ae: s
             LOGGER.warning("%s: answer %d skipped: the identifier could not be decoded", where, n)
             continue
         try:
-            parsed = parse_answer(ident)
-        except WorklistError as exc:
+            parsed = parse_steps(ident)
+        except WorklistError as exc:  # its text names the attribute and the reason, never the value
             skipped.append(f"answer {n}: {exc}")
             LOGGER.warning("%s: answer %d skipped: %s", where, n, exc)
             continue
-        for item in parsed:
-            if _matches(item, modality=modality, station_ae=station_ae, start=start, end=end,
-                        patient_id=patient_id, accession_number=accession_number):
+        for item, item_station_name in parsed:
+            if _matches(item, item_station_name, modality=modality, station_ae=station_ae,
+                        station_name=station_name, start=start, end=end, patient_id=patient_id,
+                        accession_number=accession_number):
                 items.append(item)
             else:
                 filtered_out += 1
@@ -150,6 +161,9 @@ def query_worklist_result(*, host: str, port: int, called_ae: str, calling_ae: s
 
 def _find(query: Dataset, *, host: str, port: int, called_ae: str, calling_ae: str, timeout_s: float,
           where: str, max_query_s: float, max_answers: int) -> list[Dataset | None]:
+    # identifiers must not be logged (patient data), nor decoded by printing them: the parser
+    # decodes their raw bytes itself (idempotent; the composition root does the same)
+    configure_pynetdicom()
     ae = ApplicationEntity(ae_title=calling_ae)
     ae.add_requested_context(ModalityWorklistInformationFind, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
@@ -197,13 +211,16 @@ def _find(query: Dataset, *, host: str, port: int, called_ae: str, calling_ae: s
     return answers
 
 
-def _matches(item: WorklistItem, *, modality: str, station_ae: str, start: date, end: date,
-             patient_id: str, accession_number: str) -> bool:
+def _matches(item: WorklistItem, item_station_name: str, *, modality: str, station_ae: str, station_name: str,
+             start: date | None, end: date | None, patient_id: str, accession_number: str) -> bool:
     if modality and item.modality and not _match(modality, item.modality):
         return False
     if station_ae and item.scheduled_station_ae and not _match(station_ae, item.scheduled_station_ae):
         return False
-    if item.sps_start is not None and not start <= item.sps_start.date() <= end:
+    if station_name and item_station_name and not _match(station_name, item_station_name):
+        return False
+    if start is not None and end is not None and item.sps_start is not None \
+            and not start <= item.sps_start.date() <= end:
         return False
     if patient_id and not _match(patient_id, item.patient_id):
         return False

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from gateway.peers import WorklistServer, make_worklist_entry
+from tests.peers import WLMSCPFS, WlmSCP, _start, free_port, require, wait_for_port
 
 DAY = date(2026, 11, 22)
 START = datetime(2026, 11, 22, 9, 30)
@@ -49,3 +51,38 @@ def ris() -> Iterator[WorklistServer]:
         yield server
     finally:
         server.stop()
+
+
+@dataclass
+class ConfiguredWlmSCP(WlmSCP):
+    """DCMTK wlmscpfs with chosen options: how it answers character sets (--keep-char-set, or by
+    default none at all), and --disable-file-reject to serve entries its completeness check
+    refuses, as a RIS does (wlmscpfs alone never serves an empty Scheduled Station AE Title)."""
+
+    options: tuple[str, ...] = ("--keep-char-set",)
+
+    def start(self) -> ConfiguredWlmSCP:
+        exe = require(WLMSCPFS)
+        self.worklist_dir.mkdir(parents=True, exist_ok=True)
+        (self.worklist_dir / "lockfile").touch()
+        self.port = free_port()
+        log = self.root / "wlmscpfs.log"
+        self.proc = _start([exe, "--verbose", *self.options, "--data-files-path", str(self.worklist_dir.parent),
+                            "--max-pdu", "131072", str(self.port)], log, self.root)
+        wait_for_port(self.port, self.proc, log)
+        return self
+
+
+@pytest.fixture
+def wlmscpfs_with(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ConfiguredWlmSCP]]:
+    """start(*options): a wlmscpfs started with those options, stopped after the test."""
+    started: list[ConfiguredWlmSCP] = []
+
+    def start(*options: str) -> ConfiguredWlmSCP:
+        peer = ConfiguredWlmSCP(tmp_path_factory.mktemp("wlmscpfs"), options=options).start()
+        started.append(peer)
+        return peer
+
+    yield start
+    for peer in started:
+        peer.stop()

@@ -72,3 +72,30 @@ def test_a_corrupt_item_is_refused_without_quoting_patient_data(tmp_path: Path) 
         load_cache(path)
     assert "item 0 is malformed" in str(err.value)
     assert "1955" not in str(err.value) and "Müller" not in str(err.value)
+
+
+@pytest.mark.parametrize("field, value", [("patient_name", "Hong^Gildong=\x1b$)C홍^\x1b$)C길동"),
+                                          ("sps_description", "Thorax\x85p.a."),
+                                          ("patient_name", "Hong^Gildong=$)C^$)C")])
+def test_text_that_must_not_reach_an_image_is_never_cached(tmp_path: Path, field: str, value: str) -> None:
+    path = tmp_path / "worklist.json"
+    save_cache([item(1)], path)
+    with pytest.raises(WorklistError, match=rf"not saved: item 1 holds .* in {field}") as err:
+        save_cache([item(2), item(3, **{field: value})], path)
+    assert value not in str(err.value) and "Gildong" not in str(err.value)
+    assert [i.accession_number for i in load_cache(path)] == ["A1"]  # the old cache stands
+
+
+def test_an_old_cache_item_holding_an_escape_is_skipped_with_a_warning(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A cache written before dxgate refused such text (the site's: ESC $ ) C in a Korean name)
+    must not put it into an image while the RIS is down."""
+    path = tmp_path / "worklist.json"
+    save_cache([item(1), item(2, patient_name="Hong^Gildong")], path)
+    path.write_text(path.read_text(encoding="utf-8").replace("Hong^Gildong", "Hong^Gildong=\\u001b$)C\\ud64d"),
+                    encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        items = load_cache(path)
+    assert [i.accession_number for i in items] == ["A1"]
+    assert "item 1 skipped: it holds an ISO 2022 escape sequence left undecoded in patient_name" in caplog.text
+    assert "Gildong" not in caplog.text

@@ -149,7 +149,7 @@ def _with(ds: Dataset, keyword: str, value: Any, in_sps: bool = False) -> Datase
 @pytest.mark.parametrize("keyword, value, reason", [
     ("PatientName", "A" * 60000, "PatientName is not a valid person name"),  # ~64 KB: near the 16-bit length
     ("PatientName", "Doe^Jane\nDROP TABLE", "PatientName holds control characters"),
-    ("PatientName", "\x1b$)CDoe", "PatientName cannot be decoded with confidence (unknown escape sequence"),
+    ("PatientName", "\x1b$)CDoe", "PatientName cannot be decoded with confidence: it holds an escape sequence"),
     ("PatientID", ["ID1", "ID2"], "PatientID has 2 values; it allows one"),
     ("PatientID", "X" * 65, "PatientID is 65 characters long; LO allows 64"),
     ("AccessionNumber", "A" * 17, "AccessionNumber is 17 characters long; SH allows 16"),

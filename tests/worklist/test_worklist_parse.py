@@ -35,10 +35,19 @@ def test_latin1_bytes_become_str() -> None:
 
 
 @pytest.mark.parametrize("name, charset", [("Müller^Jürgen", "ISO_IR 100"), ("Παπαδόπουλος^Νίκος", "ISO_IR 192")])
-def test_undeclared_character_set_is_guessed(name: str, charset: str) -> None:
+def test_undeclared_non_ascii_text_is_refused_not_guessed(name: str, charset: str) -> None:
+    """Latin-1 and UTF-8 bytes with no Specific Character Set: either guess would be mojibake
+    for some RIS (it was: UTF-8 first, else Latin-1), so neither is made."""
     ds = on_the_wire(entry(1, patient_name=name, charset=charset), drop_charset=True)
-    (item,) = parse_answer(ds)
-    assert item.patient_name == name
+    with pytest.raises(WorklistError, match="PatientName cannot be decoded with confidence: it holds non-ASCII "
+                                            "bytes and no Specific Character Set is declared") as err:
+        parse_answer(ds)
+    assert name.split("^")[0] not in str(err.value)
+
+
+def test_undeclared_ascii_text_is_read() -> None:
+    (item,) = parse_answer(on_the_wire(entry(1, patient_name="Doe^Jane"), drop_charset=True))
+    assert item.patient_name == "Doe^Jane"
 
 
 def test_one_item_per_scheduled_step() -> None:
