@@ -111,6 +111,7 @@ def main() -> int:
                         raise RuntimeError("the hand switch did not fire")
                     if n == warm or n == args.exposures - 1:
                         rss.append(rss_mb(daemon.proc.pid))
+                login(c, "eric")  # the console session ends after api.session_idle_s without a request
                 wait(lambda: len(c.get("/api/exam").json()["images"]) >= args.exposures)
                 elapsed = time.monotonic() - t0
                 wait(lambda: len(pacs.files()) >= args.exposures)
