@@ -25,10 +25,8 @@ import re
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -44,7 +42,7 @@ from gateway.config import (  # noqa: E402
     to_toml,
 )
 from tests.peers import StoreSCP, free_port  # noqa: E402
-from tests.service.processes import DaemonProcess, SimProcess, add_user, login  # noqa: E402
+from tests.service.processes import DaemonProcess, SimProcess, add_user, login, until  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -52,16 +50,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def wait(predicate: Any, timeout_s: float = 600.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        threading.Event().wait(0.02)
-    raise TimeoutError("soak: condition not reached")
 
 
 def main() -> int:
@@ -96,7 +84,7 @@ def main() -> int:
                 csrf = login(c, "eric")
                 sim.call("place", scene="open")
                 c.post("/api/calibration", headers=csrf)
-                wait(lambda: c.get("/api/calibration").json()["state"] != "running")
+                until(lambda: c.get("/api/calibration").json()["state"] != "running", timeout_s=600)
                 sim.call("place", scene="chest")
                 c.post("/api/exam", json={}, headers=csrf)
                 c.post("/api/exam/view", json={"body_part": "CHEST", "view_position": "PA", "kvp": 80, "mas": 1.2},
@@ -106,15 +94,15 @@ def main() -> int:
                 warm = max(1, args.exposures // 10)
                 t0 = time.monotonic()
                 for n in range(args.exposures):
-                    wait(lambda: sim.call("status")["generator_state"] == "ENABLED")
+                    until(lambda: sim.call("status")["generator_state"] == "ENABLED")
                     if not sim.call("press")["fired"]:
                         raise RuntimeError("the hand switch did not fire")
                     if n == warm or n == args.exposures - 1:
                         rss.append(rss_mb(daemon.proc.pid))
                 login(c, "eric")  # the console session ends after api.session_idle_s without a request
-                wait(lambda: len(c.get("/api/exam").json()["images"]) >= args.exposures)
+                until(lambda: len(c.get("/api/exam").json()["images"]) >= args.exposures, timeout_s=600)
                 elapsed = time.monotonic() - t0
-                wait(lambda: len(pacs.files()) >= args.exposures)
+                until(lambda: len(pacs.files()) >= args.exposures, timeout_s=600)
                 rss.append(rss_mb(daemon.proc.pid))
         finally:
             daemon.stop()

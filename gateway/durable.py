@@ -8,6 +8,7 @@ the old content (or nothing) or the complete new content, never a half file.
 from __future__ import annotations
 
 import os
+import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -67,3 +68,16 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def open_state_db(database: Path | str, busy_timeout_s: float) -> sqlite3.Connection:
+    """A connection to the state database for a small table of its own (users, audit): the file
+    created owner-only (it holds patient and security data), WAL, synchronous=FULL, autocommit
+    (the caller opens its transactions), shareable across threads under the caller's lock."""
+    fd = os.open(database, os.O_RDWR | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    os.close(fd)
+    db = sqlite3.connect(str(database), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    return db

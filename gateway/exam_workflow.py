@@ -94,12 +94,10 @@ class ReviewedImage:
 
 
 PREVIEWS_KEPT = 32
+RECHECK_S = 5.0  # how often a release waiting for the hand switch re-checks that its image can be kept
 
 
 REVIEW_STATES = ("new", "accepted", "rejected")
-
-# How an exposure is made: the technique in, the frame and exposure out (None: none was made).
-Trigger = Callable[[Technique], "tuple[RawFrame, Exposure] | None"]
 
 
 class ExamWorkflow:
@@ -201,15 +199,10 @@ class ExamWorkflow:
                                       "view, then arm)")
         if hand_switch is None:
             return self._software_trigger(exam, view)
-        cancel = hand_switch
-
-        def trigger(technique: Technique) -> tuple[RawFrame, Exposure] | None:
-            return self._hw.sequence.expose_on_hand_switch(technique, cancel)
-
         image = self._acquire(exam, view.technique, anatomy=view.anatomy, target_ei=view.target_ei,
-                              trigger=trigger)
+                              hand_switch=hand_switch)
         if image is not None:
-            self._review_later(image, view)
+            self._keep_for_review(image, view)
         return image
 
     def _software_trigger(self, exam: Exam, view: ViewChoice) -> AcquiredImage | None:
@@ -221,7 +214,7 @@ class ExamWorkflow:
         try:
             image = self._acquire(exam, view.technique, anatomy=view.anatomy, target_ei=view.target_ei)
             if image is not None:
-                self._review_later(image, view)
+                self._keep_for_review(image, view)
             return image
         finally:
             with self._armed_changed:
@@ -230,7 +223,7 @@ class ExamWorkflow:
                     self._withdrawn = threading.Event()
                 self._armed_changed.notify_all()
 
-    def _review_later(self, image: AcquiredImage, view: ViewChoice) -> None:
+    def _keep_for_review(self, image: AcquiredImage, view: ViewChoice) -> None:
         try:
             png: bytes | None = preview_png(image.frame.pixels)
         except DxgateError as exc:  # the image is saved; only its preview is missing
@@ -316,7 +309,7 @@ class ExamWorkflow:
 
     def _acquire(self, exam: Exam, technique: Technique | None = None, *, laterality: str | None = None,
                  anatomy: Anatomy | None = None, target_ei: float | None = None,
-                 trigger: Trigger | None = None) -> AcquiredImage | None:
+                 hand_switch: threading.Event | None = None) -> AcquiredImage | None:
         exp_cfg = self._config.exposure
         if anatomy is None:
             anatomy = Anatomy(exp_cfg.body_part, exp_cfg.view_position, laterality or exp_cfg.laterality or None)
@@ -333,10 +326,13 @@ class ExamWorkflow:
                            target_ei=target_ei,
                            detector=self._hw.detector.info, pixel_spacing_mm=self._hw.mode.pixel_spacing_mm)
         t0 = time.perf_counter()
-        if trigger is None:
+        if hand_switch is None:
             raw, exposure = self._hw.sequence.expose(technique)  # from here on, X-rays may have been given
         else:
-            acquired = trigger(technique)
+            acquired = self._hw.sequence.expose_on_hand_switch(
+                technique, hand_switch, check=lambda: self.preflight(technique, anatomy.body_part,
+                                                                      anatomy.view_position, laterality, target_ei,
+                                                                      exam.item), recheck_s=RECHECK_S)
             if acquired is None:
                 return None  # the release was withdrawn before the hand switch fired: no X-rays
             raw, exposure = acquired

@@ -9,7 +9,6 @@ Passwords and hashes never reach a log line.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sqlite3
 import threading
@@ -22,6 +21,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from gateway.durable import open_state_db
 from gateway.errors import DxgateError
 
 LOGGER = logging.getLogger(__name__)
@@ -59,12 +59,7 @@ class UserStore:
         self.lockout_attempts, self.lockout_s, self.min_password_length = lockout_attempts, lockout_s, \
             min_password_length
         self._clock = clock
-        fd = os.open(database, os.O_RDWR | os.O_CREAT, 0o600)
-        os.fchmod(fd, 0o600)
-        os.close(fd)
-        self._db = sqlite3.connect(database, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = open_state_db(database, busy_timeout_s)
         with self._write():
             self._db.execute("create table if not exists users (name text primary key, role text not null, "
                              "hash text not null, disabled integer not null default 0, failures integer not null "

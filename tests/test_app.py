@@ -212,3 +212,48 @@ def test_patient_text_that_cannot_be_written_is_refused_before_the_tube_fires(tm
             gw.expose(Exam(item=item, study_uid="1.2.3", series_uid="1.2.3.4"))
         assert len(room.pulses) == pulses and gw.raw_store.pending() == []
         assert "Kim" not in str(gw.alarms.active())
+
+
+def test_a_release_waiting_for_the_hand_switch_is_withdrawn_when_its_calibration_expires(
+        tmp_path: Path, room: SimRoom, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Armed before the calibration expired, pressed after: the gateway withdraws the release
+    itself, so the press gives no dose."""
+    import threading
+
+    from gateway import exam_workflow
+    from gateway.types import Anatomy
+
+    monkeypatch.setattr(exam_workflow, "RECHECK_S", 0.05)
+    now = [datetime.now(UTC)]
+    config = config_for(tmp_path, room, free_port()).model_copy(
+        update={"calibration": CalibrationConfig(dark_frames=4, flat_frames=4, max_age_days=30)})
+    with Gateway(config, usb_backend=room.usb_backend(), clock=lambda: now[0]) as gw:
+        gw.calibrate()
+        ex = gw.exams
+        ex.start(None)
+        ex.choose_view(Anatomy("CHEST", "PA", None), Technique(kvp=80.0, mas=1.2), 400.0)
+        ex.arm(True)
+        withdrawn = ex.wait_armed(1.0)
+        assert withdrawn is not None
+        outcome: list[BaseException | object] = []
+        waiter = threading.Thread(target=lambda: outcome.append(_catch(lambda: ex.expose_chosen(withdrawn))))
+        waiter.start()
+        released = threading.Event()
+        for _ in range(1000):  # the generator's own state: the release is up
+            if room.generator.state == "ENABLED" or released.wait(0.01):
+                break
+        assert room.generator.state == "ENABLED"
+        now[0] += timedelta(days=31)  # the release waits overnight; the calibration expires
+        waiter.join(30)
+        assert not waiter.is_alive(), "the release was never withdrawn"
+        [err] = outcome
+        assert isinstance(err, ExposureRefused) and "recalibrate" in str(err)
+        pulses = len(room.pulses)
+        assert room.generator.press() is False and len(room.pulses) == pulses
+
+
+def _catch(fn: Callable[[], object]) -> BaseException | object:
+    try:
+        return fn()
+    except BaseException as exc:
+        return exc

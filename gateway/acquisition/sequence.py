@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -77,44 +78,42 @@ class ExposureSequence:
         sequence without a frame. Whatever fails, the state machine returns to IDLE.
         """
         with self._lock:
-            self._prepare(technique, lambda: self._generator.prepare())
+            self._prepare(technique, self._generator.prepare)
             started = self._clock()
             self._go(ExposureState.EXPOSING)
             return self._after_dose(technique, started, self._generator.expose)
 
-    def expose_on_hand_switch(self, technique: Technique, cancel: threading.Event,
-                              poll_s: float = 0.25) -> tuple[RawFrame, Exposure] | None:
+    def expose_on_hand_switch(self, technique: Technique, cancel: threading.Event, poll_s: float = 0.25,
+                              check: Callable[[], object] | None = None,
+                              recheck_s: float = 5.0) -> tuple[RawFrame, Exposure] | None:
         """Arm, release one exposure to the technologist's hand switch and wait for it.
 
         Returns None when `cancel` is set before the hand switch fired (no X-rays: the release is
-        withdrawn). An exposure that races the withdrawal is still read out and returned.
+        withdrawn). While the release waits, `check` (everything that could refuse the image) runs
+        every `recheck_s`: a refusal withdraws the release and is raised (ExposureRefused), so a
+        release armed before midnight cannot fire after its calibration expired. An exposure that
+        races the withdrawal is still read out and returned.
         """
         generator = self._generator
         if not isinstance(generator, HandSwitch):
             raise GeneratorRefused("this generator has no hand-switch release; use the software trigger")
         with self._lock:
-            self._prepare(technique, generator.enable_hand_switch, "waiting for the hand switch")
+            self._prepare(technique, generator.enable_hand_switch, arm_first=True, detail="waiting for the hand switch")
             readback: ExposureReadback | None = None
+            refusal: DxgateError | None = None
             error: Exception | None = None
             try:
-                while readback is None:
-                    if cancel.is_set():
-                        readback = generator.disable_hand_switch()
-                        if readback is None:
-                            try:
-                                self._detector.disarm()
-                            except DxgateError as exc:  # the panel saw X-rays the generator did not report
-                                raise GeneratorError(f"the panel refused to disarm ({exc}): X-rays reached it "
-                                                     "after the release was withdrawn") from exc
-                            self._go(ExposureState.IDLE, "release withdrawn, no exposure")
-                            return None
-                        break
-                    readback = generator.wait_hand_switch(poll_s)
+                readback, refusal = self._await_press(generator, cancel, poll_s, check, recheck_s)
             except GeneratorRefused as exc:  # the generator says it did not fire
                 self._fail(exc)
                 raise
             except Exception as exc:  # garbled or lost line while released: X-rays may have been given
                 error = exc
+            if readback is None and error is None:  # withdrawn, the panel disarmed: no X-rays
+                self._go(ExposureState.IDLE, "release withdrawn, no exposure")
+                if refusal is not None:
+                    raise refusal
+                return None
             started = self._clock()
             self._go(ExposureState.EXPOSING)
 
@@ -126,16 +125,45 @@ class ExposureSequence:
 
             return self._after_dose(technique, started, delivered)
 
-    def _prepare(self, technique: Technique, release: Callable[[], None], detail: str = "") -> None:
-        """Technique, arm, release (prepare or hand-switch enable): any failure here is before any dose."""
+    def _await_press(self, generator: HandSwitch, cancel: threading.Event, poll_s: float,
+                     check: Callable[[], object] | None,
+                     recheck_s: float) -> tuple[ExposureReadback | None, DxgateError | None]:
+        """The readback of the hand switch's exposure; or (None, why) once the release is withdrawn
+        (cancel set, or `check` refused) with the panel disarmed. Errors mean X-rays may have been given."""
+        next_check = time.monotonic() + recheck_s
+        while True:
+            refusal: DxgateError | None = None
+            if check is not None and time.monotonic() >= next_check:
+                next_check = time.monotonic() + recheck_s
+                try:
+                    check()
+                except DxgateError as exc:
+                    refusal = exc
+            if cancel.is_set() or refusal is not None:
+                readback = generator.disable_hand_switch()
+                if readback is not None:  # the hand switch fired first: the dose is given
+                    return readback, None
+                try:
+                    self._detector.disarm()
+                except DxgateError as exc:  # the panel saw X-rays the generator did not report
+                    raise GeneratorError(f"the panel refused to disarm ({exc}): X-rays reached it "
+                                         "after the release was withdrawn") from exc
+                return None, refusal
+            readback = generator.wait_hand_switch(poll_s)
+            if readback is not None:
+                return readback, None
+
+    def _prepare(self, technique: Technique, release: Callable[[], None], *, arm_first: bool = False,
+                 detail: str = "") -> None:
+        """Technique, arm, release (prepare or hand-switch enable): any failure here is before any dose.
+        With the hand switch the panel integrates before the generator may fire (`arm_first`)."""
         self._go(ExposureState.PREPARING, f"{technique.kvp:g} kV {technique.mas:g} mAs")
         try:
             self._generator.set_technique(technique)
-            if detail:  # hand switch: the panel integrates before the generator may fire
+            if arm_first:
                 self._detector.arm(FrameKind.EXPOSED)
-                release()
-            else:
-                release()
+            release()
+            if not arm_first:
                 self._detector.arm(FrameKind.EXPOSED)
             self._go(ExposureState.READY, detail)
         except BaseException as exc:

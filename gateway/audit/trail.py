@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sqlite3
 import ssl
 import threading
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit.messages import AuditEvent, to_xml
+from gateway.durable import open_state_db
 
 LOGGER = logging.getLogger(__name__)
 
@@ -60,10 +60,7 @@ class AuditTrail:
         self.collector, self.port, self.transport = collector, port, transport
         self._tls_files = (ca_file, cert_file, key_file)
         self._clock = clock
-        self._db = sqlite3.connect(str(database), timeout=busy_timeout_s, check_same_thread=False,
-                                   isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = open_state_db(database, busy_timeout_s)
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._wake = threading.Event()

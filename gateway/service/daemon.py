@@ -36,6 +36,8 @@ from gateway.audit import messages as audit_msg
 from gateway.config import Config
 from gateway.errors import DxgateError, ExposureRefused, FrameKeptError
 from gateway.events import EventBus
+from gateway.forward import DeliveryResult
+from gateway.forward import Outcome as Delivery
 from gateway.heartbeat import Heartbeats
 from gateway.metrics import Metrics
 from gateway.service.notify import Watchdog, notify
@@ -334,13 +336,13 @@ class Daemon:
     def _audit_query(self, ok: bool, error: str) -> None:
         wl = self.config.worklist
         self._audit(audit_msg.worklist_query(ae_title=self.config.site.ae_title, ris=wl.called_ae,
-                                             address=f"{wl.host}", when=self._now(),
+                                             address=wl.host, when=self._now(),
                                              outcome=Outcome.SUCCESS if ok else Outcome.MINOR_FAILURE,
                                              description=error[:200]))
 
-    def _on_send(self, result: Any) -> None:
+    def _on_send(self, result: DeliveryResult) -> None:
         self.metrics.record_send(result)
-        if str(getattr(result.outcome, "value", result.outcome)).lower() != "sent":
+        if result.outcome != Delivery.SENT:
             return
         assert self.gateway is not None
         inst = self.gateway.spool.instance(result.uid)

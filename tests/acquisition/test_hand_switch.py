@@ -5,33 +5,20 @@ the release's withdrawal; a panel left armed or holding a frame by a host that w
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
-from drivers.serial_generator.driver import SerialGenerator, open_generator
+from drivers.serial_generator.driver import SerialGenerator
 from drivers.usb_panel.driver import UsbPanelDetector, open_detector
 from gateway.acquisition import ExposureSequence, ExposureState
 from gateway.alarms import Alarms
+from gateway.errors import ExposureRefused
 from gateway.types import FrameKind, Technique
 from hw_sim.room import SimRoom, kerma_at_detector_ugy
+from tests.acquisition.conftest import MODE
 
-MODE = "8x8"
 TECHNIQUE = Technique(kvp=70.0, mas=2.0)
-
-
-@pytest.fixture
-def rig() -> Iterator[tuple[SimRoom, UsbPanelDetector, SerialGenerator]]:
-    room = SimRoom(seed=11)
-    detector = open_detector(mode=MODE, backend=room.usb_backend())
-    generator = open_generator(port=room.start_generator(), timeout_s=5.0)
-    try:
-        yield room, detector, generator
-    finally:
-        generator.close()
-        detector.close()
-        room.close()
 
 
 def signal_of(room: SimRoom, pixels: np.ndarray) -> float:
@@ -96,6 +83,32 @@ def test_sequence_reads_out_the_exposure_of_the_hand_switch(
     frame, exposure = result
     assert exposure.dose_known and len(room.pulses) == 1
     assert signal_of(room, frame.pixels) > 1000  # the exposed frame, not a dark one
+
+
+def test_a_release_whose_image_can_no_longer_be_kept_is_withdrawn(
+        rig: tuple[SimRoom, UsbPanelDetector, SerialGenerator]) -> None:
+    """The release waits for the hand switch; meanwhile something the image needs lapses (here the
+    check starts refusing): the release is withdrawn and the refusal raised, before any dose."""
+    room, detector, generator = rig
+    seq = ExposureSequence(detector, generator, frame_timeout_s=5.0)
+    checks: list[int] = []
+
+    def check() -> None:
+        checks.append(1)
+        if len(checks) >= 2:
+            raise ExposureRefused("exposure refused before the tube fired: calibration expired")
+
+    bound = threading.Event()
+    timer = threading.Timer(5.0, bound.set)  # without the re-check this returns None here instead
+    timer.start()
+    try:
+        with pytest.raises(ExposureRefused, match="calibration expired"):
+            seq.expose_on_hand_switch(TECHNIQUE, bound, poll_s=0.02, check=check, recheck_s=0.05)
+    finally:
+        timer.cancel()
+    assert seq.state is ExposureState.IDLE and room.pulses == []
+    assert room.generator.press() is False  # the release is gone: the hand switch gives no dose
+    detector.set_mode("4x4")  # and the panel is disarmed
 
 
 def test_press_then_withdraw_in_the_sequence_still_keeps_the_frame(

@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 
-from drivers.serial_generator.driver import SerialGenerator, open_generator
-from drivers.usb_panel.driver import UsbPanelDetector, open_detector
+from drivers.serial_generator.driver import SerialGenerator
+from drivers.usb_panel.driver import UsbPanelDetector
 from gateway.acquisition import ExposureSequence, ExposureState, IllegalTransition
 from gateway.acquisition.state import check_transition
 from gateway.alarms import Alarms
 from gateway.errors import ConfigError, GeneratorError
 from gateway.types import FrameKind, RawFrame, Technique
 from hw_sim.room import SimRoom, kerma_at_detector_ugy
-
-MODE = "8x8"
-
-
-@pytest.fixture
-def rig() -> Iterator[tuple[SimRoom, UsbPanelDetector, SerialGenerator]]:
-    room = SimRoom(seed=5)
-    detector = open_detector(mode=MODE, backend=room.usb_backend())
-    generator = open_generator(port=room.start_generator(), timeout_s=5.0)
-    try:
-        yield room, detector, generator
-    finally:
-        generator.close()
-        detector.close()
-        room.close()
+from tests.acquisition.conftest import MODE
 
 
 def test_exposure_walks_every_state_in_order(rig: tuple[SimRoom, UsbPanelDetector, SerialGenerator]) -> None:

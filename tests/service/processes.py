@@ -9,7 +9,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,22 @@ from hw_sim.control import SimControl
 
 PASSWORD = "correct horse battery"
 START_TIMEOUT_S = 30.0
+
+
+def until(predicate: Callable[[], Any], timeout_s: float = 60.0, what: str = "condition") -> Any:
+    """Poll the system's own view (an archive, the simulator) until it holds; bounded."""
+    done = threading.Event()
+    timer = threading.Timer(timeout_s, done.set)
+    timer.start()
+    try:
+        while not done.is_set():
+            value = predicate()
+            if value:
+                return value
+            done.wait(0.05)
+    finally:
+        timer.cancel()
+    raise AssertionError(f"{what} did not happen within {timeout_s:g} s")
 
 
 def _read_line(proc: subprocess.Popen[bytes], timeout_s: float) -> bytes:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import threading
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import pytest
 from gateway.audit import AuditTrail, Outcome
 from gateway.audit import messages as m
 from tests.peers import Rsyslog, free_port
+from tests.service.processes import until
 
 pytestmark = pytest.mark.peers
 
@@ -38,18 +39,6 @@ def every_kind() -> list[m.AuditEvent]:
         m.authentication(False, user="tina", outcome=Outcome.SUCCESS, address="127.0.0.1", when=NOW),
         m.application(False, ae_title="DXGATE", when=NOW),
     ]
-
-
-def until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    done = threading.Event()
-    timer = threading.Timer(timeout_s, done.set)
-    timer.start()
-    try:
-        while not done.is_set() and not predicate():
-            done.wait(0.05)
-    finally:
-        timer.cancel()
-    assert predicate(), "the collector did not receive everything in time"
 
 
 def check_well_formed(line: str) -> ET.Element:

@@ -11,11 +11,9 @@ The archive's own REST API and DCMTK's received files are the truth, never dxgat
 from __future__ import annotations
 
 import signal
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pydicom
@@ -34,28 +32,12 @@ from gateway.config import (
 )
 from gateway.peers import make_worklist_entry, worklist_file_bytes
 from tests.peers import Orthanc, StoreSCP, free_port
-from tests.service.processes import DaemonProcess, SimProcess, add_user, login
+from tests.service.processes import DaemonProcess, SimProcess, add_user, login, until
 
 pytestmark = pytest.mark.peers
 
 ACCESSION = "ACC4711"
 PATIENT = "Kim^Minji"
-
-
-def until(predicate: Callable[[], Any], timeout_s: float = 60.0, what: str = "condition") -> Any:
-    """Poll the system's own view (an archive, the simulator) until it holds; bounded."""
-    done = threading.Event()
-    timer = threading.Timer(timeout_s, done.set)
-    timer.start()
-    try:
-        while not done.is_set():
-            value = predicate()
-            if value:
-                return value
-            done.wait(0.05)
-    finally:
-        timer.cancel()
-    raise AssertionError(f"{what} did not happen within {timeout_s:g} s")
 
 
 @pytest.fixture
