@@ -10,13 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.config import Config, check_state_dir, load, to_toml
-from gateway.errors import DxgateError
+from gateway.errors import DaemonUnreachable, DxgateError
+
+if TYPE_CHECKING:
+    from gateway.service.client import DaemonClient
+
+DEFAULT_CONFIG = Path(os.environ.get("DXGATE_CONFIG", "/etc/dxgate/dxgate.toml"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,14 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
     reprocess.add_argument("--json", action="store_true", help="print the result as JSON")
     reprocess.add_argument("ids", nargs="*", help="kept frame ids (default: all)")
 
-    queue = sub.add_parser("queue", help="the delivery queue, offline on the state directory")
-    queue.add_argument("--config", type=Path, required=True, help="the gateway's configuration file")
+    status = sub.add_parser("status", help="what the running daemon is doing (through its API socket)")
+    status.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=f"configuration (default {DEFAULT_CONFIG})")
+    status.add_argument("--json", action="store_true", help="print JSON")
+
+    queue = sub.add_parser("queue", help="the delivery queue, through the running daemon (or --offline)")
+    queue.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=f"configuration (default {DEFAULT_CONFIG})")
     queue.add_argument("action", choices=("list", "show", "retry", "release"))
     queue.add_argument("uid", nargs="?", default="", help="SOP Instance UID (show, retry, release)")
-    queue.add_argument("--state", choices=("pending", "sent", "quarantined"), help="list only this state")
+    queue.add_argument("--state", help="list only this state (pending, sent, quarantined, ...)")
     queue.add_argument("--destination", help="only this destination")
     queue.add_argument("--limit", type=int, default=100)
     queue.add_argument("--json", action="store_true", help="print JSON")
+    queue.add_argument("--offline", action="store_true",
+                       help="act on the state directory directly, when the daemon is not running")
 
     run = sub.add_parser("run", help="run the gateway as a service (systemd Type=notify)")
     run.add_argument("--config", type=Path, required=True, help="the gateway's configuration file")
@@ -69,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return _dispatch(parser, args)
+    except DaemonUnreachable as exc:
+        print(f"dxgate: {exc}", file=sys.stderr)
+        return 3
     except DxgateError as exc:
         print(f"dxgate: {exc}", file=sys.stderr)
         return 2
@@ -105,13 +121,96 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "user":
         return _user(args)
     if args.command == "queue":
-        return _queue(args)
+        return _queue_offline(args) if args.offline else _queue(args)
+    if args.command == "status":
+        return _status(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
 
+def _client(args: argparse.Namespace) -> DaemonClient:
+    from gateway.service.client import DaemonClient
+
+    cfg = load(args.config)
+    if not cfg.api.socket:
+        raise DxgateError(f"{args.config}: api.socket is empty, so the daemon offers no socket for commands")
+    return DaemonClient(cfg.path(cfg.api.socket))
+
+
+def _status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        st = client.get("/api/status")
+    if args.json:
+        json.dump(st, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    det, cal, wl = st["detector"], st["calibration"], st["worklist"]
+    temp = st.get("detector_temperature_c")
+    print(f"detector     {det['model']} {det['serial']} (firmware {det['firmware']}), mode {det['mode']}, "
+          f"{det['state']}" + (f", {temp:.1f} °C" if temp is not None else ""))
+    age = cal["age_s"]
+    print(f"calibration  {cal['state']}" + (f", {cal['calibration_id']}, {_age(age)} old" if age is not None else ""))
+    if wl is None:
+        print("worklist     not yet queried")
+    else:
+        print(f"worklist     {wl['items']} item(s) from {wl['source']}, as of {wl['as_of'] or 'never'}"
+              + (f" ({wl['error']})" if wl["error"] else ""))
+    by_dest: dict[str, list[str]] = {}
+    for q in st["queue"]:
+        by_dest.setdefault(q["destination"], []).append(f"{q['state']} {q['count']}")
+    for dest, parts in sorted(by_dest.items()) or [("(empty)", [])]:
+        print(f"queue        {dest}: {', '.join(parts)}")
+    print(f"disk free    {st['disk_free_bytes'] / 1e9:.1f} GB")
+    print(f"kept frames  {st['kept_frames']}" + ("  (waiting for `dxgate reprocess`)" if st["kept_frames"] else ""))
+    stages = ", ".join(f"{k} {v:.1f} s ago" for k, v in sorted(st.get("stages", {}).items()))
+    stale = st.get("stale") or []
+    print(f"stages       {stages}" + (f"  STALE: {', '.join(stale)}" if stale else ""))
+    for a in st["alarms"]:
+        print(f"ALARM        [{a['severity']}] {a['code']}: {a['message']}")
+    if not st["alarms"]:
+        print("alarms       none")
+    return 1 if st["alarms"] or stale else 0
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 def _queue(args: argparse.Namespace) -> int:
-    """Operator commands on the queue; a running daemon sees the changes at its next pass."""
+    """Through the running daemon, so its forwarder acts on a retry or release at once."""
+    with _client(args) as client:
+        if args.action == "list":
+            rows = client.get("/api/queue", state=args.state, destination=args.destination, limit=args.limit)
+        elif not args.uid:
+            raise DxgateError(f"queue {args.action}: give the SOP Instance UID")
+        elif args.action == "show":
+            rows = client.get(f"/api/queue/{args.uid}")
+        else:
+            rows = client.post(f"/api/queue/{args.uid}/{args.action}", destination=args.destination)
+    _print_deliveries(rows, args.json)
+    return 0
+
+
+def _print_deliveries(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    for d in rows:
+        status = "" if d.get("last_status") is None else f" 0x{d['last_status']:04X}"
+        print(f"{d['sop_instance_uid']}  {d['destination']}  {d['state']}  attempts {d['attempts']}{status}"
+              f"{'  ' + d['last_error'] if d.get('last_error') else ''}")
+    print(f"{len(rows)} deliver{'y' if len(rows) == 1 else 'ies'}")
+
+
+def _queue_offline(args: argparse.Namespace) -> int:
+    """On the state database directly (a running daemon sees the changes at its next pass)."""
     from gateway.spool import Spool
 
     cfg = load(args.config)
@@ -138,17 +237,9 @@ def _queue(args: argparse.Namespace) -> int:
                 rows = spool.deliveries(args.uid)
     finally:
         spool.close()
-    if args.json:
-        json.dump([{"sop_instance_uid": d.sop_instance_uid, "destination": d.destination, "state": d.state.value,
-                    "attempts": d.attempts, "next_attempt_at": d.next_attempt_at, "last_status": d.last_status,
-                    "last_error": d.last_error, "size": d.size} for d in rows], sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        for d in rows:
-            status = "" if d.last_status is None else f" 0x{d.last_status:04X}"
-            print(f"{d.sop_instance_uid}  {d.destination}  {d.state.value}  attempts {d.attempts}{status}"
-                  f"{'  ' + d.last_error if d.last_error else ''}")
-        print(f"{len(rows)} deliver{'y' if len(rows) == 1 else 'ies'}")
+    _print_deliveries([{"sop_instance_uid": d.sop_instance_uid, "destination": d.destination, "state": d.state.value,
+                        "attempts": d.attempts, "next_attempt_at": d.next_attempt_at, "last_status": d.last_status,
+                        "last_error": d.last_error, "size": d.size} for d in rows], args.json)
     return 0
 
 

@@ -316,6 +316,14 @@ class ApiConfig(_Section):
     lockout_attempts: StrictInt = Field(5, ge=1, le=100, description="Wrong passwords in a row that lock a user.")
     lockout_s: Number = Field(900.0, ge=1, le=86400, description="How long a locked user stays locked.")
     min_password_length: StrictInt = Field(10, ge=8, le=256, description="Shortest password accepted.")
+    socket: OptionalPath = Field("api.sock", description="Unix socket for the operator commands (`dxgate status`, "
+                                 "`dxgate queue`), relative to state_dir; empty: none. Whoever can open it acts "
+                                 "with socket_role, so it is owner-only unless socket_group is set.")
+    socket_role: Literal["technologist", "engineer", "admin"] = Field(
+        "admin", description="The role of a command arriving through the Unix socket.")
+    socket_group: StrictStr = Field("", max_length=32, description="Group allowed to use the socket (mode 0660); "
+                                    "empty: only the daemon's own user (and root). Put the socket in a directory "
+                                    "the group can reach, e.g. /run/dxgate/api.sock with RuntimeDirectory.")
 
     @model_validator(mode="after")
     def _tls_beyond_loopback(self) -> ApiConfig:

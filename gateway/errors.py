@@ -63,3 +63,7 @@ class FrameKeptError(DxgateError):
     def __init__(self, message: str, kept_id: str = "") -> None:
         super().__init__(message)
         self.kept_id = kept_id
+
+
+class DaemonUnreachable(DxgateError):
+    """No running daemon answers on its API socket (the CLI exits 3, as systemctl does)."""

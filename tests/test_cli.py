@@ -90,14 +90,14 @@ def test_queue_commands_offline_on_the_state_directory(tmp_path: Path) -> None:
     put(spool, b)
     spool.quarantine(b.sop_instance_uid, "pacs", 0xC000, "refused by the archive", now=1.0)
     spool.close()
-    listed = dxgate("queue", "--config", str(cfg), "list", "--state", "quarantined", "--json")
+    listed = dxgate("queue", "--offline", "--config", str(cfg), "list", "--state", "quarantined", "--json")
     assert listed.returncode == 0, listed.stderr
     import json
     [row] = json.loads(listed.stdout)
     assert (row["sop_instance_uid"], row["state"], row["last_status"]) == (b.sop_instance_uid, "quarantined", 0xC000)
-    _one_line_error(dxgate("queue", "--config", str(cfg), "release", a.sop_instance_uid),
+    _one_line_error(dxgate("queue", "--offline", "--config", str(cfg), "release", a.sop_instance_uid),
                     f"no quarantined delivery of {a.sop_instance_uid}")
-    released = dxgate("queue", "--config", str(cfg), "release", b.sop_instance_uid)
+    released = dxgate("queue", "--offline", "--config", str(cfg), "release", b.sop_instance_uid)
     assert released.returncode == 0 and "pending" in released.stdout
     spool = Spool(tmp_path / "state" / "spool", tmp_path / "state" / "state.db", min_free_bytes=0)
     try:  # the spool's own view, from a new connection

@@ -152,6 +152,26 @@ def install_auth(app: FastAPI, *, users: UserStore, sessions: Sessions, tls: boo
     return require
 
 
+def install_local(app: FastAPI, *, role: str) -> Callable[[str], Any]:
+    """Auth for the daemon's Unix socket: whoever the file permissions let connect acts as the
+    local operator with `role` (as the offline commands on the state directory would). No
+    cookies and no CSRF: a browser cannot reach a Unix socket."""
+    local = User(name="local-operator", role=role)
+
+    def require(needed: str) -> Callable[[], User]:
+        def dependency() -> User:
+            if not role_allows(role, needed):
+                raise HTTPException(403, detail=f"needs the {needed} role; the socket gives {role}")
+            return local
+        return dependency
+
+    @app.get("/api/me")
+    def me() -> dict[str, Any]:
+        return {"user": local.name, "role": role, "csrf_token": "", "expires_in_s": None}
+
+    return require
+
+
 def _me(sessions: Sessions, s: Session) -> dict[str, Any]:
     return {"user": s.user.name, "role": s.user.role, "csrf_token": s.csrf,
             "expires_in_s": round(sessions.expires_at(s) - s.seen, 1)}

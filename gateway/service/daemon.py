@@ -17,6 +17,7 @@ import json
 import logging
 import queue
 import signal
+import socket
 import sys
 import threading
 import time
@@ -40,6 +41,7 @@ from gateway.forward import DeliveryResult
 from gateway.forward import Outcome as Delivery
 from gateway.heartbeat import Heartbeats
 from gateway.metrics import Metrics
+from gateway.service import local_socket
 from gateway.service.notify import Watchdog, notify
 from gateway.service.web import build_app
 from gateway.users import UserStore
@@ -85,7 +87,8 @@ class Daemon:
         self.events = EventBus()
         self.gateway: Gateway | None = None
         self._threads: list[threading.Thread] = []
-        self._server: uvicorn.Server | None = None
+        self._servers: list[uvicorn.Server] = []
+        self.socket: local_socket.Bound | None = None
         self.api_port: int | None = None
         self.temperature_c: float | None = None
         self.reloaded = threading.Event()  # set after every reload request is handled (tests, status)
@@ -167,23 +170,34 @@ class Daemon:
 
     def _start_api(self, gw: Gateway) -> None:
         api = self.config.api
-        app = build_app(api, gw, self.users, metrics=self.metrics, events=self.events, heartbeats=self.heartbeats,
-                        on_auth=self._audit_auth, audit_query=self.audit.query)
+        kwargs: dict[str, Any] = dict(metrics=self.metrics, events=self.events, heartbeats=self.heartbeats,
+                                      on_auth=self._audit_auth, audit_query=self.audit.query)
         ssl: dict[str, Any] = {}
         if api.tls_cert and api.tls_key:
             ssl = {"ssl_certfile": api.tls_cert, "ssl_keyfile": api.tls_key}
-        server_config = uvicorn.Config(app, host=api.host, port=api.port, log_config=None, access_log=False,
-                                       lifespan="off", **ssl)
-        self._server = server = uvicorn.Server(server_config)  # off the main thread it leaves signals alone
-        t = threading.Thread(target=server.run, name="dxgate-api", daemon=True)
+        server = self._serve(build_app(api, gw, self.users, **kwargs), "api",
+                             uvicorn_args={"host": api.host, "port": api.port, **ssl},
+                             where=f"{api.host}:{api.port}")
+        self.api_port = server.servers[0].sockets[0].getsockname()[1]
+        if api.socket:
+            self.socket = local_socket.listen(self.config.path(api.socket), group=api.socket_group)
+            self._serve(build_app(api, gw, self.users, local_role=api.socket_role, **kwargs), "api-socket",
+                        sockets=[self.socket.sock], where=str(self.socket.path))
+
+    def _serve(self, app: Any, name: str, *, where: str, uvicorn_args: dict[str, Any] | None = None,
+               sockets: list[socket.socket] | None = None) -> uvicorn.Server:
+        server_config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", **(uvicorn_args or {}))
+        server = uvicorn.Server(server_config)  # off the main thread it leaves signals alone
+        t = threading.Thread(target=server.run, kwargs={"sockets": sockets}, name=f"dxgate-{name}", daemon=True)
         t.start()
         deadline = time.monotonic() + 10
         while not server.started:
             if not t.is_alive() or time.monotonic() > deadline:
-                raise DxgateError(f"the API could not listen on {api.host}:{api.port}")
+                raise DxgateError(f"the API could not listen on {where}")
             time.sleep(0.01)  # uvicorn offers no event for "listening"
-        self.api_port = server.servers[0].sockets[0].getsockname()[1]
+        self._servers.append(server)
         self._threads.append(t)
+        return server
 
     def _refresh_worklist(self) -> None:
         assert self.gateway is not None
@@ -287,8 +301,8 @@ class Daemon:
         self._stop.set()
         if self.gateway is not None:
             self.gateway.exams.arm(False)  # withdraw a waiting release; an exposure under way finishes
-        if self._server is not None:
-            self._server.should_exit = True
+        for server in self._servers:
+            server.should_exit = True
         for t in self._threads:
             t.join(timeout=max(0.1, deadline - time.monotonic()))
         if getattr(self, "_watchdog", None) is not None:
@@ -299,6 +313,8 @@ class Daemon:
             self.users.close()
         if getattr(self, "audit", None) is not None:
             self.audit.close(timeout_s=max(1.0, deadline - time.monotonic()))
+        if self.socket is not None:
+            self.socket.remove()
 
     # --- metrics --------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ API and its stop/reload requests — what SIGTERM and SIGHUP enqueue.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +64,6 @@ def write_config(tmp_path: Path, room: SimRoom, pacs: StoreSCP, extra_dest: Dest
     path = tmp_path / "dxgate.toml"
     path.write_text(to_toml(cfg))
     return path
-
-
-@pytest.fixture
-def room() -> Iterator[SimRoom]:
-    with SimRoom(seed=4) as sim:
-        yield sim
 
 
 def start(path: Path, room: SimRoom) -> Running:
