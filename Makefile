@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PEERS_DEB := dcmtk orthanc libusb-1.0-0 dicom3tools rsyslog
+PEERS_DEB := dcmtk orthanc libusb-1.0-0 dicom3tools rsyslog rsyslog-gnutls
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
@@ -38,6 +38,7 @@ peers:
 	  [ -x $$exe ] || missing="$$missing $$exe"; done; \
 	[ -e /usr/share/orthanc/plugins/libModalityWorklists.so ] || missing="$$missing orthanc-worklists"; \
 	ls /usr/lib/*/libusb-1.0.so.0 >/dev/null 2>&1 || missing="$$missing libusb-1.0"; \
+	ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || missing="$$missing rsyslog-gnutls"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing real peers (missing:$$missing)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; \

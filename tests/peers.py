@@ -263,6 +263,7 @@ class Rsyslog:
     udp_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     out: Path = field(init=False)
+    tls: tuple[Path, Path, Path] | None = None  # (CA, certificate, key): TCP becomes RFC 5425 TLS (gtls)
 
     def __post_init__(self) -> None:
         self.out = self.root / "received.log"
@@ -272,8 +273,14 @@ class Rsyslog:
         self.root.mkdir(parents=True, exist_ok=True)
         self.tcp_port, self.udp_port = tcp_port or free_port(), free_port()
         conf = self.root / "rsyslog.conf"
-        conf.write_text(f'''global(workDirectory="{self.root}" maxMessageSize="64k")
-module(load="imtcp")
+        tls_global, tcp_driver = "", ""
+        if self.tls is not None:
+            ca, cert, key = self.tls
+            tls_global = (f' DefaultNetstreamDriver="gtls" DefaultNetstreamDriverCAFile="{ca}"'
+                          f' DefaultNetstreamDriverCertFile="{cert}" DefaultNetstreamDriverKeyFile="{key}"')
+            tcp_driver = ' StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.Authmode="anon"'
+        conf.write_text(f'''global(workDirectory="{self.root}" maxMessageSize="64k"{tls_global})
+module(load="imtcp"{tcp_driver})
 module(load="imudp")
 input(type="imtcp" port="{self.tcp_port}" address="127.0.0.1")
 input(type="imudp" port="{self.udp_port}" address="127.0.0.1")

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.audit.messages import AuditEvent, to_xml
+from gateway.audit.messages import NODE_AUTHENTICATION, AuditEvent, Outcome, security_alert, to_xml
 from gateway.durable import open_state_db
 
 LOGGER = logging.getLogger(__name__)
@@ -117,7 +117,10 @@ class AuditTrail:
                 backoff = 1.0
                 self.last_error = ""
             except OSError as exc:
-                self.last_error = f"audit collector {self.collector}:{self.port} ({self.transport}): {exc}"
+                error = f"audit collector {self.collector}:{self.port} ({self.transport}): {exc}"
+                if isinstance(exc, ssl.SSLError) and error != self.last_error:
+                    self._tls_failed(exc)  # once per failure streak, not per retry
+                self.last_error = error
                 LOGGER.warning("%s; records wait in the database (retry in %.0f s)", self.last_error, backoff)
                 if holder[0] is not None:
                     holder[0].close()
@@ -128,6 +131,17 @@ class AuditTrail:
             self._wake.wait(5.0)
         if holder[0] is not None:
             holder[0].close()
+
+    def _tls_failed(self, exc: ssl.SSLError) -> None:
+        """A collector that fails TLS (an unknown certificate, a wrong name) is a security
+        alert (DCM 110126 Node Authentication), kept like every other record."""
+        reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
+        try:
+            self.record(security_alert(NODE_AUTHENTICATION, who=self.source_id, outcome=Outcome.SERIOUS_FAILURE,
+                                       when=self._clock(), address=self.collector,
+                                       description=f"TLS to the audit collector failed: {reason}"[:200]))
+        except Exception:  # the sender must go on; the log line below still says why
+            LOGGER.exception("could not record the TLS failure")
 
     def send_pending(self, sock_holder: list[socket.socket | None]) -> int:
         """Send every unsent record, in order; returns how many were sent."""

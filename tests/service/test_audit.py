@@ -91,6 +91,57 @@ def test_records_wait_while_the_collector_is_down_then_all_arrive_in_order(tmp_p
             syslog.stop()
 
 
+def _pem_files(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
+    """A CA of its own and a server certificate for 127.0.0.1 (trustme)."""
+    import trustme
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    d = tmp_path / name
+    d.mkdir()
+    files = (d / "ca.pem", d / "cert.pem", d / "key.pem")
+    ca.cert_pem.write_to_path(str(files[0]))
+    cert.cert_chain_pems[0].write_to_path(str(files[1]))
+    cert.private_key_pem.write_to_path(str(files[2]))
+    return files
+
+
+def test_tls_to_a_verified_collector_and_a_security_alert_for_an_unknown_one(tmp_path: Path, trail_db: Path) -> None:
+    """RFC 5425: over TLS to rsyslog (gtls) whose certificate the configured CA signed, every
+    record arrives well-formed. A collector with a certificate of another CA gets nothing: the
+    records wait, and the failure is itself a Node Authentication security alert."""
+    pki = _pem_files(tmp_path, "pki")
+    syslog = Rsyslog(tmp_path / "rsyslog", tls=pki).start()
+    trail = AuditTrail(trail_db, source_id="DXGATE", collector="127.0.0.1", port=syslog.tcp_port, transport="tls",
+                       ca_file=str(pki[0]))
+    try:
+        trail.start()
+        for e in every_kind():
+            trail.record(e)
+        until(lambda: len(syslog.messages()) >= len(every_kind()))
+        for line in syslog.messages():
+            check_well_formed(line)
+        assert trail.unsent() == []
+    finally:
+        trail.close()
+        syslog.stop()
+
+    rogue = Rsyslog(tmp_path / "rogue", tls=_pem_files(tmp_path, "rogue-pki")).start()
+    trail = AuditTrail(tmp_path / "second.db", source_id="DXGATE", collector="127.0.0.1", port=rogue.tcp_port,
+                       transport="tls", ca_file=str(pki[0]))
+    try:
+        trail.start()
+        trail.record(every_kind()[0])
+        until(lambda: any(r["event"] == "Node Authentication" for r in trail.query()))
+        assert "certificate verify failed" in trail.last_error
+        assert len(trail.unsent()) == 2  # the record and the alert, both kept for a collector we trust
+        assert rogue.messages() == []
+        alert = trail.unsent()[1][2]
+        assert "110126" in alert and "TLS to the audit collector failed" in alert
+    finally:
+        trail.close()
+        rogue.stop()
+
+
 def test_udp_transport(tmp_path: Path, trail_db: Path) -> None:
     syslog = Rsyslog(tmp_path / "rsyslog").start()
     trail = AuditTrail(trail_db, source_id="DXGATE", collector="127.0.0.1", port=syslog.udp_port, transport="udp")
