@@ -263,18 +263,41 @@ def _user(args: argparse.Namespace) -> int:
             return 0
         if args.action in ("disable", "enable"):
             store.set_disabled(args.name, args.action == "disable")
+            _audit_user_change(cfg, f"user {args.name} {args.action}d", roles=False)
             print(f"user {args.name} {args.action}d")
             return 0
         password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass("password: ")
         if args.action == "add":
             store.add(args.name, args.role, password)
+            _audit_user_change(cfg, f"user {args.name} added with role {args.role}", roles=True)
             print(f"user {args.name} added ({args.role})")
         else:
             store.set_password(args.name, password)
+            _audit_user_change(cfg, f"password of user {args.name} changed", roles=False)
             print(f"password of {args.name} changed")
         return 0
     finally:
         store.close()
+
+
+def _audit_user_change(cfg: Config, what: str, *, roles: bool) -> None:
+    """Kept in the audit trail of the state database; a running daemon's sender (or the next
+    one to start) delivers it to the collector. `who` is the operating-system account."""
+    import getpass
+    from datetime import UTC, datetime
+
+    from gateway.audit import AuditTrail, Outcome
+    from gateway.audit import messages as audit_msg
+
+    trail = AuditTrail(cfg.path(cfg.spool.database), source_id=cfg.site.ae_title, site=cfg.site.institution_name,
+                       busy_timeout_s=cfg.spool.db_busy_timeout_s)
+    try:
+        kind = audit_msg.SECURITY_ROLES_CHANGED if roles else audit_msg.USER_SECURITY_ATTRIBUTES_CHANGED
+        who = f"os:{getpass.getuser()}"
+        trail.record(audit_msg.security_alert(kind, who=who, outcome=Outcome.SUCCESS, when=datetime.now(UTC),
+                                              description=f"{what} (dxgate user, command line)"), who)
+    finally:
+        trail.close()
 
 
 def _reprocess(args: argparse.Namespace) -> int:

@@ -104,3 +104,26 @@ def test_queue_commands_offline_on_the_state_directory(tmp_path: Path) -> None:
         assert [d.state.value for d in spool.deliveries(b.sop_instance_uid)] == ["pending"]
     finally:
         spool.close()
+
+
+def test_user_changes_on_the_command_line_are_audited(tmp_path: Path) -> None:
+    """Offline changes to who may log in are kept in the audit trail (sent by the daemon)."""
+    from gateway.audit import AuditTrail
+
+    cfg = tmp_path / "dxgate.toml"
+    cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n')
+    for args in (("add", "alice", "--role", "admin"), ("passwd", "alice"), ("disable", "alice")):
+        done = subprocess.run([sys.executable, "-m", "gateway.cli", "user", "--config", str(cfg), *args,
+                               "--password-stdin"], input="a long enough password\n", capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+    trail = AuditTrail(tmp_path / "state" / "state.db", source_id="DXGATE")
+    try:
+        events = [(r["event"], r["user"].startswith("os:")) for r in reversed(trail.query())]
+        xml = [x for _, _, x in trail.unsent()]
+    finally:
+        trail.close()
+    assert events == [("Security Roles Changed", True), ("User Security Attributes Changed", True),
+                      ("User Security Attributes Changed", True)]
+    assert "user alice added with role admin" in xml[0] and "password of user alice changed" in xml[1]
+    assert "user alice disabled" in xml[2]
