@@ -161,6 +161,11 @@ class SiteConfig(_Section):
     station_name: Text16 = Field("DXROOM1", description="Station Name written into every image.")
     institution_name: Text64 = Field("", description="Institution Name written into every image.")
     manufacturer: Text64 = Field("dxgate", description="Manufacturer written into every image.")
+    model_name: Text64 = Field("dxgate", description="Manufacturer Model Name written into every image (the "
+                                                     "room's system model).")
+    device_serial: Text64 = Field("", description="Device Serial Number of this X-ray system (empty: left out; "
+                                                  "the detector's own serial is written as Detector ID).")
+    department_name: Text64 = Field("", description="Institutional Department Name written into every image.")
     uid_root: Annotated[StrictStr, AfterValidator(_uid_root)] = Field(
         "2.25", description="UID root for generated UIDs; 2.25 derives them from UUIDs.")
 

@@ -38,6 +38,7 @@ from gateway.types import (
     WorklistItem,
 )
 from gateway.worklist.cache import text_problem
+from gateway.worklist.text import UndecodableText, check_text
 
 LOGGER = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ class Exam:
     series_uid: str
     series_number: int = 1
     images: list[SpooledInstance] = field(default_factory=list)
+    operator: str = ""  # the technologist who opened it (Operators' Name)
+    pps_id: str = ""  # Performed Procedure Step ID (SH), assigned at opening
+    pps_start: datetime | None = None  # set at the first exposure: every image of the step agrees
 
 
 @dataclass(frozen=True)
@@ -137,12 +141,12 @@ class ExamWorkflow:
 
     # --- the console's exam ------------------------------------------------------------------
 
-    def start(self, item: WorklistItem | None) -> Exam:
+    def start(self, item: WorklistItem | None, operator: str = "") -> Exam:
         """Open the exam the console works on (one at a time: close the open one first)."""
         with self._lock:
             if self.current is not None:
                 raise DxgateError("an exam is already open: close it first")
-            self.current = self.open_exam(item)
+            self.current = self.open_exam(item, operator)
             self.view, self.reviewed = None, []
             self._set_armed(False)
         self._events.publish("exam", state="open", study_uid=self.current.study_uid)
@@ -265,13 +269,20 @@ class ExamWorkflow:
                              study_uid=exam.study_uid, images=len(exam.images))
         return exam
 
-    def open_exam(self, item: WorklistItem | None) -> Exam:
+    def open_exam(self, item: WorklistItem | None, operator: str = "") -> Exam:
         """Start an exam; the Study Instance UID comes from the worklist whenever it gives one."""
         if item is not None and (problem := text_problem(item)):
             raise DxgateError(f"this patient or order cannot be written into an image: {problem}")
+        try:
+            check_text(operator)
+        except UndecodableText as exc:
+            raise DxgateError(f"the operator's name cannot be written into an image: {exc}") from None
         root = self._config.site.uid_root
         study_uid = item.study_instance_uid if item and item.study_instance_uid else new_uid(root)
-        return Exam(item=item, study_uid=study_uid, series_uid=new_uid(root))
+        opened = self._clock()
+        # SH, 16 characters: unique per room (one exam at a time), readable as its opening time.
+        pps_id = "P" + opened.astimezone(UTC).strftime("%y%m%d%H%M%S%f")[:14]
+        return Exam(item=item, study_uid=study_uid, series_uid=new_uid(root), operator=operator[:64], pps_id=pps_id)
 
     def preflight(self, technique: Technique, body_part: str, view_position: str,
                   laterality: str | None, target_ei: float = 400.0, item: WorklistItem | None = None) -> Corrector:
@@ -319,7 +330,10 @@ class ExamWorkflow:
         corrector = self.preflight(technique, anatomy.body_part, anatomy.view_position, laterality, target_ei,
                                    exam.item)
         root = self._config.site.uid_root
+        if exam.pps_start is None:
+            exam.pps_start = self._clock()
         ctx = ImageContext(item=exam.item, study_uid=exam.study_uid, series_uid=exam.series_uid,
+                           operator=exam.operator, pps_id=exam.pps_id, pps_start=exam.pps_start,
                            series_number=exam.series_number, sop_instance_uid=new_uid(root),
                            instance_number=len(exam.images) + 1, body_part=anatomy.body_part,
                            view_position=anatomy.view_position, laterality=laterality,

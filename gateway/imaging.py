@@ -58,10 +58,15 @@ class ImageContext:
     target_ei: float
     detector: DetectorInfo
     pixel_spacing_mm: tuple[float, float]
+    operator: str = ""
+    pps_id: str = ""
+    pps_start: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = self.detector
-        return {"item": None if self.item is None else encode_item(self.item), "study_uid": self.study_uid,
+        return {"operator": self.operator, "pps_id": self.pps_id,
+                "pps_start": self.pps_start.isoformat() if self.pps_start else None,
+                "item": None if self.item is None else encode_item(self.item), "study_uid": self.study_uid,
                 "series_uid": self.series_uid, "series_number": self.series_number,
                 "sop_instance_uid": self.sop_instance_uid, "instance_number": self.instance_number,
                 "body_part": self.body_part, "view_position": self.view_position, "laterality": self.laterality,
@@ -78,7 +83,9 @@ class ImageContext:
                    target_ei=float(d["target_ei"]),
                    pixel_spacing_mm=(float(d["pixel_spacing_mm"][0]), float(d["pixel_spacing_mm"][1])),
                    detector=DetectorInfo(vendor=det["vendor"], model=det["model"], serial=det["serial"],
-                                         firmware=det["firmware"], modes=()))
+                                         firmware=det["firmware"], modes=()),
+                   operator=str(d.get("operator", "")), pps_id=str(d.get("pps_id", "")),  # older records lack them
+                   pps_start=datetime.fromisoformat(d["pps_start"]) if d.get("pps_start") else None)
 
 
 @dataclass(frozen=True)
@@ -162,7 +169,8 @@ class ImagePipeline:
                       pixel_spacing_mm=ctx.pixel_spacing_mm, study_uid=ctx.study_uid, series_uid=ctx.series_uid,
                       sop_instance_uid=ctx.sop_instance_uid, series_number=ctx.series_number,
                       instance_number=ctx.instance_number, body_part=ctx.body_part,
-                      view_position=ctx.view_position, laterality=ctx.laterality, now=self._clock())
+                      view_position=ctx.view_position, laterality=ctx.laterality, now=self._clock(),
+                      operator=ctx.operator, pps_id=ctx.pps_id, pps_start=ctx.pps_start)
         data = to_bytes(ds)
         laps["build"], t = time.perf_counter() - t, time.perf_counter()
         instance = self.spool.put(data, sop_instance_uid=ctx.sop_instance_uid, sop_class_uid=ds.SOPClassUID,

@@ -170,8 +170,10 @@ class WorklistItem:
     scheduled_station_ae: str
     referring_physician: str = ""
     issuer_of_patient_id: str = ""
-    protocol_codes: tuple[ProtocolCode, ...] = ()
+    protocol_codes: tuple[ProtocolCode, ...] = ()  # Scheduled Protocol Code Sequence
     referenced_study_sop_instance_uid: str = ""  # Referenced Study Sequence, when the RIS sends one
+    referenced_study_sop_class_uid: str = ""  # ... with the SOP class the RIS gave it
+    procedure_codes: tuple[ProtocolCode, ...] = ()  # Requested Procedure Code Sequence
 
 
 @dataclass(frozen=True)

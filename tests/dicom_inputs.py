@@ -58,7 +58,9 @@ def make_item(patient_name: str = "Müller^Jürgen", **kw: Any) -> WorklistItem:
         sps_start=datetime(2026, 11, 22, 10, 0), modality="DX", scheduled_station_ae="DXGATE",
         referring_physician="Schmidt^Anna^^Dr.", issuer_of_patient_id="KLINIKUM",
         protocol_codes=(ProtocolCode("36554-4", "LN", "XR Chest PA"),),
-        referenced_study_sop_instance_uid=new_uid("2.25"))
+        procedure_codes=(ProtocolCode("RPID-THX2", "99KLINIKUM", "Thorax in zwei Ebenen"),),
+        referenced_study_sop_instance_uid=new_uid("2.25"),
+        referenced_study_sop_class_uid="1.2.840.10008.3.1.2.3.2")
     values.update(kw)
     return WorklistItem(**values)
 
@@ -66,7 +68,8 @@ def make_item(patient_name: str = "Müller^Jürgen", **kw: Any) -> WorklistItem:
 def build_test_dx(item: WorklistItem | None = None, frame: CorrectedFrame | None = None, **kw: Any) -> Dataset:
     """A DX For Presentation dataset from dxgate's own builder, with test defaults."""
     args: dict[str, Any] = dict(
-        site=SiteConfig(station_name="DXROOM1", institution_name="Klinikum Süd", manufacturer="dxgate"),
+        site=SiteConfig(station_name="DXROOM1", institution_name="Klinikum Süd", manufacturer="dxgate",
+                        model_name="Raum 3 Bucky", device_serial="SYS-4711", department_name="Radiologie"),
         detector=DETECTOR, pixel_spacing_mm=MODE.pixel_spacing_mm,
         study_uid=item.study_instance_uid if item else new_uid("2.25"), series_uid=new_uid("2.25"),
         sop_instance_uid=new_uid("2.25"), series_number=1, instance_number=1, body_part="CHEST",

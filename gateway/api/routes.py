@@ -218,8 +218,8 @@ def build_router(ctx: ApiContext, require: Require) -> APIRouter:
                                                       "target_ei": ex.view.target_ei},
                 "images": [_reviewed_json(i) for i in ex.reviewed]}
 
-    @r.post("/api/exam", dependencies=[Depends(tech)])
-    def exam_open(body: ExamOpen) -> dict[str, Any]:
+    @r.post("/api/exam")
+    def exam_open(body: ExamOpen, user: User = Depends(tech)) -> dict[str, Any]:  # noqa: B008
         try:
             if body.unscheduled is not None:
                 u = body.unscheduled
@@ -237,7 +237,7 @@ def build_router(ctx: ApiContext, require: Require) -> APIRouter:
                 item = found[0]
             else:
                 item = None
-            cur = gw.exams.start(item)
+            cur = gw.exams.start(item, operator=user.name)  # Operators' Name: who opened the exam
         except DxgateError as exc:
             raise _fail(exc) from None
         return {"study_uid": cur.study_uid, "series_uid": cur.series_uid}

@@ -73,12 +73,14 @@ def build_dx(
     pps_start: datetime | None = None,
     mpps_sop_instance_uid: str = "",
     patient_orientation: tuple[str, str] | None = None,
+    operator: str = "",
 ) -> Dataset:
     """A DX For Presentation dataset (with file meta) whose Pixel Data are exactly frame.pixels.
 
     `laterality` is needed for paired body parts only. `pps_start` (the first exposure of the
     procedure step) dates the study and series so every image of a series agrees; without it
     the exposure time is used. `mpps_sop_instance_uid` references the MPPS when one is used.
+    `operator` is the technologist's name (Operators' Name, PN).
     `patient_orientation` (row, column direction, e.g. ("L", "F")) overrides the conventional
     display orientation assumed for the view.
     """
@@ -116,6 +118,8 @@ def build_dx(
     _study(ds, item, study_uid, started)
     _series(ds, item, series_uid, series_number, part.term, started,
             pps_id, pps_start, mpps_sop_instance_uid)
+    if operator:
+        ds.OperatorsName = operator
     _equipment(ds, site, detector)
     _image(ds, frame, exposure, instance_number, view_position, patient_orientation, now)
     _pixels(ds, frame)
@@ -163,9 +167,11 @@ def _study(ds: Dataset, item: WorklistItem | None, study_uid: str, started: date
     ds.AccessionNumber = item.accession_number if item else ""
     if item is not None and item.requested_procedure_description:
         ds.StudyDescription = item.requested_procedure_description
+    if item is not None and item.procedure_codes:
+        ds.ProcedureCodeSequence = Sequence([_code(c.value, c.scheme, c.meaning) for c in item.procedure_codes])
     if item is not None and item.referenced_study_sop_instance_uid:
         ref = Dataset()
-        ref.ReferencedSOPClassUID = DETACHED_STUDY_MANAGEMENT
+        ref.ReferencedSOPClassUID = item.referenced_study_sop_class_uid or DETACHED_STUDY_MANAGEMENT
         ref.ReferencedSOPInstanceUID = item.referenced_study_sop_instance_uid
         ds.ReferencedStudySequence = Sequence([ref])
 
@@ -208,6 +214,9 @@ def _request_attributes(item: WorklistItem) -> Dataset:
         req.StudyInstanceUID = item.study_instance_uid
     if item.requested_procedure_description:
         req.RequestedProcedureDescription = item.requested_procedure_description
+    if item.procedure_codes:
+        req.RequestedProcedureCodeSequence = Sequence([_code(c.value, c.scheme, c.meaning)
+                                                       for c in item.procedure_codes])
     req.ScheduledProcedureStepID = item.sps_id
     if item.sps_description:
         req.ScheduledProcedureStepDescription = item.sps_description
@@ -219,11 +228,14 @@ def _request_attributes(item: WorklistItem) -> Dataset:
 
 def _equipment(ds: Dataset, site: SiteConfig, detector: DetectorInfo) -> None:
     ds.Manufacturer = site.manufacturer
-    ds.ManufacturerModelName = "dxgate"
+    ds.ManufacturerModelName = site.model_name
     if site.institution_name:
         ds.InstitutionName = site.institution_name
+    if site.department_name:
+        ds.InstitutionalDepartmentName = site.department_name
     ds.StationName = site.station_name
-    ds.DeviceSerialNumber = detector.serial
+    if site.device_serial:  # the system's; the detector's own serial is Detector ID
+        ds.DeviceSerialNumber = site.device_serial
     ds.SoftwareVersions = [f"dxgate {_version()}", f"detector firmware {detector.firmware}"]
 
 

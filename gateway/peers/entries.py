@@ -27,11 +27,13 @@ def make_worklist_entry(*, patient_name: str, patient_id: str, birth_date: date 
                         station_ae: str, modality: str = "DX", start: datetime, charset: str | Seq[str] = "ISO_IR 192",
                         requested_procedure_description: str = "", referring_physician: str = "",
                         issuer_of_patient_id: str = "", protocol_codes: Seq[tuple[str, str, str]] = (),
-                        referenced_study_uid: str = "", station_name: str = "") -> Dataset:
+                        referenced_study_uid: str = "", station_name: str = "",
+                        procedure_codes: Seq[tuple[str, str, str]] = ()) -> Dataset:
     """One MWL entry (patient, order and one Scheduled Procedure Step) in `charset`.
 
     `station_ae` may be empty, as many RIS leave it; `station_name` is written when given.
-    `birth_date` is a date or DICOM "YYYYMMDD" text; `protocol_codes` are (value, scheme, meaning).
+    `birth_date` is a date or DICOM "YYYYMMDD" text; `protocol_codes` (Scheduled Protocol Code) and
+    `procedure_codes` (Requested Procedure Code) are (value, scheme, meaning).
     `charset` is one character set ("ISO_IR 100", "ISO_IR 192") or ISO 2022 code extensions, as
     several values or one backslash-separated text ("ISO 2022 IR 6\\ISO 2022 IR 149": pydicom then
     writes the escape sequences). Every text must be encodable in it, else ValueError names the
@@ -57,6 +59,8 @@ def make_worklist_entry(*, patient_name: str, patient_id: str, birth_date: date 
     ds.StudyInstanceUID = study_uid
     ds.RequestedProcedureID = requested_procedure_id
     ds.RequestedProcedureDescription = requested_procedure_description or sps_description
+    if procedure_codes:
+        ds.RequestedProcedureCodeSequence = Sequence([_code(*c) for c in procedure_codes])
     if referenced_study_uid:
         ref = Dataset()
         ref.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
@@ -72,18 +76,20 @@ def make_worklist_entry(*, patient_name: str, patient_id: str, birth_date: date 
     sps.ScheduledPerformingPhysicianName = ""
     sps.ScheduledProcedureStepID = sps_id
     sps.ScheduledProcedureStepDescription = sps_description
-    codes = []
-    for value, scheme, meaning in protocol_codes:
-        c = Dataset()
-        c.CodeValue = value
-        c.CodingSchemeDesignator = scheme
-        c.CodeMeaning = meaning
-        codes.append(c)
+    codes = [_code(*c) for c in protocol_codes]
     if codes:
         sps.ScheduledProtocolCodeSequence = Sequence(codes)
     ds.ScheduledProcedureStepSequence = Sequence([sps])
     _check_encodable(ds, codecs, "\\".join(terms))
     return ds
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    c = Dataset()
+    c.CodeValue = value
+    c.CodingSchemeDesignator = scheme
+    c.CodeMeaning = meaning
+    return c
 
 
 def worklist_file_bytes(entry: Dataset) -> bytes:

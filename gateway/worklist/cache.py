@@ -92,8 +92,9 @@ def text_problem(item: WorklistItem) -> str:
     """Why the item's text must not reach an ISO_IR 192 object ("" when it may): the field, never
     its value."""
     fields = [(f.name, getattr(item, f.name)) for f in dataclasses.fields(item)]
-    fields += [(f"protocol_codes[{i}].{f.name}", getattr(code, f.name))
-               for i, code in enumerate(item.protocol_codes) for f in dataclasses.fields(code)]
+    for seq in ("protocol_codes", "procedure_codes"):
+        fields += [(f"{seq}[{i}].{f.name}", getattr(code, f.name))
+                   for i, code in enumerate(getattr(item, seq)) for f in dataclasses.fields(code)]
     for name, value in fields:
         if isinstance(value, str):
             try:
@@ -108,6 +109,7 @@ def encode_item(item: WorklistItem) -> dict[str, Any]:
     d["patient_birth_date"] = item.patient_birth_date.isoformat() if item.patient_birth_date else None
     d["sps_start"] = item.sps_start.isoformat() if item.sps_start else None
     d["protocol_codes"] = [dataclasses.asdict(c) for c in item.protocol_codes]
+    d["procedure_codes"] = [dataclasses.asdict(c) for c in item.procedure_codes]
     return d
 
 
@@ -121,8 +123,10 @@ def decode_item(d: dict[str, Any]) -> WorklistItem:
     d = dict(d)
     d["patient_birth_date"] = date.fromisoformat(d["patient_birth_date"]) if d.get("patient_birth_date") else None
     d["sps_start"] = datetime.fromisoformat(d["sps_start"]) if d.get("sps_start") else None
-    d["protocol_codes"] = tuple(ProtocolCode(**c) for c in d.get("protocol_codes", ()))
+    for seq in ("protocol_codes", "procedure_codes"):
+        d[seq] = tuple(ProtocolCode(**c) for c in d.get(seq, ()))
     for name, value in d.items():
-        if name not in ("patient_birth_date", "sps_start", "protocol_codes") and not isinstance(value, str):
+        if name not in ("patient_birth_date", "sps_start", "protocol_codes", "procedure_codes") \
+                and not isinstance(value, str):
             raise TypeError(f"item key {name} is not a string")
     return WorklistItem(**d)

@@ -71,6 +71,11 @@ def build_query(*, modality: str, station_ae: str, start: date | None, end: date
     q.StudyInstanceUID = ""
     q.RequestedProcedureID = ""
     q.RequestedProcedureDescription = ""
+    procedure = Dataset()
+    procedure.CodeValue = ""
+    procedure.CodingSchemeDesignator = ""
+    procedure.CodeMeaning = ""
+    q.RequestedProcedureCodeSequence = Sequence([procedure])
     ref = Dataset()
     ref.ReferencedSOPClassUID = ""
     ref.ReferencedSOPInstanceUID = ""

@@ -62,6 +62,7 @@ def parse_steps(ds: Dataset) -> list[tuple[WorklistItem, str]]:
         raise WorklistError("answer has no StudyInstanceUID")
     if not is_valid_uid(study_uid):
         raise WorklistError("answer's StudyInstanceUID is not a valid UID")
+    ref_uid, ref_class = _referenced_study(answer)
     item_of_step = partial(
         WorklistItem,
         patient_name=answer.text("PatientName"),
@@ -74,7 +75,9 @@ def parse_steps(ds: Dataset) -> list[tuple[WorklistItem, str]]:
         requested_procedure_description=answer.text("RequestedProcedureDescription"),
         referring_physician=answer.text("ReferringPhysicianName"),
         issuer_of_patient_id=answer.text("IssuerOfPatientID"),
-        referenced_study_sop_instance_uid=_referenced_study(answer),
+        referenced_study_sop_instance_uid=ref_uid,
+        referenced_study_sop_class_uid=ref_class,
+        procedure_codes=_codes(answer, "RequestedProcedureCodeSequence"),
     )
     steps = []
     for sps in sps_seq:
@@ -88,7 +91,7 @@ def parse_steps(ds: Dataset) -> list[tuple[WorklistItem, str]]:
             sps_start=datetime.combine(start_date, start_time or time()),
             modality=sps.text("Modality").upper(),
             scheduled_station_ae=sps.text("ScheduledStationAETitle"),
-            protocol_codes=_codes(sps),
+            protocol_codes=_codes(sps, "ScheduledProtocolCodeSequence"),
         )
         steps.append((item, sps.text("ScheduledStationName")))
     return steps
@@ -212,22 +215,27 @@ def _time(answer: _Answer, keyword: str) -> time | None:
         raise WorklistError(f"answer's {keyword} is not a valid time (HHMMSS.FFFFFF)") from None
 
 
-def _codes(sps: _Answer) -> tuple[ProtocolCode, ...]:
+def _codes(parent: _Answer, keyword: str) -> tuple[ProtocolCode, ...]:
     out = []
-    for code in sps.items("ScheduledProtocolCodeSequence"):
+    for code in parent.items(keyword):
         value = code.text("CodeValue") or code.text("LongCodeValue") or code.text("URNCodeValue")
         if not value:
-            raise WorklistError("answer's ScheduledProtocolCodeSequence has an item without a code value")
+            if not code.text("CodingSchemeDesignator") and not code.text("CodeMeaning"):
+                continue  # the empty item of a return key the server echoed unfilled
+            raise WorklistError(f"answer's {keyword} has an item without a code value")
         out.append(ProtocolCode(value=value, scheme=code.text("CodingSchemeDesignator"),
                                 meaning=code.text("CodeMeaning")))
     return tuple(out)
 
 
-def _referenced_study(answer: _Answer) -> str:
+def _referenced_study(answer: _Answer) -> tuple[str, str]:
+    """(instance UID, SOP class UID) of the Referenced Study Sequence; a class that is not a
+    valid UID is left empty (the image then names Detached Study Management, as SWF did)."""
     for ref in answer.items("ReferencedStudySequence"):
         uid = ref.text("ReferencedSOPInstanceUID")
         if uid:
             if not is_valid_uid(uid):
                 raise WorklistError("answer's ReferencedStudySequence has an invalid ReferencedSOPInstanceUID")
-            return uid
-    return ""
+            sop_class = ref.text("ReferencedSOPClassUID")
+            return uid, sop_class if is_valid_uid(sop_class) else ""
+    return "", ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +112,8 @@ def test_equipment_detector_dose_and_exposure_index(build: Callable[..., Dataset
     frame = make_frame()
     back = reread(build(make_item(), frame=frame))
     assert back.Manufacturer == "dxgate" and back.StationName == "DXROOM1"
-    assert back.DeviceSerialNumber == DETECTOR.serial and back.DetectorID == DETECTOR.serial
+    assert back.ManufacturerModelName == "Raum 3 Bucky" and back.InstitutionalDepartmentName == "Radiologie"
+    assert back.DeviceSerialNumber == "SYS-4711" and back.DetectorID == DETECTOR.serial  # the system's, the panel's
     assert any(v.startswith("dxgate ") for v in back.SoftwareVersions)
     assert back.DetectorType == "SCINTILLATOR" and float(back.DetectorTemperature) == 31.5
     assert [float(v) for v in back.ImagerPixelSpacing] == list(MODE.pixel_spacing_mm)
@@ -203,3 +204,29 @@ def test_times_are_written_in_the_local_zone_with_its_offset(build: Callable[...
     assert ds.AcquisitionTime.startswith((started - timedelta(hours=5)).strftime("%H%M%S"))
     assert ds.AcquisitionDateTime.endswith("-0500") and ds.ContentTime.startswith("0530")
     assert ds.StudyDate == "20261122"
+
+
+def test_procedure_codes_referenced_study_class_operator_and_procedure_step(build: Callable[..., Dataset]) -> None:
+    """PS3.17 Annex J: the Requested Procedure Code goes to Procedure Code Sequence and to the
+    Request Attributes; the Referenced Study keeps the SOP class the RIS gave; who exposed and
+    which performed step the image belongs to are written."""
+    item = make_item()
+    start = datetime(2026, 11, 22, 10, 5, 1, tzinfo=UTC)
+    back = reread(build(item, operator="tina", pps_id="P26112210050100", pps_start=start))
+    [code] = back.ProcedureCodeSequence
+    assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == \
+        ("RPID-THX2", "99KLINIKUM", "Thorax in zwei Ebenen")
+    [req] = back.RequestAttributesSequence
+    assert req.RequestedProcedureCodeSequence[0].CodeValue == "RPID-THX2"
+    [ref] = back.ReferencedStudySequence
+    assert ref.ReferencedSOPClassUID == "1.2.840.10008.3.1.2.3.2"
+    assert ref.ReferencedSOPInstanceUID == item.referenced_study_sop_instance_uid
+    assert str(back.OperatorsName) == "tina"
+    assert back.PerformedProcedureStepID == "P26112210050100"
+    local = start.astimezone()
+    assert (back.PerformedProcedureStepStartDate, back.PerformedProcedureStepStartTime[:6]) == \
+        (local.strftime("%Y%m%d"), local.strftime("%H%M%S"))
+    assert back.StudyDate == local.strftime("%Y%m%d")  # the study is dated by its procedure step
+    without = reread(build(make_item(procedure_codes=(), referenced_study_sop_class_uid="")))
+    assert "ProcedureCodeSequence" not in without and "OperatorsName" not in without
+    assert without.ReferencedStudySequence[0].ReferencedSOPClassUID == "1.2.840.10008.3.1.2.3.1"  # SWF's default

@@ -168,6 +168,8 @@ def test_an_exposure_through_the_api_reaches_the_archive_and_the_metrics(
             [stored] = wait_for_files(storescp.files, 1)
             ds = pydicom.dcmread(stored)
             assert ds.SOPInstanceUID == uid and ds.BodyPartExamined == "HAND" and ds.ImageLaterality == "L"
+            assert str(ds.OperatorsName) == "eric"  # who opened the exam at the console
+            assert ds.PerformedProcedureStepID.startswith("P") and len(ds.PerformedProcedureStepID) <= 16
             metrics = {s.name: s for f in text_string_to_metric_families(eng.get("/metrics").text) for s in f.samples}
             assert metrics["dxgate_frames_dropped_total"].value == 0
             assert "dxgate_queue_deliveries" in metrics and "dxgate_stage_heartbeat_age_seconds" in metrics

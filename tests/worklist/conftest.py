@@ -33,6 +33,7 @@ def mixed_entries() -> list[Dataset]:
     return [
         entry(1, patient_name="Müller^Jürgen", charset="ISO_IR 100", birth_date=date(1955, 11, 3), sex="M",
               protocol_codes=[("36554-4", "LN", "XR Chest PA")], referenced_study_uid="1.2.826.0.1.3680043.10.543.91",
+              procedure_codes=[("RP-THX2", "99KLIN", "Röntgen Thorax 2 Ebenen")],
               referring_physician="Schmidt^Anna", issuer_of_patient_id="KLINIKUM",
               requested_procedure_description="Röntgen Thorax"),
         entry(2, patient_name="Παπαδόπουλος^Νίκος", start=datetime(2026, 11, 22, 8, 15)),

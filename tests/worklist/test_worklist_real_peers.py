@@ -39,6 +39,9 @@ def test_orthanc_worklist_plugin(orthanc: Orthanc) -> None:
     assert a1.patient_birth_date == date(1955, 11, 3) and a1.requested_procedure_description == "Röntgen Thorax"
     assert a1.referenced_study_sop_instance_uid == "1.2.826.0.1.3680043.10.543.91"
     assert [c.value for c in a1.protocol_codes] == ["36554-4"]
+    assert [(c.value, c.scheme, c.meaning) for c in a1.procedure_codes] == \
+        [("RP-THX2", "99KLIN", "Röntgen Thorax 2 Ebenen")]
+    assert a1.referenced_study_sop_class_uid == "1.2.840.10008.3.1.2.3.1"  # as the RIS gave it
 
 
 def test_orthanc_by_patient_id_and_days_ahead(orthanc: Orthanc) -> None:
