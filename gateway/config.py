@@ -293,6 +293,58 @@ class ExposureConfig(_Section):
         return self
 
 
+def _code_key(value: str) -> str:
+    scheme, sep, code = value.partition(":")
+    if not sep or not scheme.strip() or not code.strip() or any(ord(c) < 32 for c in value):
+        raise ValueError(f"code {value!r}: write SCHEME:VALUE, e.g. LN:36554-4 or 99MYRIS:THX2")
+    return f"{scheme.strip()}:{code.strip()}"
+
+
+class ProtocolConfig(_Section):
+    """A view the room takes, with its technique and target EI, and the worklist codes that ask for it."""
+
+    name: Text64 = Field(description="What the console shows, e.g. 'Chest PA'.")
+    body_part: Annotated[StrictStr, AfterValidator(_body_part_term)] = Field(
+        description="Body Part Examined (defined term).", json_schema_extra={"choices": list(anatomy.BODY_PARTS)})
+    view_position: ViewPosition = Field(description="View Position (DX defined terms).")
+    laterality: Laterality = Field("", description="Image Laterality; empty for a paired part: the technologist "
+                                                   "chooses R or L at the console.")
+    kvp: Number = Field(ge=40, le=150, description="Tube voltage.")
+    mas: Number = Field(ge=0.1, le=500, description="Tube current-time product.")
+    target_ei: Number = Field(400.0, ge=1, le=100000, description="Target exposure index (IEC 62494-1).")
+    codes: tuple[Annotated[StrictStr, AfterValidator(_code_key)], ...] = Field(
+        (), description="Worklist codes that select this protocol (Scheduled Protocol Code or Requested Procedure "
+                        "Code), as SCHEME:VALUE.")
+
+    @model_validator(mode="after")
+    def _codable(self) -> ProtocolConfig:
+        try:
+            part = anatomy.body_part(self.body_part)
+            if self.laterality or not part.paired:
+                anatomy.check_anatomy(self.body_part, self.view_position, self.laterality or None)
+            else:
+                anatomy.view(self.view_position)
+        except anatomy.AnatomyError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+def _protocol(name: str, part: str, view: str, kvp: float, mas: float, target: float) -> ProtocolConfig:
+    return ProtocolConfig(name=name, body_part=part, view_position=view, kvp=kvp, mas=mas, target_ei=target)
+
+
+# A starting table (adult techniques of a typical wall stand / table room); a site tunes them.
+DEFAULT_PROTOCOLS = (
+    _protocol("Chest PA", "CHEST", "PA", 110, 2.0, 300), _protocol("Chest lateral", "CHEST", "LL", 120, 4.0, 300),
+    _protocol("Chest AP", "CHEST", "AP", 90, 2.5, 300), _protocol("Abdomen AP", "ABDOMEN", "AP", 80, 20.0, 400),
+    _protocol("Pelvis AP", "PELVIS", "AP", 80, 16.0, 400), _protocol("Skull PA", "SKULL", "PA", 75, 16.0, 400),
+    _protocol("C-spine lateral", "CSPINE", "LL", 70, 10.0, 400), _protocol("L-spine AP", "LSPINE", "AP", 80, 25.0, 400),
+    _protocol("Hand PA", "HAND", "PA", 55, 2.0, 500), _protocol("Wrist PA", "WRIST", "PA", 55, 2.5, 500),
+    _protocol("Knee AP", "KNEE", "AP", 65, 5.0, 400), _protocol("Ankle AP", "ANKLE", "AP", 60, 4.0, 400),
+    _protocol("Foot AP", "FOOT", "AP", 55, 3.0, 500), _protocol("Shoulder AP", "SHOULDER", "AP", 70, 10.0, 400),
+)
+
+
 class SpoolConfig(_Section):
     directory: StatePath = Field("spool", description="Where DICOM files wait to be forwarded (relative: under "
                                                       "state_dir).")
@@ -370,13 +422,16 @@ class Config(_Section):
     service: ServiceConfig = Field(default_factory=ServiceConfig, description="The daemon.")
     destinations: tuple[DestinationConfig, ...] = Field(
         default=(DestinationConfig(),), min_length=1, description="Archives every image is forwarded to.")
+    protocols: tuple[ProtocolConfig, ...] = Field(
+        default=DEFAULT_PROTOCOLS, description="The views the console offers; worklist codes select them.")
 
     @model_validator(mode="after")
     def _unique_destinations(self) -> Config:
-        names = [d.name for d in self.destinations]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"destination names must be unique: {', '.join(dupes)} appear more than once")
+        for what, names in (("destination", [d.name for d in self.destinations]),
+                            ("protocol", [p.name for p in self.protocols])):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{what} names must be unique: {', '.join(dupes)} appear more than once")
         return self
 
     def path(self, p: str) -> Path:

@@ -19,7 +19,7 @@ from typing import Any
 
 from gateway.acquisition.raw_store import RawStoreError
 from gateway.alarms import Alarms
-from gateway.config import Config
+from gateway.config import Config, ProtocolConfig
 from gateway.correction import Corrector
 from gateway.dicom import check_anatomy, new_uid
 from gateway.dicom.preview import preview_png
@@ -164,6 +164,32 @@ class ExamWorkflow:
             self._set_armed(False)
         self._events.publish("exam", state="view", body_part=anatomy.body_part, view=anatomy.view_position)
         return self.view
+
+    def protocols(self) -> list[ProtocolConfig]:
+        """Every protocol of the room, those the open exam's worklist codes ask for first."""
+        suggested = self.suggested_protocols()
+        return suggested + [p for p in self._config.protocols if p not in suggested]
+
+    def suggested_protocols(self) -> list[ProtocolConfig]:
+        """The protocols whose codes the open exam's order carries (Scheduled Protocol Code or
+        Requested Procedure Code, compared as SCHEME:VALUE); none for an unscheduled exam."""
+        cur = self.current
+        if cur is None or cur.item is None:
+            return []
+        keys = {f"{c.scheme}:{c.value}" for c in (*cur.item.protocol_codes, *cur.item.procedure_codes)}
+        return [p for p in self._config.protocols if keys.intersection(p.codes)]
+
+    def choose_protocol(self, name: str, *, laterality: str | None = None, kvp: float | None = None,
+                        mas: float | None = None) -> ViewChoice:
+        """Select a protocol of the table for the next exposures; a paired body part needs the
+        laterality (the protocol's own, or the one given here); technique may be adjusted."""
+        found = [p for p in self._config.protocols if p.name == name]
+        if not found:
+            raise DxgateError(f"no protocol named {name!r} in this room's table")
+        p = found[0]
+        return self.choose_view(Anatomy(p.body_part, p.view_position, laterality or p.laterality or None),
+                                Technique(kvp=p.kvp if kvp is None else kvp, mas=p.mas if mas is None else mas),
+                                p.target_ei)
 
     def arm(self, armed: bool = True) -> None:
         """Ready (or not) for the hand switch: needs an open exam and a chosen view."""

@@ -23,7 +23,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.app import Gateway
 from gateway.errors import DxgateError, ExposureRefused, FrameKeptError
@@ -80,12 +80,21 @@ class UnscheduledPatient(_Model):
 
 
 class ViewRequest(_Model):
-    body_part: str = Field(max_length=16)
-    view_position: str = Field(max_length=16)
+    """A protocol of the room's table (technique adjustable), or a view given in full."""
+
+    protocol: str | None = Field(None, max_length=64)
+    body_part: str | None = Field(None, max_length=16)
+    view_position: str | None = Field(None, max_length=16)
     laterality: str | None = Field(None, pattern="^(R|L|B|U|)$")
-    kvp: float = Field(ge=40, le=150)
-    mas: float = Field(ge=0.1, le=500)
+    kvp: float | None = Field(None, ge=40, le=150)
+    mas: float | None = Field(None, ge=0.1, le=500)
     target_ei: float = Field(400.0, gt=0, le=100000)
+
+    @model_validator(mode="after")
+    def _complete(self) -> ViewRequest:
+        if self.protocol is None and None in (self.body_part, self.view_position, self.kvp, self.mas):
+            raise ValueError("give a protocol, or body_part, view_position, kvp and mas")
+        return self
 
 
 class ArmRequest(_Model):
@@ -211,12 +220,14 @@ def build_router(ctx: ApiContext, require: Require) -> APIRouter:
     def exam() -> dict[str, Any]:
         ex = gw.exams
         cur = ex.current
+        suggested = ex.suggested_protocols()
         return {"open": cur is not None, "armed": ex.armed,
                 "exam": None if cur is None else {"study_uid": cur.study_uid, "series_uid": cur.series_uid,
                                                   "item": _item_json(cur.item)},
                 "view": None if ex.view is None else {**asdict(ex.view.anatomy), **asdict(ex.view.technique),
                                                       "target_ei": ex.view.target_ei},
-                "images": [_reviewed_json(i) for i in ex.reviewed]}
+                "images": [_reviewed_json(i) for i in ex.reviewed],
+                "protocols": [{**p.model_dump(), "suggested": p in suggested} for p in ex.protocols()]}
 
     @r.post("/api/exam")
     def exam_open(body: ExamOpen, user: User = Depends(tech)) -> dict[str, Any]:  # noqa: B008
@@ -245,12 +256,17 @@ def build_router(ctx: ApiContext, require: Require) -> APIRouter:
     @r.post("/api/exam/view", dependencies=[Depends(tech)])
     def exam_view(body: ViewRequest) -> dict[str, Any]:
         try:
-            v = gw.exams.choose_view(Anatomy(body.body_part.upper(), body.view_position.upper(),
-                                             body.laterality or None),
-                                     Technique(kvp=body.kvp, mas=body.mas), body.target_ei)
+            if body.protocol is not None:
+                v = gw.exams.choose_protocol(body.protocol, laterality=body.laterality or None, kvp=body.kvp,
+                                             mas=body.mas)
+            else:
+                assert body.body_part and body.view_position is not None and body.kvp and body.mas
+                v = gw.exams.choose_view(Anatomy(body.body_part.upper(), body.view_position.upper(),
+                                                 body.laterality or None),
+                                         Technique(kvp=body.kvp, mas=body.mas), body.target_ei)
         except DxgateError as exc:
             raise _fail(exc) from None
-        return {"body_part": v.anatomy.body_part, "view_position": v.anatomy.view_position}
+        return {**asdict(v.anatomy), **asdict(v.technique), "target_ei": v.target_ei}
 
     @r.post("/api/exam/arm", dependencies=[Depends(tech)])
     def exam_arm(body: ArmRequest) -> dict[str, Any]:
