@@ -156,6 +156,12 @@ class RawStore:
         except (KeyError, TypeError, ValueError) as exc:
             raise RawStoreError(f"kept raw frame {path}: malformed header ({type(exc).__name__}: {exc})") from None
 
+    def count(self) -> int:
+        """How many kept frames wait for their image (names only: cheap enough for every scrape)."""
+        if not self.directory.is_dir():
+            return 0
+        return sum(1 for p in self.directory.glob(f"*{SUFFIX}") if not p.name.startswith("."))
+
     def pending(self) -> list[KeptSummary]:
         """Kept frames whose image is not saved yet, oldest first (unreadable ones included,
         with the reason, so an engineer sees them)."""

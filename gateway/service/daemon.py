@@ -326,6 +326,13 @@ class Daemon:
         lv.calibration_age_s = gw.calibration_age_s
         lv.heartbeat_ages_s = lambda: self.heartbeats.ages()
         lv.alarms = gw.alarm_counts
+        # Readout -> image is one synchronous hand-off per exposure (the next release waits until
+        # the image is saved, so its preflight sees the storage it will use); what can wait
+        # between stages is durable and counted here: frames kept but not yet imaged, frames held
+        # in memory because their raw record could not be written. The spool's backlog per
+        # destination and state is dxgate_queue_deliveries.
+        lv.stage_queues = lambda: {"kept_frames": gw.raw_store.count(),
+                                   "frames_in_memory": gw.exams.frames_held_in_memory}
         gw.forwarder.on_result = self._on_send
 
     # --- audit ----------------------------------------------------------------------------

@@ -172,6 +172,9 @@ def test_an_exposure_through_the_api_reaches_the_archive_and_the_metrics(
             assert ds.PerformedProcedureStepID.startswith("P") and len(ds.PerformedProcedureStepID) <= 16
             metrics = {s.name: s for f in text_string_to_metric_families(eng.get("/metrics").text) for s in f.samples}
             assert metrics["dxgate_frames_dropped_total"].value == 0
+            depth = {s.labels["queue"]: s.value for f in text_string_to_metric_families(eng.get("/metrics").text)
+                     for s in f.samples if s.name == "dxgate_stage_queue_depth"}
+            assert depth == {"kept_frames": 0, "frames_in_memory": 0}  # the kept raw frame went once imaged
             assert "dxgate_queue_deliveries" in metrics and "dxgate_stage_heartbeat_age_seconds" in metrics
     finally:
         assert run.stop() == 0
