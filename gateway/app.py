@@ -28,6 +28,7 @@ from gateway.exam_workflow import AcquiredImage, Exam, ExamWorkflow
 from gateway.forward import DeliveryResult, Forwarder
 from gateway.hardware import Hardware, open_hardware
 from gateway.imaging import ImagePipeline, ReprocessResult, state_directories
+from gateway.mpps import MppsQueue, MppsRecord, MppsSender
 from gateway.netopts import configure_pynetdicom
 from gateway.types import Anatomy, CalibrationKey, SpooledInstance, Technique, WorklistItem
 from gateway.worklist_service import WorklistService, WorklistView
@@ -80,8 +81,14 @@ class Gateway:
         self.detector, self.generator = self.hardware.detector, self.hardware.generator
         self.mode, self.sequence = self.hardware.mode, self.hardware.sequence
         self.sequence.subscribe(self._publish_state)
+        self.mpps: MppsQueue | None = None
+        self.mpps_sender: MppsSender | None = None
+        if config.mpps.enabled:
+            self.mpps = MppsQueue(config.path(config.spool.database), busy_timeout_s=config.spool.db_busy_timeout_s)
+            self.mpps_sender = MppsSender(self.mpps, config.mpps, calling_ae=config.site.ae_title,
+                                          on_refused=self._mpps_refused)
         self.exams = ExamWorkflow(config, self.hardware, self.pipeline, alarms=self.alarms, events=self.events,
-                                  clock=clock, corrector=self.corrector, on_saved=self._saved)
+                                  clock=clock, corrector=self.corrector, on_saved=self._saved, mpps=self.mpps)
         self.exams.keep_recovered(list(getattr(self.detector, "recovered", [])))
         self.calibration = CalibrationWorkflow(config, self.hardware, self.pipeline, events=self.events, clock=clock)
         self.worklists = WorklistService(config, clock=clock)
@@ -163,7 +170,13 @@ class Gateway:
         """Whether the forwarding thread runs (for the health check and the watchdog)."""
         return self._forward_thread is not None and self._forward_thread.is_alive()
 
+    def _mpps_refused(self, rec: MppsRecord, why: str) -> None:
+        self.alarms.raise_("mpps-refused", f"{why}: the RIS does not know this step's state; its later "
+                           "messages wait (see the RIS's log, then tell its administrator)", key=rec.mpps_uid)
+
     def start_forwarding(self) -> None:
+        if self.mpps_sender is not None:
+            self.mpps_sender.start()
         if self._forward_thread is None:
             self._forward_thread = threading.Thread(target=self.forwarder.run, args=(self._stop, self._wake),
                                                     name="dxgate-forward", daemon=True)
@@ -213,6 +226,10 @@ class Gateway:
     def close(self, timeout_s: float = 30.0) -> None:
         self._stop.set()
         self._wake.set()
+        if self.mpps_sender is not None:
+            self.mpps_sender.stop(timeout_s=min(timeout_s, 15.0))
+        if self.mpps is not None:
+            self.mpps.close()
         if self._forward_thread is not None:
             self._forward_thread.join(timeout=timeout_s)
         self.hardware.close()

@@ -391,6 +391,15 @@ class ApiConfig(_Section):
         return self
 
 
+class MppsConfig(_Section):
+    enabled: StrictBool = Field(False, description="Report each procedure step to the RIS (MPPS N-CREATE at the "
+                                                   "first exposure, N-SET when the exam is closed).")
+    host: Host = Field("127.0.0.1", description="MPPS SCP host (often the worklist server).")
+    port: PortNumber = Field(104, description="MPPS SCP port.")
+    called_ae: AETitle = Field("RIS", description="MPPS SCP AE title.")
+    timeout_s: Number = Field(10.0, ge=0.5, le=300, description="Network and DIMSE timeout.")
+
+
 class AuditConfig(_Section):
     collector_host: Annotated[StrictStr, AfterValidator(_optional_host)] = Field(
         "", description="Syslog collector (ATNA audit record repository); empty: audit records are kept locally only.")
@@ -419,6 +428,7 @@ class Config(_Section):
     spool: SpoolConfig = Field(default_factory=SpoolConfig, description="Durable spool.")
     api: ApiConfig = Field(default_factory=ApiConfig, description="Local API and console.")
     audit: AuditConfig = Field(default_factory=AuditConfig, description="Audit trail shipping.")
+    mpps: MppsConfig = Field(default_factory=MppsConfig, description="Modality Performed Procedure Step.")
     service: ServiceConfig = Field(default_factory=ServiceConfig, description="The daemon.")
     destinations: tuple[DestinationConfig, ...] = Field(
         default=(DestinationConfig(),), min_length=1, description="Archives every image is forwarded to.")

@@ -8,6 +8,7 @@ frame, which `reprocess` turns into its image once the cause is fixed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -27,6 +28,8 @@ from gateway.errors import ConfigError, DxgateError, ExposureRefused, FrameKeptE
 from gateway.events import EventBus
 from gateway.hardware import Hardware
 from gateway.imaging import ImageContext, ImagePipeline
+from gateway.mpps import DISCONTINUATION_REASONS, MppsQueue, Performed, PerformedImage, in_progress
+from gateway.mpps import completed as mpps_final
 from gateway.types import (
     Anatomy,
     CorrectedFrame,
@@ -59,6 +62,9 @@ class Exam:
     operator: str = ""  # the technologist who opened it (Operators' Name)
     pps_id: str = ""  # Performed Procedure Step ID (SH), assigned at opening
     pps_start: datetime | None = None  # set at the first exposure: every image of the step agrees
+    mpps_uid: str = ""  # the MPPS SOP Instance UID when MPPS is reported ("" otherwise)
+    mpps_created: bool = False  # its N-CREATE is queued (at the first saved image)
+    performed: list[PerformedImage] = field(default_factory=list)  # every exposure's image, for the N-SET
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class ViewChoice:
     anatomy: Anatomy
     technique: Technique
     target_ei: float
+    protocol: str = ""  # the protocol table's name, when chosen from it
 
 
 @dataclass
@@ -109,8 +116,8 @@ class ExamWorkflow:
 
     def __init__(self, config: Config, hardware: Hardware, pipeline: ImagePipeline, *, alarms: Alarms,
                  events: EventBus | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 corrector: Callable[[], Corrector], on_saved: Callable[[SpooledInstance], None] = lambda i: None
-                 ) -> None:
+                 corrector: Callable[[], Corrector], on_saved: Callable[[SpooledInstance], None] = lambda i: None,
+                 mpps: MppsQueue | None = None) -> None:
         self._config = config
         self._hw = hardware
         self._pipeline = pipeline
@@ -119,6 +126,7 @@ class ExamWorkflow:
         self._clock = clock
         self._corrector = corrector
         self._on_saved = on_saved
+        self._mpps = mpps
         self._lock = threading.Lock()
         # Frames read after a dose whose raw record could not be written: held here, retried
         # before the next exposure, which is refused while any is left.
@@ -152,7 +160,8 @@ class ExamWorkflow:
         self._events.publish("exam", state="open", study_uid=self.current.study_uid)
         return self.current
 
-    def choose_view(self, anatomy: Anatomy, technique: Technique, target_ei: float) -> ViewChoice:
+    def choose_view(self, anatomy: Anatomy, technique: Technique, target_ei: float, protocol: str = ""
+                    ) -> ViewChoice:
         """Select body part, view, laterality and technique for the next exposures; checked now,
         so a view that cannot be coded is refused at the console, long before the hand switch."""
         check_anatomy(anatomy.body_part, anatomy.view_position, anatomy.laterality)
@@ -160,7 +169,7 @@ class ExamWorkflow:
         with self._lock:
             if self.current is None:
                 raise DxgateError("no exam is open")
-            self.view = ViewChoice(anatomy, technique, float(target_ei))
+            self.view = ViewChoice(anatomy, technique, float(target_ei), protocol)
             self._set_armed(False)
         self._events.publish("exam", state="view", body_part=anatomy.body_part, view=anatomy.view_position)
         return self.view
@@ -189,7 +198,7 @@ class ExamWorkflow:
         p = found[0]
         return self.choose_view(Anatomy(p.body_part, p.view_position, laterality or p.laterality or None),
                                 Technique(kvp=p.kvp if kvp is None else kvp, mas=p.mas if mas is None else mas),
-                                p.target_ei)
+                                p.target_ei, p.name)
 
     def arm(self, armed: bool = True) -> None:
         """Ready (or not) for the hand switch: needs an open exam and a chosen view."""
@@ -291,9 +300,34 @@ class ExamWorkflow:
                 raise DxgateError("a discontinued exam needs a reason")
             self.current, self.view = None, None
             self._set_armed(False)
+            rejected = {r.instance.sop_instance_uid for r in self.reviewed if r.status == "rejected"}
+        self._report_step_ended(exam, rejected, completed=completed, reason=reason.strip())
         self._events.publish("exam", state="completed" if completed else "discontinued",
                              study_uid=exam.study_uid, images=len(exam.images))
         return exam
+
+    # --- MPPS: the step is reported at its first image and when the exam is closed ---------------
+
+    def _step(self, exam: Exam) -> Performed:
+        site = self._config.site
+        assert exam.pps_start is not None
+        return Performed(item=exam.item, study_uid=exam.study_uid, pps_id=exam.pps_id, start=exam.pps_start,
+                         station_ae=site.ae_title, station_name=site.station_name, operator=exam.operator)
+
+    def _report_step_started(self, exam: Exam) -> None:
+        if self._mpps is None or exam.mpps_created or not exam.mpps_uid:
+            return
+        self._mpps.add(exam.mpps_uid, "create", in_progress(self._step(exam)), time.time())
+        exam.mpps_created = True
+
+    def _report_step_ended(self, exam: Exam, rejected: set[str], *, completed: bool, reason: str) -> None:
+        """No image, no step: an exam closed before any exposure reports nothing."""
+        if self._mpps is None or not exam.mpps_created:
+            return
+        images = [dataclasses.replace(p, rejected=p.sop_instance_uid in rejected) for p in exam.performed]
+        key = None if completed else (reason if reason in DISCONTINUATION_REASONS else "unspecified")
+        self._mpps.add(exam.mpps_uid, "set", mpps_final(self._step(exam), images, self._clock(), discontinued=key),
+                       time.time())
 
     def open_exam(self, item: WorklistItem | None, operator: str = "") -> Exam:
         """Start an exam; the Study Instance UID comes from the worklist whenever it gives one."""
@@ -308,7 +342,8 @@ class ExamWorkflow:
         opened = self._clock()
         # SH, 16 characters: unique per room (one exam at a time), readable as its opening time.
         pps_id = "P" + opened.astimezone(UTC).strftime("%y%m%d%H%M%S%f")[:14]
-        return Exam(item=item, study_uid=study_uid, series_uid=new_uid(root), operator=operator[:64], pps_id=pps_id)
+        return Exam(item=item, study_uid=study_uid, series_uid=new_uid(root), operator=operator[:64], pps_id=pps_id,
+                    mpps_uid=new_uid(root) if self._mpps is not None else "")
 
     def preflight(self, technique: Technique, body_part: str, view_position: str,
                   laterality: str | None, target_ei: float = 400.0, item: WorklistItem | None = None) -> Corrector:
@@ -360,6 +395,7 @@ class ExamWorkflow:
             exam.pps_start = self._clock()
         ctx = ImageContext(item=exam.item, study_uid=exam.study_uid, series_uid=exam.series_uid,
                            operator=exam.operator, pps_id=exam.pps_id, pps_start=exam.pps_start,
+                           mpps_uid=exam.mpps_uid,
                            series_number=exam.series_number, sop_instance_uid=new_uid(root),
                            instance_number=len(exam.images) + 1, body_part=anatomy.body_part,
                            view_position=anatomy.view_position, laterality=laterality,
@@ -400,6 +436,11 @@ class ExamWorkflow:
             self._unkept = [u for u in self._unkept if u[0] is not raw]
             self._alarms.clear("frame-not-kept", f"frame {raw.meta.frame_number}")
         exam.images.append(made.instance)
+        view_now = self.view
+        exam.performed.append(PerformedImage(series_uid=exam.series_uid, sop_class_uid=made.instance.sop_class_uid,
+                                             sop_instance_uid=made.instance.sop_instance_uid, exposure=exposure,
+                                             protocol_name=view_now.protocol if view_now else ""))
+        self._report_step_started(exam)
         ei = made.exposure_index
         LOGGER.info("saved %s (frame %d, %s)", made.instance.sop_instance_uid, raw.meta.frame_number,
                     f"EI {ei.ei:.0f}, DI {ei.deviation_index:+.1f}" if ei else "no EI")

@@ -61,10 +61,11 @@ class ImageContext:
     operator: str = ""
     pps_id: str = ""
     pps_start: datetime | None = None
+    mpps_uid: str = ""
 
     def to_json(self) -> dict[str, Any]:
         d = self.detector
-        return {"operator": self.operator, "pps_id": self.pps_id,
+        return {"operator": self.operator, "pps_id": self.pps_id, "mpps_uid": self.mpps_uid,
                 "pps_start": self.pps_start.isoformat() if self.pps_start else None,
                 "item": None if self.item is None else encode_item(self.item), "study_uid": self.study_uid,
                 "series_uid": self.series_uid, "series_number": self.series_number,
@@ -85,6 +86,7 @@ class ImageContext:
                    detector=DetectorInfo(vendor=det["vendor"], model=det["model"], serial=det["serial"],
                                          firmware=det["firmware"], modes=()),
                    operator=str(d.get("operator", "")), pps_id=str(d.get("pps_id", "")),  # older records lack them
+                   mpps_uid=str(d.get("mpps_uid", "")),
                    pps_start=datetime.fromisoformat(d["pps_start"]) if d.get("pps_start") else None)
 
 
@@ -170,7 +172,8 @@ class ImagePipeline:
                       sop_instance_uid=ctx.sop_instance_uid, series_number=ctx.series_number,
                       instance_number=ctx.instance_number, body_part=ctx.body_part,
                       view_position=ctx.view_position, laterality=ctx.laterality, now=self._clock(),
-                      operator=ctx.operator, pps_id=ctx.pps_id, pps_start=ctx.pps_start)
+                      operator=ctx.operator, pps_id=ctx.pps_id, pps_start=ctx.pps_start,
+                      mpps_sop_instance_uid=ctx.mpps_uid)
         data = to_bytes(ds)
         laps["build"], t = time.perf_counter() - t, time.perf_counter()
         instance = self.spool.put(data, sop_instance_uid=ctx.sop_instance_uid, sop_class_uid=ds.SOPClassUID,

@@ -1,0 +1,192 @@
+"""The two MPPS messages dxgate sends per procedure step (PS3.4 F.7.2, IHE RAD-6 / RAD-7):
+N-CREATE with the step IN PROGRESS at its first exposure, and one final N-SET, COMPLETED with
+every image and the dose of every exposure (rejected ones too: their dose was given), or
+DISCONTINUED with a reason code of CID 9300. Attributes follow Table F.7.2-1: what N-CREATE
+must carry and what N-SET may change are kept apart here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+from datetime import datetime
+
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.sr.codedict import codes
+from pydicom.valuerep import format_number_as_ds
+
+from gateway.types import Exposure, WorklistItem
+
+CHARSET = "ISO_IR 192"
+DETACHED_STUDY_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"
+
+# CID 9300 "Procedure Discontinuation Reasons", by the key the console sends.
+DISCONTINUATION_REASONS = {
+    "unspecified": codes.DCM.DiscontinuedForUnspecifiedReason,
+    "patient-refused": codes.DCM.PatientRefusedToContinueProcedure,
+    "patient-condition": codes.DCM.PatientConditionPreventedContinuing,
+    "equipment-failure": codes.DCM.EquipmentFailure,
+    "wrong-worklist-entry": codes.DCM.IncorrectWorklistEntrySelected,
+    "wrong-procedure": codes.DCM.IncorrectProcedureOrdered,
+    "wrong-side": codes.DCM.IncorrectSideOrdered,
+    "duplicate-order": codes.DCM.DuplicateOrder,
+    "doctor-cancelled": codes.DCM.DoctorCanceledProcedure,
+}
+
+
+@dataclass(frozen=True)
+class Performed:
+    """The procedure step: who, what and when (fixed at its first exposure)."""
+
+    item: WorklistItem | None
+    study_uid: str
+    pps_id: str
+    start: datetime
+    station_ae: str
+    station_name: str
+    operator: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class PerformedImage:
+    series_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    exposure: Exposure
+    protocol_name: str = ""
+    rejected: bool = False
+
+
+def in_progress(step: Performed) -> Dataset:
+    """The N-CREATE attribute list (the SOP Instance UID travels as Affected SOP Instance UID)."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = CHARSET
+    item = step.item
+    sched = Dataset()
+    sched.StudyInstanceUID = step.study_uid
+    ref = Dataset()
+    if item is not None and item.referenced_study_sop_instance_uid:
+        ref.ReferencedSOPClassUID = item.referenced_study_sop_class_uid or DETACHED_STUDY_MANAGEMENT
+        ref.ReferencedSOPInstanceUID = item.referenced_study_sop_instance_uid
+        sched.ReferencedStudySequence = Sequence([ref])
+    else:
+        sched.ReferencedStudySequence = Sequence()
+    sched.AccessionNumber = item.accession_number if item else ""
+    sched.RequestedProcedureID = item.requested_procedure_id if item else ""
+    sched.RequestedProcedureDescription = item.requested_procedure_description if item else ""
+    sched.ScheduledProcedureStepID = item.sps_id if item else ""
+    sched.ScheduledProcedureStepDescription = item.sps_description if item else ""
+    sched.ScheduledProtocolCodeSequence = Sequence([_code(c.value, c.scheme, c.meaning)
+                                                    for c in (item.protocol_codes if item else ())])
+    ds.ScheduledStepAttributesSequence = Sequence([sched])
+    ds.PatientName = item.patient_name if item else ""
+    ds.PatientID = item.patient_id if item else ""
+    ds.PatientBirthDate = item.patient_birth_date.strftime("%Y%m%d") if item and item.patient_birth_date else ""
+    ds.PatientSex = item.patient_sex if item and item.patient_sex in ("M", "F", "O") else ""
+    ds.ReferencedPatientSequence = Sequence()
+    ds.PerformedProcedureStepID = step.pps_id
+    ds.PerformedStationAETitle = step.station_ae
+    ds.PerformedStationName = step.station_name
+    ds.PerformedLocation = ""
+    ds.PerformedProcedureStepStartDate = _da(step.start)
+    ds.PerformedProcedureStepStartTime = _tm(step.start)
+    ds.PerformedProcedureStepStatus = "IN PROGRESS"
+    ds.PerformedProcedureStepDescription = step.description or (item.sps_description if item else "")
+    ds.PerformedProcedureTypeDescription = item.requested_procedure_description if item else ""
+    ds.ProcedureCodeSequence = Sequence([_code(c.value, c.scheme, c.meaning)
+                                         for c in (item.procedure_codes if item else ())])
+    ds.PerformedProcedureStepEndDate = ""
+    ds.PerformedProcedureStepEndTime = ""
+    ds.Modality = "DX"
+    ds.StudyID = item.requested_procedure_id if item else ""
+    ds.PerformedProtocolCodeSequence = Sequence([_code(c.value, c.scheme, c.meaning)
+                                                 for c in (item.protocol_codes if item else ())])
+    ds.PerformedSeriesSequence = Sequence()
+    return ds
+
+
+def completed(step: Performed, images: Seq[PerformedImage], end: datetime, *, discontinued: str | None = None
+              ) -> Dataset:
+    """The final N-SET: COMPLETED, or DISCONTINUED with `discontinued` (a key of
+    DISCONTINUATION_REASONS). Lists the images kept as clinical (rejected ones are not) and
+    the dose of every exposure."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = CHARSET
+    ds.PerformedProcedureStepStatus = "COMPLETED" if discontinued is None else "DISCONTINUED"
+    ds.PerformedProcedureStepEndDate = _da(end)
+    ds.PerformedProcedureStepEndTime = _tm(end)
+    if discontinued is not None:
+        reason = DISCONTINUATION_REASONS.get(discontinued, DISCONTINUATION_REASONS["unspecified"])
+        ds.PerformedProcedureStepDiscontinuationReasonCodeSequence = Sequence(
+            [_code(reason.value, reason.scheme_designator, reason.meaning)])
+    by_series: dict[str, list[PerformedImage]] = {}
+    for img in images:
+        by_series.setdefault(img.series_uid, []).append(img)
+    series = []
+    for series_uid, members in by_series.items():
+        s = Dataset()
+        s.PerformingPhysicianName = ""
+        s.OperatorsName = step.operator
+        s.ProtocolName = next((m.protocol_name for m in members if m.protocol_name), "") or "dxgate"
+        s.SeriesInstanceUID = series_uid
+        s.SeriesDescription = step.description or (step.item.sps_description if step.item else "")
+        s.RetrieveAETitle = ""
+        refs = []
+        for m in members:
+            if m.rejected:
+                continue
+            r = Dataset()
+            r.ReferencedSOPClassUID = m.sop_class_uid
+            r.ReferencedSOPInstanceUID = m.sop_instance_uid
+            refs.append(r)
+        s.ReferencedImageSequence = Sequence(refs)
+        s.ReferencedNonImageCompositeSOPInstanceSequence = Sequence()
+        series.append(s)
+    ds.PerformedSeriesSequence = Sequence(series)
+    _dose(ds, [img.exposure for img in images])
+    return ds
+
+
+def _dose(ds: Dataset, exposures: Seq[Exposure]) -> None:
+    """Radiation Dose module (PS3.3 C.4.16): every exposure given, with what the generator
+    confirmed (a value it did not confirm is left out, never guessed)."""
+    ds.TotalNumberOfExposures = len(exposures)
+    items = []
+    total_dap = 0.0
+    dap_known = bool(exposures)
+    for e in exposures:
+        act = e.actual
+        item = Dataset()
+        if act is not None and act.kvp is not None:
+            item.KVP = format_number_as_ds(float(act.kvp))
+        if act is not None and act.exposure_time_ms is not None:
+            item.ExposureTime = round(act.exposure_time_ms)
+            if act.mas is not None and act.exposure_time_ms > 0:
+                item.XRayTubeCurrentInuA = format_number_as_ds(act.mas / (act.exposure_time_ms / 1000.0) * 1000.0)
+        item.RadiationMode = "CONTINUOUS"
+        items.append(item)
+        if act is None or act.dap_dgy_cm2 is None:
+            dap_known = False
+        else:
+            total_dap += act.dap_dgy_cm2
+    ds.ExposureDoseSequence = Sequence(items)
+    if dap_known:
+        ds.ImageAndFluoroscopyAreaDoseProduct = format_number_as_ds(total_dap)
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    c = Dataset()
+    c.CodeValue = value
+    c.CodingSchemeDesignator = scheme
+    c.CodeMeaning = meaning
+    return c
+
+
+def _da(t: datetime) -> str:
+    return (t.astimezone() if t.tzinfo else t).strftime("%Y%m%d")
+
+
+def _tm(t: datetime) -> str:
+    return (t.astimezone() if t.tzinfo else t).strftime("%H%M%S")
