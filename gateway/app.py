@@ -18,6 +18,7 @@ from typing import Any
 
 from gateway.acquisition import ExposureState
 from gateway.alarms import Alarm, Alarms
+from gateway.audit import AuditTrail
 from gateway.calibration_workflow import CalibrationWorkflow, Progress
 from gateway.config import Config
 from gateway.correction import CalibrationSet, Corrector
@@ -25,7 +26,7 @@ from gateway.dicom import check_anatomy
 from gateway.errors import ConfigError, DxgateError
 from gateway.events import EventBus
 from gateway.exam_workflow import AcquiredImage, Exam, ExamWorkflow
-from gateway.forward import DeliveryResult, Forwarder
+from gateway.forward import CommitmentListener, DeliveryResult, Forwarder, settings_from
 from gateway.hardware import Hardware, open_hardware
 from gateway.imaging import ImagePipeline, ReprocessResult, state_directories
 from gateway.mpps import MppsQueue, MppsRecord, MppsSender
@@ -95,6 +96,9 @@ class Gateway:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._forward_thread: threading.Thread | None = None
+        self._audit: AuditTrail | None = None
+        self.commit_listener: CommitmentListener | None = None
+        self._commitment_listener(config)
         pending = self.raw_store.pending()
         if pending:
             self.alarms.raise_("frames-awaiting-reprocess",
@@ -170,6 +174,25 @@ class Gateway:
         """Whether the forwarding thread runs (for the health check and the watchdog)."""
         return self._forward_thread is not None and self._forward_thread.is_alive()
 
+    def _commitment_listener(self, config: Config) -> None:
+        """Create, re-configure or stop the storage commitment listener (started with forwarding)."""
+        settings = settings_from(config)
+        if settings is None:
+            if self.commit_listener is not None:
+                self.commit_listener.stop()
+                self.commit_listener = None
+            return
+        if self.commit_listener is not None:
+            self.commit_listener.configure(settings)
+            return
+        if self._audit is None:  # refusals are recorded in the state database; the daemon's trail ships them
+            self._audit = AuditTrail(config.path(config.spool.database), source_id=config.site.ae_title,
+                                     site=config.site.institution_name, busy_timeout_s=config.spool.db_busy_timeout_s)
+        self.commit_listener = CommitmentListener(settings, self.forwarder.committer.handle_report,
+                                                  audit=self._audit.record, clock=self._clock)
+        if self._forward_thread is not None:
+            self.commit_listener.start()
+
     def _mpps_refused(self, rec: MppsRecord, why: str) -> None:
         self.alarms.raise_("mpps-refused", f"{why}: the RIS does not know this step's state; its later "
                            "messages wait (see the RIS's log, then tell its administrator)", key=rec.mpps_uid)
@@ -177,6 +200,8 @@ class Gateway:
     def start_forwarding(self) -> None:
         if self.mpps_sender is not None:
             self.mpps_sender.start()
+        if self.commit_listener is not None and not self.commit_listener.running:
+            self.commit_listener.start()
         if self._forward_thread is None:
             self._forward_thread = threading.Thread(target=self.forwarder.run, args=(self._stop, self._wake),
                                                     name="dxgate-forward", daemon=True)
@@ -186,6 +211,7 @@ class Gateway:
         """Apply a reloaded configuration's destinations and worklist settings (SIGHUP); the
         queue is untouched: deliveries to a destination that left stay pending for it."""
         self.forwarder.reconfigure(config.destinations)
+        self._commitment_listener(self.config.model_copy(update={"destinations": config.destinations}))
         self.worklists.reconfigure(config)
         self.config = self.config.model_copy(update={"destinations": config.destinations,
                                                      "worklist": config.worklist})
@@ -230,6 +256,8 @@ class Gateway:
             self.mpps_sender.stop(timeout_s=min(timeout_s, 15.0))
         if self.mpps is not None:
             self.mpps.close()
+        if self.commit_listener is not None:
+            self.commit_listener.stop()
         if self._forward_thread is not None:
             self._forward_thread.join(timeout=timeout_s)
         self.hardware.close()
@@ -238,6 +266,8 @@ class Gateway:
             LOGGER.error("forwarder still busy at shutdown; spool left open for it to finish")
             return
         self.pipeline.close()
+        if self._audit is not None:
+            self._audit.close()
 
     def __enter__(self) -> Gateway:
         return self

@@ -267,6 +267,35 @@ class DestinationConfig(_Section):
     called_ae: AETitle = Field("PACS", description="Archive AE title.")
     max_pdu: StrictInt = Field(131072, ge=4096, le=4_194_304, description="Maximum PDU length offered.")
     timeout_s: Number = Field(30.0, ge=1, le=600, description="Network timeout for DIMSE and association.")
+    commitment: StrictBool = Field(False, description="Ask this archive for Storage Commitment (Push Model) after "
+                                   "each batch; a spooled file is deleted only once it committed it. Needs "
+                                   "[commitment_listener] reachable from the archive.")
+    commitment_timeout_s: Number = Field(600.0, ge=1, le=7 * 86400, description="No commitment report this long after "
+                                         "a request: ask again.")
+    commitment_asks: StrictInt = Field(3, ge=1, le=100, description="Commitment requests per transaction; when the "
+                                       "last goes unanswered an alarm is raised (the files are kept).")
+    commitment_hold_s: Number = Field(2.0, ge=0, le=60, description="How long the association stays open after a "
+                                      "commitment request for a report on it (0: report on a new association only).")
+    retention_s: Number = Field(7 * 86400.0, ge=0, le=3650 * 86400, description="Without commitment: a spooled file "
+                                "is deleted this long after this archive stored it (and every other destination is "
+                                "done with it). Never to make room.")
+
+
+def _optional_ae(value: str) -> str:
+    return value if value == "" else _ae_title(value)
+
+
+class CommitmentListenerConfig(_Section):
+    ae_title: Annotated[StrictStr, AfterValidator(_optional_ae)] = Field(
+        "", description="AE title the archives call to report storage commitment (empty: site.ae_title).")
+    host: Host = Field("127.0.0.1", description="Address the storage commitment listener binds to; it runs when a "
+                                                "destination has commitment = true.")
+    port: PortNumber = Field(11112, description="Port of the storage commitment listener.")
+    allowed_calling_aes: tuple[AETitle, ...] = Field(
+        (), description="Calling AE titles admitted (empty: the called AE titles of the destinations with commitment).")
+    allowed_hosts: tuple[Host, ...] = Field(
+        (), description="Peer hosts or addresses admitted (empty: the hosts of the destinations with commitment).")
+    timeout_s: Number = Field(30.0, ge=1, le=600, description="Network timeout of the listener's associations.")
 
 
 ViewPosition = Literal["AP", "PA", "LL", "RL", "RLD", "LLD", "RLO", "LLO", ""]
@@ -430,6 +459,9 @@ class Config(_Section):
     audit: AuditConfig = Field(default_factory=AuditConfig, description="Audit trail shipping.")
     mpps: MppsConfig = Field(default_factory=MppsConfig, description="Modality Performed Procedure Step.")
     service: ServiceConfig = Field(default_factory=ServiceConfig, description="The daemon.")
+    commitment_listener: CommitmentListenerConfig = Field(default_factory=CommitmentListenerConfig,
+                                                          description="Storage commitment reports from the archives "
+                                                                      "(SCP role).")
     destinations: tuple[DestinationConfig, ...] = Field(
         default=(DestinationConfig(),), min_length=1, description="Archives every image is forwarded to.")
     protocols: tuple[ProtocolConfig, ...] = Field(
@@ -584,6 +616,6 @@ def check_state_dir(cfg: Config) -> None:
         raise ConfigError(f"state_dir: cannot write in {probe_dir}: {exc.strerror or exc}") from None
 
 
-__all__ = ["ApiConfig", "AuditConfig", "CalibrationConfig", "Config", "ConfigError", "DestinationConfig",
-           "DetectorConfig", "ExposureConfig", "GeneratorConfig", "ServiceConfig", "SiteConfig", "SpoolConfig",
-           "WorklistConfig", "check_state_dir", "from_dict", "load", "to_toml"]
+__all__ = ["ApiConfig", "AuditConfig", "CalibrationConfig", "CommitmentListenerConfig", "Config", "ConfigError",
+           "DestinationConfig", "DetectorConfig", "ExposureConfig", "GeneratorConfig", "ServiceConfig", "SiteConfig",
+           "SpoolConfig", "WorklistConfig", "check_state_dir", "from_dict", "load", "to_toml"]

@@ -34,6 +34,7 @@ class Levels:
     heartbeat_ages_s: Callable[[], Mapping[str, float]] = dict
     alarms: Callable[[], Mapping[str, int]] = dict  # alarm code -> active count
     stage_queues: Callable[[], Mapping[str, int]] = dict  # stage queue -> items waiting
+    commitments: Callable[[], Mapping[tuple[str, str], int]] = dict  # (destination, state) -> transactions
     extra: list[Callable[[], Iterable[Metric]]] = field(default_factory=list)
 
 
@@ -53,6 +54,10 @@ class _LevelCollector(Collector):
                                 lambda: {(k,): float(v) for k, v in self._levels.alarms().items()})
         yield from self._family("dxgate_stage_queue_depth", "Items waiting in each bounded stage queue.", ["queue"],
                                 lambda: {(k,): float(v) for k, v in self._levels.stage_queues().items()})
+        yield from self._family("dxgate_commitment_transactions",
+                                "Storage commitment transactions per destination and state (open, answered, "
+                                "unanswered).", ["destination", "state"],
+                                lambda: {k: float(v) for k, v in self._levels.commitments().items()})
         yield from self._single("dxgate_detector_temperature_celsius", "Detector temperature.",
                                 self._levels.detector_temperature_c)
         yield from self._single("dxgate_calibration_age_seconds", "Age of the active calibration set.",
@@ -104,6 +109,10 @@ class Metrics:
                                   ["destination"], registry=r)
         self.send_results = Counter("dxgate_send_results", "C-STORE outcomes by destination, outcome and status.",
                                     ["destination", "outcome", "status"], registry=r)
+        self.commitment_instances = Counter(
+            "dxgate_commitment_instances", "Storage commitment by destination and outcome (requested, "
+            "request_failed, committed, resent, quarantined, unanswered), in instances.",
+            ["destination", "outcome"], registry=r)
         self.levels = Levels()
         r.register(_LevelCollector(self.levels))
 
@@ -111,6 +120,10 @@ class Metrics:
         """A forwarding result (gateway.forward.DeliveryResult), counted by outcome and status."""
         status = "none" if result.status is None else f"0x{result.status:04X}"
         self.send_results.labels(result.destination, str(result.outcome), status).inc()
+
+    def record_commitment(self, event: Any) -> None:
+        """A storage commitment event (gateway.forward.CommitmentEvent)."""
+        self.commitment_instances.labels(event.destination, event.outcome).inc(event.count)
 
     def render(self) -> bytes:
         """The text exposition format, for GET /metrics."""

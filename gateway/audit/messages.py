@@ -173,3 +173,16 @@ def security_alert(kind: tuple[str, str], *, who: str, outcome: Outcome, when: d
                    address: str = "") -> AuditEvent:
     return AuditEvent(SECURITY_ALERT, "E", outcome, when, kind,
                       (Participant(who, True, network_address=address),), description=description)
+
+
+def association_refused(*, calling_ae: str, address: str, called_ae: str, reason: str,
+                        when: datetime) -> AuditEvent:
+    """PS3.15 A.5.3.11 Security Alert (Node Authentication): a DICOM association was refused.
+
+    The peer that asked (calling AE, its address) is the performing participant, the refusing
+    application (called AE) the reporting one, and the alert subject names the peer node."""
+    return AuditEvent(SECURITY_ALERT, "E", Outcome.MINOR_FAILURE, when, NODE_AUTHENTICATION,
+                      (Participant(calling_ae or "-", True, network_address=address),
+                       Participant(called_ae or "-", False, ROLE_APPLICATION)),
+                      (ParticipantObject(f"{calling_ae or '-'}@{address}", 2, 13, None, "12"),),
+                      description=f"association refused: {reason}")

@@ -1,6 +1,9 @@
 """Stage: forward — C-STORE of spooled instances to the archives, with retries as data."""
 
+from gateway.forward.commit_listener import CommitmentListener, ListenerSettings, settings_from
+from gateway.forward.commitment import CommitmentEvent
 from gateway.forward.forwarder import DeliveryResult, Forwarder
 from gateway.forward.status import Outcome, Verdict, classify_status
 
-__all__ = ["DeliveryResult", "Forwarder", "Outcome", "Verdict", "classify_status"]
+__all__ = ["CommitmentEvent", "CommitmentListener", "DeliveryResult", "Forwarder", "ListenerSettings",
+           "settings_from", "Outcome", "Verdict", "classify_status"]

@@ -29,9 +29,9 @@ from pynetdicom.events import EventHandlerType
 from gateway.alarms import Alarms
 from gateway.config import DestinationConfig
 from gateway.errors import DxgateError, ForwardError
-from gateway.forward import scu
+from gateway.forward import commitment, scu
 from gateway.forward.status import Outcome, Scope, Verdict, classify_status, classify_transport, describe
-from gateway.spool import Delivery, Spool
+from gateway.spool import Delivery, RetentionPolicy, Spool
 
 LOGGER = logging.getLogger(__name__)
 
@@ -120,6 +120,13 @@ class Forwarder:
         self._retired: list[_Worker] = []  # workers of destinations that left, finishing their pass
         self._running = False
         self._run_wake: threading.Event | None = None
+        self.committer = commitment.Committer(spool, calling_ae=calling_ae, clock=clock, alarms=self.alarms,
+                                              extra_handlers=self._handlers, batch_size=batch_size)
+        self.committer.wake = self.wake_destination
+        self.committer.on_quarantine = self._commitment_quarantined
+        spool.unsend()  # rows left 'sending' by a run that ended mid-association: pending again
+        self.committer.resume()
+        self.removed_files = 0  # spool files deleted by retention (a metric)
 
     @property
     def max_idle_s(self) -> float:
@@ -183,6 +190,26 @@ class Forwarder:
             self._stop_workers()
         LOGGER.info("forwarder stopped")
 
+    def wake_destination(self, name: str) -> None:
+        """Run a destination's pass now (a commitment report asked for a resend)."""
+        worker = self._workers.get(name)
+        if worker is not None:
+            worker.wake.set()
+
+    def retention_policy(self) -> RetentionPolicy:
+        """The configured destinations: which commit, how long the others keep a sent file."""
+        return RetentionPolicy(commits=frozenset(d.name for d in self._destinations if d.commitment),
+                               age_s={d.name: d.retention_s for d in self._destinations if not d.commitment})
+
+    def retain(self) -> list[str]:
+        """Delete the spool files every destination is done with (never to make room)."""
+        removed = self._spool.retain(self.retention_policy(), self._clock())
+        self.removed_files += len(removed)
+        return removed
+
+    def _commitment_quarantined(self, uid: str, destination: str, reason: str) -> None:
+        self._report(DeliveryResult(uid, destination, Outcome.QUARANTINED, None, reason))
+
     def backoff_delay(self, attempts: int) -> float:
         """Exponential backoff with jitter: in [c/2, c], c = min(max, base * 2**attempts)."""
         ceiling = min(self._max, self._base * 2.0 ** min(attempts, 32))
@@ -221,6 +248,7 @@ class Forwarder:
         for w in workers:
             w.stop.set()
             w.wake.set()
+        self.committer.interrupt()  # a worker holding its association for a report lets go
         deadline = self._grace_clock() + self._grace
         for w in workers:
             if w.thread is not None:
@@ -278,7 +306,8 @@ class Forwarder:
             worker.wake.wait(timeout)
 
     def _idle_timeout(self, dest: DestinationConfig) -> float:
-        due = self._spool.next_attempt_at(dest.name)
+        due = min((t for t in (self._spool.next_attempt_at(dest.name), self.committer.next_due(dest))
+                   if t is not None), default=None)
         if due is None:
             return self._max
         return min(self._max, max(0.0, due - self._clock()))
@@ -303,6 +332,8 @@ class Forwarder:
                 results += done
                 if not go_on:
                     break
+            if stop is None or not stop.is_set():
+                self._commit_and_retain(dest, stop, attempt)
         except Exception as exc:  # one destination's failure must not stop the others
             failed = True
             results += self._pass_failed(dest, batch, exc)
@@ -314,6 +345,21 @@ class Forwarder:
             self._passes.pop(dest.name, None)
             self.last_pass_completed = self._monotonic()
         return results, failed
+
+    def _commit_and_retain(self, dest: DestinationConfig, stop: threading.Event | None,
+                           attempt: scu.Attempt | None) -> None:
+        """Commitment requests due and the retention sweep: their failure is alarmed, never
+        blamed on the destination's deliveries (no backoff)."""
+        try:
+            self.committer.ask_due(dest, stop, attempt)
+            self.retain()
+        except Exception as exc:
+            LOGGER.error("%s: storage commitment or retention failed: %s: %s", dest.name, type(exc).__name__, exc)
+            self.alarms.raise_("commitment-pass-failed", f"storage commitment or retention for {dest.name} failed "
+                               f"({type(exc).__name__}: {exc}); files are kept, retried at the next pass",
+                               key=dest.name)
+        else:
+            self.alarms.clear("commitment-pass-failed", dest.name)
 
     def _pass_failed(self, dest: DestinationConfig, batch: list[Delivery], exc: Exception) -> list[DeliveryResult]:
         """Record an unexpected error on the deliveries it held up, back off, raise an alarm."""
@@ -341,8 +387,12 @@ class Forwarder:
         if not ready:
             return results, True
         contexts = scu.build_contexts((row.sop_class_uid, ts) for row, ts in ready)
+        handlers = list(self._handlers)
+        if dest.commitment:  # ask on the same association, and take a report on it
+            contexts.append(commitment.context())
+            handlers += self.committer.handlers()
         try:
-            session = scu.open_session(dest, self._calling_ae, contexts, self._handlers, attempt)
+            session = scu.open_session(dest, self._calling_ae, contexts, handlers, attempt)
         except scu.AssociationFailed as exc:
             if stop is not None and stop.is_set():
                 return results, False  # cut short at shutdown: nothing happened, nothing recorded
@@ -353,7 +403,9 @@ class Forwarder:
                                                 exc.verdict.reason), False
             return results + [self._settle(row, exc.verdict, None) for row, _ in ready], True
         answered = False
+        uids = [row.sop_instance_uid for row, _ in ready]
         try:
+            self._spool.mark_sending(dest.name, uids, self._clock())
             for i, (row, ts) in enumerate(ready):
                 if stop is not None and stop.is_set():
                     return results, False  # shutting down: the rest stays pending, untouched
@@ -371,8 +423,13 @@ class Forwarder:
                 if not answered:
                     answered = True  # the archive answers: its backlog need wait no longer
                     self._spool.release_destination(dest.name, self._clock())
+            if dest.commitment and session.established and (stop is None or not stop.is_set()):
+                self.committer.request(session, dest, [r.uid for r in results if r.outcome is Outcome.SENT])
         finally:
-            session.release()
+            try:
+                session.release()
+            finally:
+                self._spool.unsend(dest.name, uids)  # what was never answered is pending again
         return results, True
 
     def _send_one(self, session: scu.Session, row: Delivery, transfer_syntax: str) -> tuple[Verdict, int | None]:

@@ -170,6 +170,18 @@ class Session:
         status = rsp.get("Status")
         return StoreReply(None if status is None else int(status))
 
+    def n_action(self, dataset: Dataset, action_type: int, sop_class: str, sop_instance: str) -> int | None:
+        """Send an N-ACTION; its response status, None without one (or without a context for it)."""
+        self._msg_id = self._msg_id % 0xFFFF + 1
+        try:
+            status, _reply = self._assoc.send_n_action(dataset, action_type, sop_class, sop_instance,
+                                                       msg_id=self._msg_id)
+        except (ValueError, RuntimeError) as exc:  # no accepted context, or the association went away
+            LOGGER.warning("%s: N-ACTION not sent: %s", self.destination.name, exc)
+            return None
+        value = status.get("Status") if status else None
+        return None if value is None else int(value)
+
     def release(self) -> None:
         if self._assoc.is_established:
             self._assoc.release()

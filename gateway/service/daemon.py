@@ -334,6 +334,8 @@ class Daemon:
         lv.stage_queues = lambda: {"kept_frames": gw.raw_store.count(),
                                    "frames_in_memory": gw.exams.frames_held_in_memory}
         gw.forwarder.on_result = self._on_send
+        lv.commitments = gw.spool.commitments.counts
+        gw.forwarder.committer.on_event = self.metrics.record_commitment
 
     # --- audit ----------------------------------------------------------------------------
 

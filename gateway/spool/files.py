@@ -63,3 +63,12 @@ def remove_temp_files(root: Path) -> list[Path]:
 def spooled_files(root: Path) -> list[Path]:
     """Every complete spool file under `root`, relative to it."""
     return sorted(p.relative_to(root) for p in root.glob(f"*/*{FILE_SUFFIX}") if not p.name.startswith("."))
+
+
+def remove(path: Path) -> None:
+    """Delete a spool file for good: unlinked, and its directory fsynced."""
+    try:
+        path.unlink(missing_ok=True)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise SpoolError(f"cannot remove spool file {path}: {exc}") from exc

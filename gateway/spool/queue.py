@@ -28,9 +28,11 @@ _SYNCHRONOUS_FULL = 2
 
 
 class DeliveryState(enum.StrEnum):
-    PENDING = "pending"
-    SENT = "sent"
-    QUARANTINED = "quarantined"
+    PENDING = "pending"  # waiting to be sent (due at next_attempt_at)
+    SENDING = "sending"  # handed to an association; back to pending if the outcome is never recorded
+    SENT = "sent"  # stored; for a destination with commitment, awaiting its commitment report
+    COMMITTED = "committed"  # the archive committed to keep it (storage commitment)
+    QUARANTINED = "quarantined"  # parked with a reason until an operator releases it
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,9 @@ class Delivery:
     path: str  # absolute path of the spooled Part-10 file
     sha256: str
     size: int
+    sent_at: float | None = None  # when the archive stored it
+    commit_txn: str | None = None  # the storage commitment transaction asking for it
+    commit_failures: int = 0  # times the archive reported its commitment failed
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,8 @@ class Backoff:
 
 _DELIVERY_SELECT = """
 select d.sop_instance_uid, d.destination, d.state, d.attempts, d.next_attempt_at,
-       d.last_status, d.last_error, d.updated_at, i.sop_class_uid, i.path, i.sha256, i.size
+       d.last_status, d.last_error, d.updated_at, i.sop_class_uid, i.path, i.sha256, i.size,
+       d.sent_at, d.commit_txn, d.commit_failures
 from deliveries d join instances i on i.sop_instance_uid = d.sop_instance_uid
 """
 
@@ -124,6 +130,17 @@ class Queue:
                     conn.execute("ROLLBACK")
                 raise
 
+    @contextmanager
+    def write(self) -> Iterator[sqlite_utils.Database]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT) for the spool's other books."""
+        with self._write():
+            yield self._db
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite_utils.Database]:
+        with self._lock:
+            yield self._db
+
     def check_writable(self) -> None:
         """Take and release the write lock (within the busy timeout); sqlite3.Error if it cannot."""
         with self._write():
@@ -158,6 +175,18 @@ class Queue:
             self._db.table("destinations").create({
                 "name": str, "failures": int, "retry_at": float, "last_error": str, "updated_at": float,
             }, pk="name", not_null={"failures", "retry_at", "updated_at"}, if_not_exists=True)
+            # Storage commitment and retention (added within schema version 1: older code ignores them)
+            for table, column, kind in (("deliveries", "sent_at", float), ("deliveries", "commit_txn", str),
+                                        ("deliveries", "commit_failures", int), ("instances", "removed_at", float)):
+                if column not in self._db.table(table).columns_dict:
+                    self._db.table(table).add_column(column, kind)
+            self._db.table("commitments").create({
+                "transaction_uid": str, "destination": str, "state": str, "asks": int, "created_at": float,
+                "asked_at": float, "due_at": float, "last_error": str, "updated_at": float,
+            }, pk="transaction_uid", not_null={"destination", "state", "asks", "created_at", "due_at", "updated_at"},
+                if_not_exists=True)
+            self._db.table("deliveries").create_index(["commit_txn"], index_name="deliveries_commit_txn",
+                                                     if_not_exists=True)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # --- instances -------------------------------------------------------------------------
@@ -192,8 +221,14 @@ class Queue:
     def paths(self) -> dict[str, str]:
         """Relative path -> SOP Instance UID, for every committed instance."""
         with self._lock:
-            return {r["path"]: r["sop_instance_uid"]
-                    for r in self._db.query("select path, sop_instance_uid from instances")}
+            return {r["path"]: r["sop_instance_uid"] for r in self._db.query(
+                "select path, sop_instance_uid from instances where removed_at is null")}
+
+    def removed_paths(self) -> dict[str, str]:
+        """Relative path -> SOP Instance UID of instances whose file retention removed."""
+        with self._lock:
+            return {r["path"]: r["sop_instance_uid"] for r in self._db.query(
+                "select path, sop_instance_uid from instances where removed_at is not null")}
 
     # --- deliveries ------------------------------------------------------------------------
 
@@ -276,9 +311,9 @@ class Queue:
         with self._write():
             for uid, status, why in attempted:
                 changed = self._db.execute(
-                    "update deliveries set attempts = attempts + 1, last_status = ?, last_error = ?, "
-                    "next_attempt_at = max(next_attempt_at, ?), updated_at = ? "
-                    "where sop_instance_uid = ? and destination = ? and state = 'pending'",
+                    "update deliveries set state = 'pending', attempts = attempts + 1, last_status = ?, "
+                    "last_error = ?, next_attempt_at = max(next_attempt_at, ?), updated_at = ? "
+                    "where sop_instance_uid = ? and destination = ? and state in ('pending', 'sending')",
                     [status, why, retry_at, now, uid, destination]).rowcount
                 if changed == 1:
                     updated.append(uid)
@@ -317,7 +352,29 @@ class Queue:
             state=DeliveryState(r["state"]), attempts=r["attempts"],
             next_attempt_at=r["next_attempt_at"], last_status=r["last_status"],
             last_error=r["last_error"], updated_at=r["updated_at"], sop_class_uid=r["sop_class_uid"],
-            path=str(self._root / r["path"]), sha256=r["sha256"], size=r["size"]) for r in rows]
+            path=str(self._root / r["path"]), sha256=r["sha256"], size=r["size"], sent_at=r["sent_at"],
+            commit_txn=r["commit_txn"], commit_failures=r["commit_failures"] or 0) for r in rows]
+
+    def mark_sending(self, destination: str, uids: Sequence[str], now: float) -> None:
+        """Pending rows handed to an association, in one transaction."""
+        with self._write():
+            self._db.conn.executemany(
+                "update deliveries set state = 'sending', updated_at = ? "
+                "where sop_instance_uid = ? and destination = ? and state = 'pending'",
+                [(now, uid, destination) for uid in uids])
+
+    def unsend(self, destination: str | None, uids: Sequence[str] | None) -> int:
+        """Rows left 'sending' (never answered, or a crash) become pending again, due as they were."""
+        sql = "update deliveries set state = 'pending' where state = 'sending'"
+        with self._write():
+            if uids is None:
+                args: list[Any] = []
+                if destination is not None:
+                    sql += " and destination = ?"
+                    args.append(destination)
+                return int(self._db.execute(sql, args).rowcount)
+            sql += " and destination = ? and sop_instance_uid = ?"
+            return sum(int(self._db.execute(sql, [destination, uid]).rowcount) for uid in uids)
 
     def close(self) -> None:
         with self._lock:

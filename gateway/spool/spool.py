@@ -16,12 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import SpoolError
-from gateway.spool import files
+from gateway.spool import files, retention
+from gateway.spool.commitments import CommitmentBook
 from gateway.spool.queue import Backoff, Delivery, DeliveryState, Queue
+from gateway.spool.retention import RetentionPolicy
 from gateway.types import SpooledInstance
 from gateway.uids import is_valid_uid
 
 LOGGER = logging.getLogger(__name__)
+
+_UNSETTLED = (DeliveryState.PENDING, DeliveryState.SENDING)  # states an attempt's outcome is recorded from
 
 DEFAULT_MIN_FREE_BYTES = 512 * 1024 * 1024
 
@@ -50,6 +54,7 @@ class Spool:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
         self.database = Path(database)
         self._queue = Queue(self.database, self.directory, busy_timeout_s=busy_timeout_s)
+        self.commitments = CommitmentBook(self._queue)  # storage commitment transactions
         self.recovery = self._recover()
 
     # --- the durability point --------------------------------------------------------------
@@ -130,15 +135,27 @@ class Spool:
 
     def mark_sent(self, uid: str, destination: str, status: int, now: float, warning: str | None = None) -> None:
         """Stored; `warning` records what a warning status said (kept as the row's last_error)."""
-        self._queue.update(uid, destination, expect=(DeliveryState.PENDING,), count_attempt=True,
+        self._queue.update(uid, destination, expect=_UNSETTLED, count_attempt=True,
                            state=DeliveryState.SENT.value, last_status=status, last_error=warning,
-                           updated_at=now)
+                           updated_at=now, sent_at=now, commit_txn=None)
 
     def mark_retry(self, uid: str, destination: str, status: int | None, error: str,
                    next_attempt_at: float, now: float) -> None:
-        self._queue.update(uid, destination, expect=(DeliveryState.PENDING,), count_attempt=True,
-                           last_status=status, last_error=error, next_attempt_at=next_attempt_at,
-                           updated_at=now)
+        self._queue.update(uid, destination, expect=_UNSETTLED, count_attempt=True,
+                           state=DeliveryState.PENDING.value, last_status=status, last_error=error,
+                           next_attempt_at=next_attempt_at, updated_at=now)
+
+    def mark_sending(self, destination: str, uids: Sequence[str], now: float) -> None:
+        """Pending deliveries handed to an association (state 'sending', one transaction)."""
+        self._queue.mark_sending(destination, uids, now)
+
+    def unsend(self, destination: str | None = None, uids: Sequence[str] | None = None) -> int:
+        """Deliveries still 'sending' (of `uids`, of a destination, or all) are pending again, due
+        as they were: their outcome was never recorded, so the same UID is sent again."""
+        n = self._queue.unsend(destination, uids)
+        if n and uids is None:
+            LOGGER.warning("%d deliveries were being sent when the last run ended; pending again", n)
+        return n
 
     def backoff(self, destination: str) -> Backoff | None:
         """The destination's backoff (consecutive failures, retry time), None when it has none."""
@@ -161,7 +178,7 @@ class Spool:
 
     def quarantine(self, uid: str, destination: str, status: int | None, reason: str, now: float) -> None:
         """Park a delivery until an operator releases it; `reason` says why."""
-        self._queue.update(uid, destination, expect=(DeliveryState.PENDING,), count_attempt=True,
+        self._queue.update(uid, destination, expect=_UNSETTLED, count_attempt=True,
                            state=DeliveryState.QUARANTINED.value, last_status=status,
                            last_error=reason, updated_at=now)
         LOGGER.error("quarantined %s for %s: %s", uid, destination, reason)
@@ -182,6 +199,16 @@ class Spool:
 
     def deliveries(self, uid: str) -> list[Delivery]:
         return self._queue.deliveries(uid)
+
+    def retain(self, policy: RetentionPolicy, now: float | None = None, limit: int = 1000) -> list[str]:
+        """Delete the spool files every destination is done with (see gateway.spool.retention);
+        returns their SOP Instance UIDs. Never called to make room."""
+        return retention.sweep(self._queue, self.directory, policy, self._clock() if now is None else now, limit)
+
+    def removed(self, uid: str) -> bool:
+        """Whether retention deleted the instance's file."""
+        row = self._queue.instance(uid)
+        return row is not None and row.get("removed_at") is not None
 
     def listing(self, *, state: str | None = None, destination: str | None = None, limit: int = 100) -> list[Delivery]:
         """Deliveries newest first, filtered by state and/or destination."""
@@ -233,6 +260,10 @@ class Spool:
             LOGGER.warning("removed half-written spool file %s (never acknowledged)", tmp)
         committed = self._queue.paths()
         on_disk = {p.as_posix() for p in files.spooled_files(self.directory)}
+        for rel in sorted(on_disk & self._queue.removed_paths().keys()):
+            files.remove(self.directory / rel)  # retention decided, a crash came before the unlink
+            on_disk.discard(rel)
+            LOGGER.info("finished removing retained-out spool file %s", rel)
         unreferenced = sorted(on_disk - committed.keys())
         for rel in unreferenced:
             LOGGER.warning("spool file %s has no committed queue row; it is not forwarded", rel)
@@ -241,7 +272,7 @@ class Spool:
         for rel in missing:
             uid = committed[rel]
             for d in self._queue.deliveries(uid):
-                if d.state is DeliveryState.PENDING:
+                if d.state in _UNSETTLED:
                     self.quarantine(uid, d.destination, None, f"spool file {rel} is missing", now)
         return RecoveryReport(tuple(str(p) for p in removed), tuple(unreferenced), tuple(missing))
 

@@ -150,7 +150,7 @@ def test_after_an_outage_the_backlog_has_one_retry_time_and_the_archive_gets_all
         archive.stop()
     assert received == 55  # the archive's own view: a file per instance
     assert sorted(r.outcome for r in results) == [Outcome.SENT] * 55
-    assert spool.counts() == {"pending": 0, "sent": 55, "quarantined": 0}
+    assert spool.counts() == {"pending": 0, "sending": 0, "sent": 55, "committed": 0, "quarantined": 0}
 
 
 @pytest.mark.peers

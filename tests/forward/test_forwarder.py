@@ -51,7 +51,7 @@ def test_backlog_goes_over_one_association_with_nodelay(spool: Spool, clock: Fak
     assert [r.outcome for r in results] == [Outcome.SENT] * 6
     assert scp.associations == 1 and nodelay == [True]
     assert sorted(scp.stored) == sorted(o.sop_instance_uid for o in objs)
-    assert spool.counts() == {"pending": 0, "sent": 6, "quarantined": 0}
+    assert spool.counts() == {"pending": 0, "sending": 0, "sent": 6, "committed": 0, "quarantined": 0}
     by_uid = {str(ds.SOPInstanceUID): ds for ds in scp.datasets}
     for o in objs:
         assert (by_uid[o.sop_instance_uid].pixel_array == o.pixels).all()

@@ -109,7 +109,7 @@ def test_counts_and_listing(spool: Spool) -> None:
     put(spool, a, ("pacs", "backup"))
     put(spool, b, ("pacs",))
     spool.quarantine(b.sop_instance_uid, "pacs", 0xC000, "refused", now=1001.0)
-    assert spool.counts() == {"pending": 2, "sent": 0, "quarantined": 1}
+    assert spool.counts() == {"pending": 2, "sending": 0, "sent": 0, "committed": 0, "quarantined": 1}
     assert spool.counts_by_destination() == {("backup", "pending"): 1, ("pacs", "pending"): 1,
                                              ("pacs", "quarantined"): 1}
     assert [d.sop_instance_uid for d in spool.listing(state="quarantined")] == [b.sop_instance_uid]

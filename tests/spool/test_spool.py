@@ -58,7 +58,7 @@ def test_reput_with_identical_bytes_is_idempotent(spool: Spool) -> None:
     again = put(spool, obj, ("pacs", "backup"))
     assert again.path == first.path and again.sha256 == first.sha256
     assert again.destinations == ("backup", "pacs")  # a new destination is added, nothing duplicated
-    assert spool.counts() == {"pending": 2, "sent": 0, "quarantined": 0}
+    assert spool.counts() == {"pending": 2, "sending": 0, "sent": 0, "committed": 0, "quarantined": 0}
 
 
 def test_reput_with_different_bytes_is_refused(spool: Spool) -> None:
@@ -119,7 +119,7 @@ def test_state_transitions(spool: Spool) -> None:
     [qa] = spool.deliveries(a.sop_instance_uid)
     assert (qa.state, qa.attempts, qa.last_status, qa.last_error) == (
         DeliveryState.QUARANTINED, 2, 0xA900, "archive refused the object")
-    assert spool.counts() == {"pending": 0, "sent": 1, "quarantined": 1}
+    assert spool.counts() == {"pending": 0, "sending": 0, "sent": 1, "committed": 0, "quarantined": 1}
     assert spool.next_attempt_at() is None
     with pytest.raises(SpoolError, match="no delivery"):
         spool.mark_sent(a.sop_instance_uid, "pacs", 0, now=1003.0)  # quarantine is left only by an operator
