@@ -70,6 +70,28 @@ class FrameMeta:
     flags: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class DetectorStatus:
+    """What the gateway shows of a detector: state ("idle", "armed", "holding", "not answering",
+    "unplugged"), temperature, frames held, battery and link quality (wireless panels; None for
+    a cable), firmware, and the error that explains a state the detector cannot work in."""
+
+    state: str
+    temperature_c: float | None
+    over_temperature: bool
+    frames_held: int
+    battery_percent: int | None
+    link_quality_percent: int | None
+    firmware: str
+    last_frame_number: int | None = None
+    error: str = ""
+    exposure_ready: bool = False  # EXP_OK: integrating for a synchronised exposure
+
+    @property
+    def ready(self) -> bool:
+        return self.state in ("idle", "armed", "holding") and not self.over_temperature
+
+
 @dataclass(frozen=True, eq=False)
 class RawFrame:
     """A frame exactly as read from the detector (uint16, read-only), with its metadata."""
@@ -118,6 +140,7 @@ class ExposureReadback:
     mas: float | None
     exposure_time_ms: float | None
     dap_dgy_cm2: float | None  # dose-area product (Image and Fluoroscopy Area Dose Product units)
+    tube_current_ma: float | None = None  # measured mean tube current, when the generator reports it
 
 
 @dataclass(frozen=True)

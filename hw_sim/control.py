@@ -2,6 +2,11 @@
 
 JSON lines over a Unix socket, one request and one reply per line (`{"op": "press"}` ->
 `{"ok": true, "fired": true}`). `SimControl` is the client tests and the demo use.
+
+Faults: panel — crc_errors, truncate, skip_frame_number, stall_payload, halt_bulk,
+unplug / plug, unplug_mid_transfer (replug_after_s), hang (hung), temperature (over-temperature),
+battery (percent, link_quality); generator — interlock / clear_interlock, garble_generator,
+readback_next, tube_heat (percent), anode_fault, generator_silent (silent), line_noise (text).
 """
 
 from __future__ import annotations
@@ -59,7 +64,8 @@ class ControlServer:
             return {"exposures": gen.exposures, "presses_refused": gen.presses_refused,
                     "generator_state": gen.state, "pulses": len(room.pulses), "pulses_lost": panel.pulses_lost,
                     "frames_read_out": panel.frames_read_out, "transmissions": panel.transmissions,
-                    "held_frame": panel.held_frame, "temperature_c": room.temperature_c, "scene": room.scene}
+                    "held_frame": panel.held_frame, "frames_held": panel.frames_held, "present": panel.present,
+                    "temperature_c": room.temperature_c, "scene": room.scene}
         if op == "pulses":
             return {"pulses": [list(p) for p in room.pulses]}
         if op == "place":
@@ -88,6 +94,35 @@ class ControlServer:
             return {}
         if op == "skip_frame_number":
             room.skip_frame_number(int(req.get("n", 1)))
+            return {}
+        if op == "tube_heat":
+            gen.set_tube_heat(float(req["percent"]))
+            return {}
+        if op == "anode_fault":
+            gen.anode_fault(int(req.get("n", 1)))
+            return {}
+        if op == "generator_silent":
+            gen.go_silent(bool(req.get("silent", True)))
+            return {}
+        if op == "line_noise":
+            gen.noise_before_next_reply(str(req.get("text", "~~ line noise ~~")).encode("latin-1") + b"\r\n")
+            return {}
+        if op == "unplug_mid_transfer":
+            after = req.get("replug_after_s")
+            panel.unplug_mid_transfer(int(req.get("n", 1)), None if after is None else float(after))
+            return {}
+        if op == "stall_payload":
+            panel.stall_payload(int(req.get("n", 1)))
+            return {}
+        if op == "halt_bulk":
+            panel.halt_bulk(int(req.get("n", 1)))
+            return {}
+        if op == "hang":
+            panel.hang(bool(req.get("hung", True)))
+            return {}
+        if op == "battery":
+            battery, link = req.get("percent"), req.get("link_quality")
+            panel.set_battery(None if battery is None else int(battery), None if link is None else int(link))
             return {}
         if op in ("unplug", "plug"):
             if self._on_unplug is None:

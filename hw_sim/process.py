@@ -26,10 +26,14 @@ LOGGER = logging.getLogger(__name__)
 
 
 def serve(directory: Path, *, seed: int = 1, serial: str = "SIM-0001", modes: tuple[str, ...] = tuple(MODES),
-          prep_time_s: float = 0.0, temperature_c: float = 30.0, stop: threading.Event | None = None) -> int:
+          prep_time_s: float = 0.0, temperature_c: float = 30.0, stop: threading.Event | None = None,
+          wireless: bool = False, sync_link: bool = False, heartbeat_timeout_s: float | None = None,
+          frame_cache: int = 0) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     stop = stop or threading.Event()
-    room = SimRoom(seed, serial=serial, modes=modes, prep_time_s=prep_time_s, temperature_c=temperature_c)
+    room = SimRoom(seed, serial=serial, modes=modes, prep_time_s=prep_time_s, temperature_c=temperature_c,
+                   wireless=wireless, sync_link=sync_link, heartbeat_timeout_s=heartbeat_timeout_s,
+                   frame_cache=frame_cache)
     port = room.start_generator()
     backend = room.usb_backend()
     usb_server = UsbSocketServer(backend, directory / "usb.sock")
@@ -62,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES), help=f"panel modes (of {', '.join(MODES)})")
     parser.add_argument("--prep-time", type=float, default=0.0, help="rotor spin-up on prepare, seconds")
     parser.add_argument("--temperature", type=float, default=30.0)
+    parser.add_argument("--wireless", action="store_true", help="a battery panel: reports battery and link")
+    parser.add_argument("--sync-link", action="store_true",
+                        help="the generator fires only on the panel's EXP_OK (synchronised trigger)")
+    parser.add_argument("--frame-cache", type=int, default=0,
+                        help="benchmarks: reuse this many synthesised frames per exposure level (0: all new)")
+    parser.add_argument("--heartbeat", type=float, default=None,
+                        help="the generator withdraws a release after this many seconds without a host sentence")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="hw_sim %(levelname)s %(message)s")
     stop = threading.Event()
@@ -69,4 +80,6 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     return serve(args.dir, seed=args.seed, serial=args.serial, modes=modes, prep_time_s=args.prep_time,
-                 temperature_c=args.temperature, stop=stop)
+                 temperature_c=args.temperature, stop=stop, wireless=args.wireless,
+                 sync_link=args.sync_link, heartbeat_timeout_s=args.heartbeat,
+                 frame_cache=args.frame_cache)

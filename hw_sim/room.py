@@ -35,7 +35,8 @@ class SimRoom:
 
     def __init__(self, seed: int = 1, *, serial: str = "SIM-0001", modes: Sequence[str] = tuple(MODES),
                  temperature_c: float = 30.0, prep_time_s: float = 0.0,
-                 counts_per_ugy: float = 400.0) -> None:
+                 counts_per_ugy: float = 400.0, wireless: bool = False, sync_link: bool = False,
+                 heartbeat_timeout_s: float | None = None, frame_cache: int = 0) -> None:
         self.seed = seed
         self.serial = serial
         self._lock = threading.Lock()
@@ -44,8 +45,11 @@ class SimRoom:
         self._temperature_c = temperature_c
         self._counts_per_ugy = counts_per_ugy
         self._prep_time_s = prep_time_s
+        self.heartbeat_timeout_s = heartbeat_timeout_s  # the generator's heartbeat watchdog (None: off)
+        self.sync_link = sync_link  # the generator fires only on the panel's EXP_OK (synchronised trigger)
         self.panel = SimPanel(serial=serial, modes=modes, model_for=self.model,
-                              temperature_c=lambda: self.temperature_c)
+                              temperature_c=lambda: self.temperature_c, wireless=wireless,
+                              frame_cache=frame_cache)
         self._backend: SimUsbBackend | None = None
         self._generator: SimGenerator | None = None
         self.pulses: list[tuple[float, float, float]] = []  # (kvp, mas, kerma uGy) delivered
@@ -122,8 +126,9 @@ class SimRoom:
         """Start the generator (once) and return its pty path for pyserial."""
         with self._lock:
             if self._generator is None:
-                self._generator = SimGenerator(self.deliver, seed=self.seed,
-                                               prep_time_s=self._prep_time_s)
+                self._generator = SimGenerator(self.deliver, seed=self.seed, prep_time_s=self._prep_time_s,
+                                               exp_req=self.panel.exp_req if self.sync_link else None,
+                                               heartbeat_timeout_s=self.heartbeat_timeout_s)
             return self._generator.path
 
     @property

@@ -47,6 +47,7 @@ class _SimDevice:
     panel: SimPanel
     bus: int
     address: int
+    generation: int = 0  # the panel's plug_generation when it enumerated at this address
     claimed_by: object | None = None
 
 
@@ -64,22 +65,37 @@ class SimUsbBackend(usb.backend.IBackend):
         super().__init__()
         self._lock = threading.Lock()
         self._devices: list[_SimDevice] = []
+        self._next_address = 1
         for panel in panels:
             self.plug(panel)
 
     def plug(self, panel: SimPanel) -> None:
+        """Put a panel on this bus, or plug an unplugged one back in (it gets a new address)."""
         with self._lock:
-            self._devices.append(_SimDevice(panel, bus=1, address=len(self._devices) + 2))
+            if any(d.panel is panel for d in self._devices):
+                panel.plug()
+                return
+            self._next_address = self._next_address + 1
+            self._devices.append(_SimDevice(panel, bus=1, address=self._next_address,
+                                            generation=panel.plug_generation))
 
     def unplug(self, serial: str) -> None:
+        """Pull the panel's cable: open handles see "No such device"; its held frames stay on it."""
         with self._lock:
-            self._devices = [d for d in self._devices if d.panel.serial != serial]
+            panels = [d.panel for d in self._devices if d.panel.serial == serial]
+        for panel in panels:
+            panel.unplug()
 
     # --- enumeration and descriptors -------------------------------------------------------
 
     def enumerate_devices(self) -> Iterator[_SimDevice]:
         with self._lock:
-            devices = list(self._devices)
+            for i, d in enumerate(self._devices):
+                if d.generation != d.panel.plug_generation:  # re-plugged: enumerates at a new address
+                    self._next_address = self._next_address + 1
+                    self._devices[i] = _SimDevice(d.panel, bus=1, address=self._next_address,
+                                                  generation=d.panel.plug_generation)
+            devices = [d for d in self._devices if d.panel.present]
         return iter(devices)
 
     def get_parent(self, dev: _SimDevice) -> None:
@@ -179,6 +195,10 @@ class SimUsbBackend(usb.backend.IBackend):
 
     def clear_halt(self, dev_handle: _SimHandle, ep: int) -> None:
         self._check_present(dev_handle.dev)
+        try:
+            dev_handle.dev.panel.clear_halt()
+        except Unplugged:
+            raise self._no_device() from None
 
     def reset_device(self, dev_handle: _SimHandle) -> None:
         self._check_present(dev_handle.dev)
@@ -195,8 +215,12 @@ class SimUsbBackend(usb.backend.IBackend):
             data = dev_handle.dev.panel.bulk_in(len(target), None if timeout == 0 else timeout / 1000)
         except TimeoutError:
             raise usb.core.USBTimeoutError("Operation timed out", _TIMEOUT, errno.ETIMEDOUT) from None
+        except Stall as exc:
+            raise _pipe(str(exc)) from None
         except Unplugged:
             raise self._no_device() from None
+        if dev_handle.dev.generation != dev_handle.dev.panel.plug_generation:
+            raise self._no_device()
         n = len(data)
         target[:n] = data
         return n
@@ -212,18 +236,21 @@ class SimUsbBackend(usb.backend.IBackend):
         device_to_host = bool(bmRequestType & 0x80)
         rtype = bmRequestType & 0x60
         panel = dev_handle.dev.panel
+        timeout_s = None if timeout == 0 else timeout / 1000
         try:
             if rtype == 0x00:
                 reply = self._standard_request(dev_handle.dev, bRequest, wValue, wIndex)
             elif rtype == 0x40 and device_to_host:
-                reply = panel.control_in(bRequest, wValue, len(buf))
+                reply = panel.control_in(bRequest, wValue, len(buf), timeout_s)
             elif rtype == 0x40:
-                panel.control_out(bRequest, wValue)
+                panel.control_out(bRequest, wValue, bytes(buf), timeout_s)
                 return len(buf)
             else:
                 raise _pipe(f"request type 0x{bmRequestType:02x} not supported")
         except Stall as exc:
             raise _pipe(str(exc)) from None
+        except TimeoutError:
+            raise usb.core.USBTimeoutError("Operation timed out", _TIMEOUT, errno.ETIMEDOUT) from None
         except Unplugged:
             raise self._no_device() from None
         n = min(len(reply), len(buf))
@@ -256,8 +283,8 @@ class SimUsbBackend(usb.backend.IBackend):
 
     def _check_present(self, dev: _SimDevice) -> None:
         with self._lock:
-            present = dev in self._devices
-        if not present:
+            present = dev in self._devices or any(d.panel is dev.panel for d in self._devices)
+        if not present or not dev.panel.present or dev.generation != dev.panel.plug_generation:
             raise self._no_device()
 
     def _check_claimed(self, dev_handle: _SimHandle, intf: int) -> None:

@@ -20,10 +20,16 @@ LANGID_EN_US = 0x0409
 
 # Vendor requests (bRequest).
 IDENTIFY, SET_MODE, ARM, STATUS, ACK, RESEND, DISARM = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
+TRIGGER, START_SEQUENCE = 0x08, 0x09  # protocol version 2
+PROTOCOL_VERSION = 2
 # STATUS state and last-error codes.
 IDLE, ARMED, HOLDING = 0, 1, 2
-E_NONE, E_BAD_REQUEST, E_BAD_MODE, E_BAD_KIND, E_NO_FRAME, E_WRONG_FRAME, E_BUSY = range(7)
-KIND_DARK, KIND_EXPOSED = 0, 1
+E_NONE, E_BAD_REQUEST, E_BAD_MODE, E_BAD_KIND, E_NO_FRAME, E_WRONG_FRAME, E_BUSY, E_OVER_TEMPERATURE = range(8)
+# ARM wValue: dark, exposed synchronised (EXP_REQ/EXP_OK), software trigger, automatic exposure detection.
+KIND_DARK, KIND_EXPOSED, KIND_SOFTWARE, KIND_AED = 0, 1, 2, 3
+FLAG_OVER_TEMPERATURE, FLAG_WIRELESS, FLAG_SEQUENCE, FLAG_EXP_OK = 0x01, 0x02, 0x04, 0x08
+NOT_REPORTED = 0xFF  # battery / link quality of a cabled panel
+SEQUENCE_STRUCT = struct.Struct("<IIB")  # START_SEQUENCE data: frame count, period (us), kind
 
 _HEADER = struct.Struct("<4sHHIHHBBHhxxQII20xI")
 HEADER_SIZE = _HEADER.size
@@ -37,9 +43,12 @@ def frame_header(*, frame_number: int, rows: int, columns: int, bits: int, kind:
 
 
 def status_record(*, state: int, last_error: int, mode_id: int, last_frame: int,
-                  temperature_c: float) -> bytes:
-    return struct.pack("<BBHIh6x", state, last_error, mode_id, last_frame & 0xFFFFFFFF,
-                       round(temperature_c * 100))
+                  temperature_c: float, flags: int = 0, battery: int | None = None, link: int | None = None,
+                  held: int = 0) -> bytes:
+    """Version 2 fills the bytes version 1 reserved: flags, battery, link, frames held, version."""
+    return struct.pack("<BBHIhBBBBBx", state, last_error, mode_id, last_frame & 0xFFFFFFFF,
+                       round(temperature_c * 100), flags, NOT_REPORTED if battery is None else battery,
+                       NOT_REPORTED if link is None else link, min(held, 255), PROTOCOL_VERSION)
 
 
 def _text(s: str) -> bytes:

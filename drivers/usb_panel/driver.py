@@ -2,6 +2,12 @@
 
 The same code talks to real hardware (libusb backend) and to the simulator (a pyusb
 backend passed as ``backend``): tests swap what sits behind pyusb, never this driver.
+
+Recovery it does by itself: a corrupt, short or stalled transmission and a halted bulk
+endpoint are re-read (RESEND), never patched; a panel unplugged in the middle of a transfer
+is found again by its serial, re-claimed, and its held frame read again (the frame number
+tells a re-read from a new frame: none lost, none doubled); a panel that stops answering is
+a DeviceError after the control timeout, never a hang.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import logging
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,12 +28,14 @@ import usb.util
 
 from drivers.usb_panel import protocol as p
 from gateway.errors import DeviceError, DeviceNotFound, FrameError
-from gateway.types import DetectorInfo, FrameKind, FrameMeta, RawFrame, ReadoutMode
+from gateway.types import DetectorInfo, DetectorStatus, FrameKind, FrameMeta, RawFrame, ReadoutMode
 
 LOGGER = logging.getLogger(__name__)
 
 CONTROL_TIMEOUT_MS = 2000
 PAYLOAD_TIMEOUT_FLOOR_S = 2.0  # once the header is in, the payload follows at bus speed
+REPLUG_TIMEOUT_S = 10.0  # how long a panel unplugged in a transfer may take to come back
+_NO_DEVICE = -4  # LIBUSB_ERROR_NO_DEVICE
 
 
 def _buffer(size: int) -> array.array:
@@ -49,6 +58,14 @@ def device_time(timestamp_us: int) -> tuple[datetime, str]:
     return when, ""
 
 
+class PanelGone(DeviceError):
+    """The panel left the bus (unplugged, powered off): 'No such device'."""
+
+
+def _gone(exc: usb.core.USBError) -> bool:
+    return exc.errno == errno.ENODEV or exc.backend_error_code == _NO_DEVICE
+
+
 class _BadTransmission(Exception):
     """A transmission that a RESEND may cure (bad CRC, short payload, garbled header)."""
 
@@ -59,10 +76,31 @@ class _BadTransmission(Exception):
 
 
 def open_detector(*, vendor_id: int = p.VENDOR_ID, product_id: int = p.PRODUCT_ID, serial: str = "",
-                  mode: str = "2x2", backend: Any = None, read_attempts: int = 3) -> UsbPanelDetector:
+                  mode: str = "2x2", backend: Any = None, read_attempts: int = 3,
+                  control_timeout_s: float = CONTROL_TIMEOUT_MS / 1000,
+                  payload_timeout_s: float = PAYLOAD_TIMEOUT_FLOOR_S,
+                  replug_timeout_s: float = REPLUG_TIMEOUT_S) -> UsbPanelDetector:
     """Find the panel (by serial when given), claim it, identify it and set ``mode``."""
     if read_attempts < 1:
         raise ValueError(f"read_attempts must be >= 1, got {read_attempts}")
+    chosen, seen = _find(vendor_id, product_id, serial, backend)
+    if chosen is None:
+        ident = f"{vendor_id:04x}:{product_id:04x}" + (f" serial {serial!r}" if serial else "")
+        found = f" (found: {', '.join(seen)})" if seen else " (no device with that VID:PID attached)"
+        raise DeviceNotFound(f"no USB panel {ident}{found}")
+    detector = UsbPanelDetector(chosen, read_attempts=read_attempts, control_timeout_s=control_timeout_s,
+                                payload_timeout_s=payload_timeout_s, replug_timeout_s=replug_timeout_s,
+                                finder=lambda s: _find(vendor_id, product_id, s, backend)[0])
+    try:
+        detector._start(mode)
+    except BaseException:
+        detector.close()
+        raise
+    return detector
+
+
+def _find(vendor_id: int, product_id: int, serial: str, backend: Any) -> tuple[Any, list[str]]:
+    """The first panel with this VID:PID (and serial, when given), and the serials seen."""
     ident = f"{vendor_id:04x}:{product_id:04x}" + (f" serial {serial!r}" if serial else "")
     try:
         candidates = list(usb.core.find(idVendor=vendor_id, idProduct=product_id, backend=backend,
@@ -72,7 +110,6 @@ def open_detector(*, vendor_id: int = p.VENDOR_ID, product_id: int = p.PRODUCT_I
     except usb.core.USBError as exc:
         raise DeviceError(f"cannot look for USB panel {ident}: {exc}") from exc
     seen: list[str] = []
-    chosen = None
     for dev in candidates:
         try:
             dev_serial = usb.util.get_string(dev, dev.iSerialNumber) or ""
@@ -81,26 +118,27 @@ def open_detector(*, vendor_id: int = p.VENDOR_ID, product_id: int = p.PRODUCT_I
             continue
         seen.append(dev_serial)
         if not serial or dev_serial == serial:
-            chosen = dev
-            break
-    if chosen is None:
-        found = f" (found: {', '.join(seen)})" if seen else " (no device with that VID:PID attached)"
-        raise DeviceNotFound(f"no USB panel {ident}{found}")
-    detector = UsbPanelDetector(chosen, read_attempts=read_attempts)
-    try:
-        detector._start(mode)
-    except BaseException:
-        detector.close()
-        raise
-    return detector
+            return dev, seen
+        usb.util.dispose_resources(dev)
+    return None, seen
 
 
 class UsbPanelDetector:
     """One claimed panel. Implements gateway.ports.Detector structurally."""
 
-    def __init__(self, dev: usb.core.Device, *, read_attempts: int = 3) -> None:
+    def __init__(self, dev: usb.core.Device, *, read_attempts: int = 3,
+                 control_timeout_s: float = CONTROL_TIMEOUT_MS / 1000,
+                 payload_timeout_s: float = PAYLOAD_TIMEOUT_FLOOR_S, replug_timeout_s: float = REPLUG_TIMEOUT_S,
+                 finder: Any = None) -> None:
         self._dev = dev
         self._read_attempts = read_attempts
+        self._control_timeout_ms = max(1, round(control_timeout_s * 1000))
+        self._payload_timeout_s = payload_timeout_s
+        self._replug_timeout_s = replug_timeout_s
+        self._finder = finder
+        self._closing = threading.Event()
+        self._sequence_left = 0
+        self.replugs = 0  # times the panel was found again after leaving the bus
         self._lock = threading.RLock()
         self._info: DetectorInfo | None = None
         self._mode: ReadoutMode | None = None
@@ -113,7 +151,7 @@ class UsbPanelDetector:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def _start(self, mode: str) -> None:
+    def _claim(self) -> None:
         dev = self._dev
         try:
             try:
@@ -126,6 +164,9 @@ class UsbPanelDetector:
             self._claimed = True
         except usb.core.USBError as exc:
             raise DeviceError(f"cannot claim USB panel {self._where()}: {exc}") from exc
+
+    def _start(self, mode: str) -> None:
+        self._claim()
         try:
             ident = p.unpack_identity(self._ctrl_in(p.Request.IDENTIFY, p.IDENTIFY_MAX))
         except p.ProtocolError as exc:
@@ -172,6 +213,7 @@ class UsbPanelDetector:
             self._armed = None
 
     def close(self) -> None:
+        self._closing.set()  # a wait for a re-plug ends now
         with self._lock:
             if self._closed:
                 return
@@ -214,14 +256,104 @@ class UsbPanelDetector:
         LOGGER.info("panel %s: mode %s (%dx%d)", self.info.serial, mode.name, mode.rows, mode.columns)
         return mode
 
-    def arm(self, kind: FrameKind) -> None:
+    def arm(self, kind: FrameKind, trigger: p.Trigger = p.Trigger.SYNC) -> None:
+        """Arm for one frame. An exposed frame waits for X-rays as ``trigger`` says: SYNC (the
+        generator's EXP_REQ is answered while integrating), SOFTWARE (software_trigger() opens
+        the window) or AED (the panel notices the X-ray onset). Refused over temperature."""
         with self._lock:
-            self._ctrl_out(p.Request.ARM, p.KIND_CODES[kind])
+            try:
+                self._refuse_if_over_temperature("arm")
+            except PanelGone as gone:  # re-plugged since the last frame: a new handle, if it is back
+                self._reconnect(gone, wait_s=0.0)
+                self._refuse_if_over_temperature("arm")
+            code = p.KIND_CODES[kind] if kind is FrameKind.DARK else int(trigger)
+            self._ctrl_out(p.Request.ARM, code)
             self._armed = kind
+            self._sequence_left = 0
+
+    def software_trigger(self, window_ms: int) -> None:
+        """Open the integration window of a SOFTWARE arming (calibration, QA): the frame reads
+        out when it closes, with whatever X-rays arrived in it."""
+        if not 1 <= window_ms <= 0xFFFF:
+            raise ValueError(f"integration window {window_ms} ms outside 1..65535")
+        with self._lock:
+            self._ctrl_out(p.Request.TRIGGER, window_ms)
+
+    def start_sequence(self, count: int, fps: float, kind: FrameKind = FrameKind.EXPOSED) -> None:
+        """Start a sequence of ``count`` frames at ``fps``; read each with read_frame(). The panel
+        holds frames until they are acknowledged, so a slow reader slows the panel, never loses
+        a frame."""
+        if count < 1 or not 0 < fps <= 1000:
+            raise ValueError(f"sequence of {count} frames at {fps} frames/s")
+        with self._lock:
+            self._refuse_if_over_temperature("start a sequence")
+            data = p.SEQUENCE_STRUCT.pack(count, round(1e6 / fps), p.KIND_CODES[kind])
+            self._ctrl_out(p.Request.START_SEQUENCE, data=data)
+            self._armed = kind
+            self._sequence_left = count
+
+    def sequence(self, count: int, fps: float, kind: FrameKind = FrameKind.EXPOSED,
+                 frame_timeout_s: float = 5.0) -> Iterator[RawFrame]:
+        """The frames of a sequence, in order, each acknowledged before it is yielded. Stopping
+        early (closing the iterator) ends the sequence on the panel; frames it already read out
+        are read and kept in `recovered`, never discarded (they may carry a dose)."""
+        self.start_sequence(count, fps, kind)
+        done = 0
+        try:
+            while done < count:
+                yield self.read_frame(frame_timeout_s)
+                done += 1
+        finally:
+            if done < count:
+                self._stop_sequence(kind, frame_timeout_s)
+
+    def _stop_sequence(self, kind: FrameKind, frame_timeout_s: float) -> None:
+        with self._lock:
+            self._sequence_left = 0
+            self._armed = None
+            held = 0
+            try:
+                self._ctrl_out(p.Request.DISARM)
+                held = self._status().frames_held
+                for _ in range(held):
+                    self._armed = kind
+                    self.recovered.append(self.read_frame(frame_timeout_s))
+            except DeviceError as exc:
+                LOGGER.warning("panel %s: ending the sequence early: %s", self.info.serial, exc)
+            if held:
+                LOGGER.warning("panel %s: sequence stopped early; %d frame(s) read out were kept", self.info.serial,
+                               held)
 
     def temperature_c(self) -> float:
         with self._lock:
             return self._status().temperature_c
+
+    def status(self) -> DetectorStatus:
+        """The panel as the gateway shows it; never raises: a panel that does not answer or
+        has left the bus is a state, with the error that says so."""
+        firmware = self._info.firmware if self._info else ""
+        try:
+            with self._lock:
+                st = self._status()
+        except DeviceError as exc:
+            state = "unplugged" if isinstance(exc, PanelGone) else "not answering"
+            return DetectorStatus(state=state, temperature_c=None, over_temperature=False, frames_held=0,
+                                  battery_percent=None, link_quality_percent=None, firmware=firmware,
+                                  error=str(exc))
+        state = st.state.name.lower() if isinstance(st.state, p.State) else f"state {st.state}"
+        error = (f"over temperature ({st.temperature_c:.1f} C): the panel refuses to arm until it cools"
+                 if st.over_temperature else "")
+        return DetectorStatus(state=state, temperature_c=st.temperature_c, over_temperature=st.over_temperature,
+                              frames_held=st.frames_held, battery_percent=st.battery_percent,
+                              link_quality_percent=st.link_quality_percent, firmware=firmware,
+                              last_frame_number=st.last_frame_number, error=error,
+                              exposure_ready=st.exposure_ready)
+
+    def _refuse_if_over_temperature(self, what: str) -> None:
+        st = self._status()
+        if st.over_temperature:
+            raise DeviceError(f"panel {self.info.serial} is over temperature ({st.temperature_c:.1f} C): "
+                              f"refusing to {what} until it cools")
 
     def read_frame(self, timeout_s: float) -> RawFrame:
         """Read, check and ACK the armed frame.
@@ -237,27 +369,42 @@ class UsbPanelDetector:
             kind = self._armed
             deadline = time.monotonic() + timeout_s
             last_problem: _BadTransmission | None = None
-            for attempt in range(1, self._read_attempts + 1):
-                if attempt > 1:
-                    self._ctrl_out(p.Request.RESEND)
+            attempt, resend = 0, False
+            got: tuple[p.FrameHeader, np.ndarray] | None = None
+            while got is None:
                 try:
-                    header, pixels = self._read_transmission(deadline, timeout_s, kind)
-                    break
+                    if resend:
+                        self._ctrl_out(p.Request.RESEND)
+                    attempt += 1
+                    got = self._read_transmission(deadline, timeout_s, kind)
                 except _BadTransmission as bad:
                     last_problem = bad
                     LOGGER.warning("panel %s: frame %s read %d/%d: %s", self.info.serial,
                                    bad.frame_number, attempt, self._read_attempts, bad.problem)
-            else:
+                    if attempt >= self._read_attempts:
+                        break
+                    resend = True
+                except PanelGone as gone:
+                    attempt -= 1  # the cable, not the frame: no read attempt used
+                    resend = self._resume_read(self._reconnect(gone))
+                    deadline = max(deadline, time.monotonic() + self._payload_timeout_s)
+            if got is None:
                 assert last_problem is not None
                 number = "?" if last_problem.frame_number is None else last_problem.frame_number
                 self._armed = None
+                self._sequence_left = 0
                 # This frame is reported, not missed: count on from the device's frame counter.
                 self._expected_frame = (self._status().last_frame_number + 1) & 0xFFFFFFFF
                 raise FrameError(f"panel {self.info.serial} frame {number}: {last_problem.problem} "
                                  f"after {self._read_attempts} reads")
+            header, pixels = got
             expected = self._expected_frame
             self._expected_frame = (header.frame_number + 1) & 0xFFFFFFFF
-            self._armed = None
+            if self._sequence_left > 1:
+                self._sequence_left -= 1  # still armed for the sequence's next frame
+            else:
+                self._sequence_left = 0
+                self._armed = None
             flags: list[str] = []
             if header.frame_number != expected:
                 # The frame itself passed both CRCs: it is valid, and after an exposure it may
@@ -266,7 +413,7 @@ class UsbPanelDetector:
                 flags.append(f"frame counter gap: expected frame {expected}, got {header.frame_number} "
                              f"({missed} frame(s) missed before it)")
                 LOGGER.warning("panel %s: %s", self.info.serial, flags[-1])
-            self._ctrl_out(p.Request.ACK, header.frame_number & 0xFFFF)
+            self._ack(header.frame_number)
             acquired_at, problem = device_time(header.timestamp_us)
             if problem:
                 flags.append(problem)
@@ -278,6 +425,69 @@ class UsbPanelDetector:
                 temperature_c=header.temperature_c, acquired_at=acquired_at,
                 crc32=header.payload_crc32, flags=tuple(flags))
             return RawFrame(pixels=pixels, meta=meta)
+
+    def _ack(self, number: int) -> None:
+        try:
+            self._ctrl_out(p.Request.ACK, number & 0xFFFF)
+        except PanelGone as gone:
+            st = self._reconnect(gone)
+            if st.state == p.State.HOLDING and st.frames_held and st.last_frame_number >= number:
+                try:
+                    self._ctrl_out(p.Request.ACK, number & 0xFFFF)
+                except DeviceError as exc:  # WRONG_FRAME / NO_FRAME: it was acknowledged before the cable went
+                    LOGGER.info("panel %s: frame %d was acknowledged before it left the bus (%s)",
+                                self.info.serial, number, exc)
+
+    # --- leaving the bus and coming back -----------------------------------------------------
+
+    def _reconnect(self, gone: PanelGone, wait_s: float | None = None) -> p.Status:
+        """Find the panel again by its serial (it re-enumerates at a new address), claim it and
+        return its STATUS; DeviceError if it is not back within ``wait_s`` (default: the re-plug
+        timeout)."""
+        if self._finder is None or self._info is None:
+            raise gone
+        serial = self.info.serial
+        LOGGER.warning("panel %s left the bus (%s); waiting up to %g s for it to come back", serial, gone,
+                       self._replug_timeout_s)
+        try:
+            usb.util.dispose_resources(self._dev)
+        except usb.core.USBError as exc:
+            LOGGER.debug("disposing of the vanished panel's handle: %s", exc)
+        self._claimed = False
+        wait_s = self._replug_timeout_s if wait_s is None else wait_s
+        end = time.monotonic() + wait_s
+        delay = 0.02
+        while True:  # pyusb has no hot-plug events: enumerate again, backing off
+            try:
+                dev = self._finder(serial)
+            except DeviceError as exc:
+                LOGGER.debug("looking for panel %s: %s", serial, exc)
+                dev = None
+            if dev is not None:
+                break
+            if time.monotonic() >= end:
+                raise PanelGone(f"panel {serial} left the bus and did not come back within "
+                                f"{wait_s:g} s ({gone})") from gone
+            if self._closing.wait(delay):
+                raise DeviceError(f"panel {serial}: closed while waiting for it to come back") from gone
+            delay = min(delay * 2, 0.25)
+        self._dev = dev
+        self._claim()
+        self.replugs += 1
+        status = self._status()
+        LOGGER.warning("panel %s is back (state %s, last frame %d, %d held)", serial,
+                       getattr(status.state, "name", status.state), status.last_frame_number, status.frames_held)
+        return status
+
+    def _resume_read(self, status: p.Status) -> bool:
+        """After a re-plug in a read: whether to RESEND (a frame is held: read it again — its
+        frame number tells a re-read from a new frame) or to wait on (still integrating)."""
+        if status.state == p.State.HOLDING:
+            return True
+        if status.state == p.State.ARMED:
+            return False
+        raise DeviceError(f"panel {self.info.serial} came back idle with no frame held: its arming was "
+                          f"lost while it was away (last frame {status.last_frame_number})")
 
     # --- frame transfer --------------------------------------------------------------------
 
@@ -295,9 +505,8 @@ class UsbPanelDetector:
             raise _BadTransmission(None, "header CRC32 mismatch (header fields corrupt in transit)")
         self._check_header(header)
         payload = _buffer(header.payload_length)
-        got = self._bulk_read(payload, max(deadline - time.monotonic(), PAYLOAD_TIMEOUT_FLOOR_S),
-                              lambda: f"panel {self.info.serial} frame {header.frame_number}: payload "
-                                      f"did not arrive")
+        got = self._bulk_read(payload, max(deadline - time.monotonic(), self._payload_timeout_s),
+                              None, frame_number=header.frame_number)
         if got != header.payload_length:
             raise _BadTransmission(header.frame_number, f"size mismatch: payload {got} bytes, header "
                                    f"says {header.payload_length} (short transfer)")
@@ -325,12 +534,28 @@ class UsbPanelDetector:
         if h.kind_code not in p.KINDS_BY_CODE or h.bits_stored != mode.bits_stored:
             raise _BadTransmission(n, f"bad header: kind {h.kind_code}, bits {h.bits_stored}")
 
-    def _bulk_read(self, buf: array.array, timeout_s: float, on_timeout: Any) -> int:
+    def _bulk_read(self, buf: array.array, timeout_s: float, on_timeout: Any, frame_number: int | None = None) -> int:
+        """A header read (``on_timeout`` names the wait) or a payload read (None: a timeout
+        is a stalled transfer, re-read like a corrupt one)."""
         try:
             return int(self._dev.read(p.BULK_IN, buf, timeout=max(1, round(timeout_s * 1000))))
         except usb.core.USBTimeoutError:
+            if on_timeout is None:
+                raise _BadTransmission(frame_number, f"transfer stalled: no payload within {timeout_s:.1f} s "
+                                                     f"of the header") from None
             raise DeviceError(on_timeout()) from None
         except usb.core.USBError as exc:
+            if _gone(exc):
+                raise PanelGone(f"panel {self._where()}: bulk read failed: {exc}") from exc
+            if exc.errno == errno.EPIPE:
+                try:
+                    self._dev.clear_halt(p.BULK_IN)
+                except usb.core.USBError as clear_exc:
+                    if _gone(clear_exc):
+                        raise PanelGone(f"panel {self._where()}: {clear_exc}") from clear_exc
+                    raise DeviceError(f"panel {self._where()}: bulk-IN halted and CLEAR_HALT failed: "
+                                      f"{clear_exc}") from clear_exc
+                raise _BadTransmission(frame_number, "bulk-IN endpoint halted (STALL); halt cleared") from None
             raise DeviceError(f"panel {self._where()}: bulk read failed: {exc}") from exc
 
     # --- control requests ------------------------------------------------------------------
@@ -343,15 +568,25 @@ class UsbPanelDetector:
 
     def _ctrl_in(self, request: p.Request, length: int) -> bytes:
         try:
-            data = self._dev.ctrl_transfer(p.REQ_IN, request, 0, 0, length, timeout=CONTROL_TIMEOUT_MS)
+            data = self._dev.ctrl_transfer(p.REQ_IN, request, 0, 0, length, timeout=self._control_timeout_ms)
         except usb.core.USBError as exc:
-            raise DeviceError(f"panel {self._where()}: {request.name} failed: {exc}") from exc
+            raise self._control_error(request, exc, f"{request.name} failed: {exc}") from exc
         return bytes(data)
 
-    def _ctrl_out(self, request: p.Request, value: int = 0) -> None:
+    def _control_error(self, request: p.Request, exc: usb.core.USBError, text: str) -> DeviceError:
+        if isinstance(exc, usb.core.USBTimeoutError):
+            return DeviceError(f"panel {self._where()} is not answering: {request.name} timed out after "
+                               f"{self._control_timeout_ms} ms; acquisition refused until it answers")
+        if _gone(exc):
+            return PanelGone(f"panel {self._where()}: {text}")
+        return DeviceError(f"panel {self._where()}: {text}")
+
+    def _ctrl_out(self, request: p.Request, value: int = 0, data: bytes | None = None) -> None:
         try:
-            self._dev.ctrl_transfer(p.REQ_OUT, request, value, 0, None, timeout=CONTROL_TIMEOUT_MS)
+            self._dev.ctrl_transfer(p.REQ_OUT, request, value, 0, data, timeout=self._control_timeout_ms)
         except usb.core.USBError as exc:
+            if isinstance(exc, usb.core.USBTimeoutError) or _gone(exc):
+                raise self._control_error(request, exc, f"{request.name} wValue={value} failed: {exc}") from exc
             reason = ""
             if exc.errno == errno.EPIPE:  # STALL: the device says why in STATUS
                 try:

@@ -34,6 +34,8 @@ class Request(enum.IntEnum):
     ACK = 0x05
     RESEND = 0x06
     DISARM = 0x07
+    TRIGGER = 0x08  # version 2
+    START_SEQUENCE = 0x09  # version 2
 
 
 class State(enum.IntEnum):
@@ -50,6 +52,20 @@ class DeviceErrorCode(enum.IntEnum):
     NO_FRAME = 4
     WRONG_FRAME = 5
     BUSY = 6
+    OVER_TEMPERATURE = 7  # version 2
+
+
+class Trigger(enum.IntEnum):
+    """ARM wValue for an exposed frame (version 2; a version-1 panel knows SYNC as "exposed")."""
+
+    SYNC = 1  # synchronised: EXP_REQ from the generator is answered EXP_OK while integrating
+    SOFTWARE = 2  # the host's TRIGGER request opens an integration window
+    AED = 3  # automatic exposure detection: the panel notices the X-ray onset, no generator link
+
+
+FLAG_OVER_TEMPERATURE, FLAG_WIRELESS, FLAG_SEQUENCE, FLAG_EXP_OK = 0x01, 0x02, 0x04, 0x08
+NOT_REPORTED = 0xFF
+SEQUENCE_STRUCT = struct.Struct("<IIB")  # START_SEQUENCE data stage: count, period (us), kind
 
 
 KIND_CODES: dict[FrameKind, int] = {FrameKind.DARK: 0, FrameKind.EXPOSED: 1}
@@ -60,7 +76,8 @@ HEADER_VERSION = 1
 HEADER_STRUCT = struct.Struct("<4sHHIHHBBHhxxQII20xI")
 HEADER_SIZE = HEADER_STRUCT.size  # 64
 HEADER_CRC_SPAN = 60  # the header CRC32 (last 4 bytes) covers bytes 0..59
-STATUS_STRUCT = struct.Struct("<BBHIh6x")
+STATUS_STRUCT = struct.Struct("<BBHIh6x")  # version 1: what every host reads
+STATUS_V2_TAIL = struct.Struct("<BBBBB")  # version 2, in bytes 10..14 that version 1 reserved
 
 
 class ProtocolError(ValueError):
@@ -114,17 +131,41 @@ class Status:
     mode_id: int
     last_frame_number: int
     temperature_centi_c: int
+    flags: int = 0
+    battery_percent: int | None = None
+    link_quality_percent: int | None = None
+    frames_held: int = 0
+    protocol_version: int = 1
 
     @property
     def temperature_c(self) -> float:
         return self.temperature_centi_c / 100.0
 
+    @property
+    def over_temperature(self) -> bool:
+        return bool(self.flags & FLAG_OVER_TEMPERATURE)
+
+    @property
+    def exposure_ready(self) -> bool:
+        """EXP_OK: integrating for a synchronised exposure, the generator may fire."""
+        return bool(self.flags & FLAG_EXP_OK)
+
 
 def unpack_status(data: bytes) -> Status:
+    """Version 1 fields always; the version-2 tail when the panel says it is version 2
+    (a version-1 panel sends zeros there)."""
     if len(data) != STATUS_STRUCT.size:
         raise ProtocolError(f"STATUS reply is {len(data)} bytes, expected {STATUS_STRUCT.size}")
     state, err, mode_id, last, temp = STATUS_STRUCT.unpack(data)
-    return Status(_enum_or_int(State, state), _enum_or_int(DeviceErrorCode, err), mode_id, last, temp)
+    flags, battery, link, held, version = STATUS_V2_TAIL.unpack_from(data, 10)
+    st = _enum_or_int(State, state)
+    if version < 2:
+        return Status(st, _enum_or_int(DeviceErrorCode, err), mode_id, last, temp,
+                      frames_held=1 if st == State.HOLDING else 0)
+    return Status(st, _enum_or_int(DeviceErrorCode, err), mode_id, last, temp, flags=flags,
+                  battery_percent=None if battery == NOT_REPORTED else battery,
+                  link_quality_percent=None if link == NOT_REPORTED else link,
+                  frames_held=held, protocol_version=version)
 
 
 def _enum_or_int(cls: type[enum.IntEnum], value: int) -> enum.IntEnum | int:

@@ -18,7 +18,7 @@ def test_identify_and_technique(generator: SerialGenerator) -> None:
     assert isinstance(generator, Generator)
     assert generator.identity == ("dxgate", "SimGen 65kW", "GEN-0001", "1.0.0")
     assert generator.set_technique(Technique(kvp=70.4, mas=2.004)) == Technique(kvp=70.0, mas=2.0)
-    assert generator.status() == ("IDLE", "70.0", "2.00")
+    assert generator.status() == ("IDLE", "70.0", "2.00", "0.0")  # version 2 appends tube heat, %
 
 
 def test_expose_reports_what_was_delivered(room: SimRoom, generator: SerialGenerator) -> None:

@@ -23,7 +23,7 @@ def test_identify_reports_the_panel(detector: UsbPanelDetector) -> None:
     info = detector.info
     assert isinstance(detector, Detector)
     assert (info.vendor, info.model, info.serial, info.firmware) == ("dxgate", "SimPanel 4343", "SIM-0001",
-                                                                    "1.0.0")
+                                                                    "2.1.0")
     assert [m.name for m in info.modes] == ["8x8", "4x4"]
     m8 = info.mode("8x8")
     assert (m8.mode_id, m8.rows, m8.columns, m8.bits_stored) == (MODES["8x8"][0], 384, 384, 16)

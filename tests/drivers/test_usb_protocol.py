@@ -35,11 +35,33 @@ def test_identify_and_status_records_agree() -> None:
     assert p.pack_identity(ident) == device
     status = p.unpack_status(w.status_record(state=w.HOLDING, last_error=w.E_WRONG_FRAME, mode_id=2,
                                              last_frame=42, temperature_c=31.07))
-    assert status == p.Status(p.State.HOLDING, p.DeviceErrorCode.WRONG_FRAME, 2, 42, 3107)
+    assert status == p.Status(p.State.HOLDING, p.DeviceErrorCode.WRONG_FRAME, 2, 42, 3107, frames_held=0,
+                              protocol_version=2)
+
+
+def test_status_version_2_fills_only_what_version_1_reserved() -> None:
+    raw = w.status_record(state=w.ARMED, last_error=w.E_OVER_TEMPERATURE, mode_id=1, last_frame=7,
+                          temperature_c=46.5, flags=w.FLAG_OVER_TEMPERATURE | w.FLAG_WIRELESS, battery=64,
+                          link=80, held=3)
+    # a version-1 host's check: the same 16 bytes, the same first five fields, the rest ignored
+    v1_state, v1_err, v1_mode, v1_last, v1_temp = struct.unpack("<BBHIh6x", raw)
+    assert (v1_state, v1_mode, v1_last, v1_temp) == (w.ARMED, 1, 7, 4650)
+    status = p.unpack_status(raw)
+    assert (status.over_temperature, status.battery_percent, status.link_quality_percent, status.frames_held,
+            status.protocol_version, status.last_error) == (True, 64, 80, 3, 2, p.DeviceErrorCode.OVER_TEMPERATURE)
+    cabled = p.unpack_status(w.status_record(state=w.IDLE, last_error=0, mode_id=1, last_frame=7,
+                                             temperature_c=30))
+    assert (cabled.battery_percent, cabled.link_quality_percent) == (None, None)
+    v1_panel = p.unpack_status(struct.pack("<BBHIh6x", w.HOLDING, 0, 1, 9, 3000))  # zeros where v2 reports
+    assert (v1_panel.protocol_version, v1_panel.frames_held, v1_panel.battery_percent,
+            v1_panel.over_temperature) == (1, 1, None, False)
 
 
 def test_request_and_state_codes_agree() -> None:
-    assert [int(r) for r in p.Request] == [w.IDENTIFY, w.SET_MODE, w.ARM, w.STATUS, w.ACK, w.RESEND, w.DISARM]
+    assert [int(r) for r in p.Request] == [w.IDENTIFY, w.SET_MODE, w.ARM, w.STATUS, w.ACK, w.RESEND, w.DISARM,
+                                           w.TRIGGER, w.START_SEQUENCE]
+    assert [int(t) for t in p.Trigger] == [w.KIND_EXPOSED, w.KIND_SOFTWARE, w.KIND_AED]
+    assert p.SEQUENCE_STRUCT.format == w.SEQUENCE_STRUCT.format
     assert [int(s) for s in p.State] == [w.IDLE, w.ARMED, w.HOLDING]
     assert (p.VENDOR_ID, p.PRODUCT_ID, p.BULK_IN, p.MAX_PACKET) == (w.VENDOR_ID, w.PRODUCT_ID, w.BULK_IN,
                                                                    w.MAX_PACKET)
