@@ -267,6 +267,8 @@ class DestinationConfig(_Section):
     called_ae: AETitle = Field("PACS", description="Archive AE title.")
     max_pdu: StrictInt = Field(131072, ge=4096, le=4_194_304, description="Maximum PDU length offered.")
     timeout_s: Number = Field(30.0, ge=1, le=600, description="Network timeout for DIMSE and association.")
+    for_processing: StrictBool = Field(False, description="Send this archive the DX For Processing image too (the "
+                                       "linear frame, its own SOP Instance UID, the same acquisition).")
     commitment: StrictBool = Field(False, description="Ask this archive for Storage Commitment (Push Model) after "
                                    "each batch; a spooled file is deleted only once it committed it. Needs "
                                    "[commitment_listener] reachable from the archive.")
@@ -420,6 +422,23 @@ class ApiConfig(_Section):
         return self
 
 
+class PresentationConfig(_Section):
+    """Presentation processing of the For Presentation image (gateway.presentation); the For
+    Processing image and the exposure index always stay linear."""
+
+    enabled: StrictBool = Field(True, description="Process the For Presentation image (log, equalisation, edges); "
+                                                  "false: the linear frame shown through a window.")
+    equalize: Number = Field(0.6, ge=0, le=1, description="Share of the coarse-scale signal removed (dynamic range).")
+    equalize_mm: Number = Field(20.0, gt=0, le=200, description="Scale of the equalisation (mm).")
+    contrast: Number = Field(0.5, ge=0, le=5, description="Middle-scale contrast added.")
+    contrast_mm: Number = Field(4.0, gt=0, le=100, description="Scale of the contrast step (mm).")
+    edge_amount: Number = Field(0.8, ge=0, le=5, description="Edge enhancement gain.")
+    edge_sigma_mm: Number = Field(1.0, gt=0, le=20, description="Scale of the edge step (mm).")
+    noise_coring: Number = Field(1.0, ge=0, le=10, description="Detail below this many noise SDs is not sharpened.")
+    clahe_clip: Number = Field(0.0, ge=0, le=40, description="CLAHE clip limit as well (0: off; costs ~70 ms at "
+                                                              "3072x3072).")
+
+
 class MppsConfig(_Section):
     enabled: StrictBool = Field(False, description="Report each procedure step to the RIS (MPPS N-CREATE at the "
                                                    "first exposure, N-SET when the exam is closed).")
@@ -458,6 +477,8 @@ class Config(_Section):
     api: ApiConfig = Field(default_factory=ApiConfig, description="Local API and console.")
     audit: AuditConfig = Field(default_factory=AuditConfig, description="Audit trail shipping.")
     mpps: MppsConfig = Field(default_factory=MppsConfig, description="Modality Performed Procedure Step.")
+    presentation: PresentationConfig = Field(default_factory=PresentationConfig,
+                                             description="Processing of the For Presentation image.")
     service: ServiceConfig = Field(default_factory=ServiceConfig, description="The daemon.")
     commitment_listener: CommitmentListenerConfig = Field(default_factory=CommitmentListenerConfig,
                                                           description="Storage commitment reports from the archives "

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+
 from gateway.acquisition.raw_store import RawStoreError
 from gateway.alarms import Alarms
 from gateway.config import Config, ProtocolConfig
@@ -75,8 +77,9 @@ class AcquiredImage:
     exposure: Exposure
     exposure_index: ExposureIndex | None  # None: not computable (e.g. saturated centre); image kept
     frame: CorrectedFrame
-    stage_seconds: dict[str, float]  # acquire, keep, correct, build, spool: where an exposure's latency goes
+    stage_seconds: dict[str, float]  # acquire, keep, correct, present, build, spool: where the latency goes
     kept_id: str = ""  # the raw record kept through the image's making ("" if it could not be written)
+    display: np.ndarray | None = None  # the processed For Presentation pixels, when processing is on
 
 
 @dataclass(frozen=True)
@@ -264,7 +267,7 @@ class ExamWorkflow:
 
     def _keep_for_review(self, image: AcquiredImage, view: ViewChoice) -> None:
         try:
-            png: bytes | None = preview_png(image.frame.pixels)
+            png: bytes | None = preview_png(image.frame.pixels if image.display is None else image.display)
         except DxgateError as exc:  # the image is saved; only its preview is missing
             LOGGER.error("no preview for %s: %s", image.instance.sop_instance_uid, exc)
             png = None
@@ -396,6 +399,7 @@ class ExamWorkflow:
         ctx = ImageContext(item=exam.item, study_uid=exam.study_uid, series_uid=exam.series_uid,
                            operator=exam.operator, pps_id=exam.pps_id, pps_start=exam.pps_start,
                            mpps_uid=exam.mpps_uid,
+                           processing_uid=new_uid(root) if self._pipeline.objects_per_exposure() > 1 else "",
                            series_number=exam.series_number, sop_instance_uid=new_uid(root),
                            instance_number=len(exam.images) + 1, body_part=anatomy.body_part,
                            view_position=anatomy.view_position, laterality=laterality,
@@ -446,7 +450,7 @@ class ExamWorkflow:
                     f"EI {ei.ei:.0f}, DI {ei.deviation_index:+.1f}" if ei else "no EI")
         self._on_saved(made.instance)
         return AcquiredImage(instance=made.instance, exposure=exposure, exposure_index=ei, frame=made.frame,
-                             stage_seconds=made.stage_seconds, kept_id=kept_id)
+                             stage_seconds=made.stage_seconds, kept_id=kept_id, display=made.display)
 
     def _keep(self, raw: RawFrame, exposure: Exposure, context: dict[str, Any]) -> str:
         """Write the raw frame durably; on failure hold it in memory and raise an alarm."""

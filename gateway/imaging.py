@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gateway.acquisition.raw_store import RawStore, RawStoreError
 from gateway.alarms import Alarms
 from gateway.config import Config
@@ -22,6 +24,7 @@ from gateway.correction import CalibrationStore, Corrector, check_age, exposure_
 from gateway.dicom import build_dx, to_bytes
 from gateway.diskcheck import Need, check_room
 from gateway.errors import CalibrationError, DxgateError
+from gateway.presentation import PresentationParams, present
 from gateway.spool import Spool
 from gateway.types import (
     CalibrationKey,
@@ -62,10 +65,12 @@ class ImageContext:
     pps_id: str = ""
     pps_start: datetime | None = None
     mpps_uid: str = ""
+    processing_uid: str = ""  # the DX For Processing image's SOP Instance UID ("": none is made)
 
     def to_json(self) -> dict[str, Any]:
         d = self.detector
         return {"operator": self.operator, "pps_id": self.pps_id, "mpps_uid": self.mpps_uid,
+                "processing_uid": self.processing_uid,
                 "pps_start": self.pps_start.isoformat() if self.pps_start else None,
                 "item": None if self.item is None else encode_item(self.item), "study_uid": self.study_uid,
                 "series_uid": self.series_uid, "series_number": self.series_number,
@@ -86,7 +91,7 @@ class ImageContext:
                    detector=DetectorInfo(vendor=det["vendor"], model=det["model"], serial=det["serial"],
                                          firmware=det["firmware"], modes=()),
                    operator=str(d.get("operator", "")), pps_id=str(d.get("pps_id", "")),  # older records lack them
-                   mpps_uid=str(d.get("mpps_uid", "")),
+                   mpps_uid=str(d.get("mpps_uid", "")), processing_uid=str(d.get("processing_uid", "")),
                    pps_start=datetime.fromisoformat(d["pps_start"]) if d.get("pps_start") else None)
 
 
@@ -96,6 +101,7 @@ class MadeImage:
     frame: CorrectedFrame
     exposure_index: ExposureIndex | None
     stage_seconds: dict[str, float]
+    display: np.ndarray | None = None  # the For Presentation pixels when processed (the console's preview)
 
 
 @dataclass(frozen=True)
@@ -128,11 +134,16 @@ class ImagePipeline:
         """Every file system an exposure writes to (raw frame, spool file, state database) is
         writable with room in bytes and inodes, and the database's write lock can be taken."""
         spool = self.config.spool
+        n = self.objects_per_exposure()
         check_room({self.raw_store.directory: Need(self.raw_store.record_size(rows, columns)),
-                    self.spool.directory: Need(rows * columns * 2 + IMAGE_OVERHEAD_BYTES),
+                    self.spool.directory: Need((rows * columns * 2 + IMAGE_OVERHEAD_BYTES) * n, files=n),
                     self.spool.database.parent: DATABASE_NEED},
                    min_free_bytes=spool.min_free_mb * 1024 * 1024, min_free_inodes=spool.min_free_inodes)
         self.spool.check_writable()
+
+    def objects_per_exposure(self) -> int:
+        """For Presentation always; For Processing too when a destination asks for it."""
+        return 2 if any(d.for_processing for d in self.config.destinations) else 1
 
     def corrector(self, key: CalibrationKey, shape: tuple[int, int], *, max_age_days: float | None) -> Corrector:
         """The corrector of the newest valid calibration for `key`, checked for its age (when a
@@ -167,21 +178,34 @@ class ImagePipeline:
             LOGGER.warning("no exposure index for frame %d: %s", raw.meta.frame_number, exc)
             ei = None
         laps["correct"], t = time.perf_counter() - t, time.perf_counter()
-        ds = build_dx(frame, exposure, ctx.item, ei, site=self.config.site, detector=ctx.detector,
-                      pixel_spacing_mm=ctx.pixel_spacing_mm, study_uid=ctx.study_uid, series_uid=ctx.series_uid,
-                      sop_instance_uid=ctx.sop_instance_uid, series_number=ctx.series_number,
-                      instance_number=ctx.instance_number, body_part=ctx.body_part,
-                      view_position=ctx.view_position, laterality=ctx.laterality, now=self._clock(),
-                      operator=ctx.operator, pps_id=ctx.pps_id, pps_start=ctx.pps_start,
-                      mpps_sop_instance_uid=ctx.mpps_uid)
+        cfg = self.config
+        shown = None
+        if cfg.presentation.enabled:
+            shown = present(frame.pixels, pixel_spacing_mm=ctx.pixel_spacing_mm, params=presentation_params(cfg))
+        laps["present"], t = time.perf_counter() - t, time.perf_counter()
+        common: dict[str, Any] = dict(
+            site=cfg.site, detector=ctx.detector, pixel_spacing_mm=ctx.pixel_spacing_mm, study_uid=ctx.study_uid,
+            series_uid=ctx.series_uid, series_number=ctx.series_number, instance_number=ctx.instance_number,
+            body_part=ctx.body_part, view_position=ctx.view_position, laterality=ctx.laterality, now=self._clock(),
+            operator=ctx.operator, pps_id=ctx.pps_id, pps_start=ctx.pps_start, mpps_sop_instance_uid=ctx.mpps_uid)
+        accession = ctx.item.accession_number if ctx.item else ""
+        processing_to = [d.name for d in cfg.destinations if d.for_processing]
+        if ctx.processing_uid and processing_to and self.spool.instance(ctx.processing_uid) is None:
+            # first, so that the For Presentation image (whose UID marks the exposure saved) comes last
+            raw_ds = build_dx(frame, exposure, ctx.item, ei, sop_instance_uid=ctx.processing_uid, for_processing=True,
+                              **common)
+            self.spool.put(to_bytes(raw_ds), sop_instance_uid=ctx.processing_uid, sop_class_uid=raw_ds.SOPClassUID,
+                           study_instance_uid=ctx.study_uid, accession_number=accession, destinations=processing_to)
+        ds = build_dx(frame, exposure, ctx.item, ei, sop_instance_uid=ctx.sop_instance_uid, presentation=shown,
+                      **common)
         data = to_bytes(ds)
         laps["build"], t = time.perf_counter() - t, time.perf_counter()
         instance = self.spool.put(data, sop_instance_uid=ctx.sop_instance_uid, sop_class_uid=ds.SOPClassUID,
-                                  study_instance_uid=ctx.study_uid,
-                                  accession_number=ctx.item.accession_number if ctx.item else "",
-                                  destinations=[d.name for d in self.config.destinations])
+                                  study_instance_uid=ctx.study_uid, accession_number=accession,
+                                  destinations=[d.name for d in cfg.destinations])
         laps["spool"] = time.perf_counter() - t
-        return MadeImage(instance=instance, frame=frame, exposure_index=ei, stage_seconds=laps)
+        return MadeImage(instance=instance, frame=frame, exposure_index=ei, stage_seconds=laps,
+                         display=None if shown is None else shown.pixels)
 
     def image_made(self, kept_id: str) -> None:
         """The kept frame's image is saved: its raw record goes (or moves to imaged/)."""
@@ -222,6 +246,13 @@ class ImagePipeline:
 
     def close(self) -> None:
         self.spool.close()
+
+
+def presentation_params(config: Config) -> PresentationParams:
+    p = config.presentation
+    return PresentationParams(equalize=p.equalize, equalize_mm=p.equalize_mm, contrast=p.contrast,
+                              contrast_mm=p.contrast_mm, edge_amount=p.edge_amount, edge_sigma_mm=p.edge_sigma_mm,
+                              noise_coring=p.noise_coring, clahe_clip=p.clahe_clip)
 
 
 def state_directories(config: Config) -> list[Path]:

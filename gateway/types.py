@@ -124,6 +124,16 @@ class CorrectedFrame:
 
 
 @dataclass(frozen=True)
+class Presentation:
+    """The For Presentation pixels made from a corrected frame (gateway.presentation): log
+    processed, 12-bit, more X-rays = higher value; `description` names the steps."""
+
+    pixels: np.ndarray
+    bits_stored: int
+    description: str
+
+
+@dataclass(frozen=True)
 class Technique:
     """Exposure factors requested from the generator."""
 

@@ -299,6 +299,8 @@ def test_an_absurd_readback_and_timestamp_stay_out_of_the_object(
 def test_a_failure_after_the_dose_keeps_the_frame_and_reprocess_makes_its_image(
         tmp_path: Path, room: SimRoom, monkeypatch: pytest.MonkeyPatch, dciodvfy: Callable[[Path], None]) -> None:
     config = config_for(tmp_path, room)
+    config = config.model_copy(update={"destinations": tuple(d.model_copy(update={"for_processing": True})
+                                                             for d in config.destinations)})
     real_build = imaging.build_dx
     with calibrated(config, room) as gw:
         pulses = len(room.pulses)
@@ -323,11 +325,15 @@ def test_a_failure_after_the_dose_keeps_the_frame_and_reprocess_makes_its_image(
         assert (result.kept_id, result.outcome) == (kept_id, "saved")
         assert gw.raw_store.pending() == [] and gw.alarms.active("image-not-made") == []
         instance = gw.spool.instance(result.sop_instance_uid)
-        assert instance is not None and gw.spool.counts()["pending"] == 1
+        assert instance is not None and gw.spool.counts()["pending"] == 2  # For Presentation and For Processing
+        [linear] = [d for d in gw.spool.listing() if d.sop_instance_uid != result.sop_instance_uid]
         expected = gw.corrector().apply(kept_frame).pixels
     ds = pydicom.dcmread(instance.path)
     assert ds.StudyInstanceUID == exam.study_uid and ds.SeriesInstanceUID == exam.series_uid
-    assert np.array_equal(ds.pixel_array, expected)  # the image is the kept frame, corrected
+    assert ds.PixelIntensityRelationship == "LOG"  # presentation processed
+    raw = pydicom.dcmread(linear.path)
+    assert raw.PresentationIntentType == "FOR PROCESSING" and raw.AcquisitionDateTime == ds.AcquisitionDateTime
+    assert np.array_equal(raw.pixel_array, expected)  # the image is the kept frame, corrected
     kerma = room.pulses[-1][2]  # and that frame holds the pulse the generator gave (simulator truth)
     truth = room.model(MODE).truth
     signal = (kept_frame.pixels.astype(np.float64) - truth.offset)[~truth.defective].mean()

@@ -101,7 +101,7 @@ def test_exposure_reaches_orthanc_with_worklist_identity_and_exact_pixels(
     write_wl(orthanc.worklist_dir, "chest", patient_name="Παπαδόπουλος^Νίκος", patient_id="PID-77",
              birth_date="19550101", sex="M", accession="ACC-2026-1", study_uid=study_uid,
              requested_procedure_id="RP1", sps_id="SPS1", sps_description="Chest PA")
-    dest = DestinationConfig(name="orthanc", port=orthanc.dicom_port, called_ae=orthanc.aet)
+    dest = DestinationConfig(name="orthanc", port=orthanc.dicom_port, called_ae=orthanc.aet, for_processing=True)
     config = make_config(tmp_path, room, worklist_port=orthanc.dicom_port, worklist_ae=orthanc.aet, dest=dest)
     with calibrated_gateway(config, room) as gw:
         items = gw.worklist().items
@@ -109,8 +109,10 @@ def test_exposure_reaches_orthanc_with_worklist_identity_and_exact_pixels(
         assert items[0].patient_name == "Παπαδόπουλος^Νίκος"
         image = gw.expose(gw.open_exam(items[0]))
         dciodvfy(Path(image.instance.path))
+        [processing] = [d for d in gw.spool.listing() if d.sop_instance_uid != image.instance.sop_instance_uid]
+        dciodvfy(processing.path)
         results = gw.forward_due()
-        assert [(r.destination, r.outcome) for r in results] == [("orthanc", "sent")]
+        assert sorted((r.destination, r.outcome) for r in results) == [("orthanc", "sent")] * 2
         assert [d.state for d in gw.spool.deliveries(image.instance.sop_instance_uid)] == ["sent"]
         corrected = np.array(image.frame.pixels)
 
@@ -122,7 +124,14 @@ def test_exposure_reaches_orthanc_with_worklist_identity_and_exact_pixels(
     assert tags["StudyInstanceUID"] == study_uid
     assert tags["PatientName"] == "Παπαδόπουλος^Νίκος"
     assert tags["SOPClassUID"] == "1.2.840.10008.5.1.4.1.1.1.1"
-    stored = pydicom.dcmread(io.BytesIO(orthanc.instance_file(orthanc_id)))
+    shown = pydicom.dcmread(io.BytesIO(orthanc.instance_file(orthanc_id)))
+    assert shown.PixelIntensityRelationship == "LOG" and shown.BitsStored == 12  # presentation processed
+    raw_id = orthanc.find_instance(processing.sop_instance_uid)
+    assert raw_id is not None
+    stored = pydicom.dcmread(io.BytesIO(orthanc.instance_file(raw_id)))
+    assert stored.SOPClassUID == "1.2.840.10008.5.1.4.1.1.1.1.1"  # DX For Processing: the same acquisition
+    assert (stored.StudyInstanceUID, stored.SeriesInstanceUID, stored.AcquisitionDateTime) == \
+        (shown.StudyInstanceUID, shown.SeriesInstanceUID, shown.AcquisitionDateTime)
     assert np.array_equal(stored.pixel_array, corrected)  # bit-exact through the archive
     # and what the archive holds is the chest the simulator exposed, corrected
     check_against_truth(stored.pixel_array, room, room.pulses[-1][2], "chest")
@@ -133,7 +142,7 @@ def test_exposure_reaches_dcmtk_storescp(tmp_path: Path, room: SimRoom, storescp
     write_wl(orthanc.worklist_dir, "hand", patient_name="Doe^Jane", patient_id="PID-1", birth_date="19800101",
              sex="F", accession="ACC-7", study_uid="1.2.826.0.1.3680043.10.999.1.7",
              requested_procedure_id="RP7", sps_id="SPS7", sps_description="Hand")
-    dest = DestinationConfig(name="dcmtk", port=storescp.port, called_ae=storescp.aet)
+    dest = DestinationConfig(name="dcmtk", port=storescp.port, called_ae=storescp.aet, for_processing=True)
     config = make_config(tmp_path, room, worklist_port=orthanc.dicom_port, worklist_ae=orthanc.aet, dest=dest)
     with calibrated_gateway(config, room) as gw:
         exam = gw.open_exam(gw.worklist().items[0])
@@ -141,11 +150,15 @@ def test_exposure_reaches_dcmtk_storescp(tmp_path: Path, room: SimRoom, storescp
         images = [gw.expose(exam) for _ in range(2)]
         kermas = [k for _, _, k in room.pulses[-2:]]
         results = gw.forward_due()
-        assert sorted(r.outcome for r in results) == ["sent", "sent"]
+        assert sorted(r.outcome for r in results) == ["sent"] * 4  # For Presentation and For Processing
     received = {pydicom.dcmread(p).SOPInstanceUID: p for p in storescp.files()}
-    assert set(received) == {i.instance.sop_instance_uid for i in images}
+    assert {i.instance.sop_instance_uid for i in images} < set(received)
+    linear = {pydicom.dcmread(p).AcquisitionDateTime: p for p in received.values()
+              if pydicom.dcmread(p).SOPClassUID == "1.2.840.10008.5.1.4.1.1.1.1.1"}
+    assert len(linear) == 2
     for img, kerma in zip(images, kermas, strict=True):
-        ds = pydicom.dcmread(received[img.instance.sop_instance_uid])
+        dciodvfy(received[img.instance.sop_instance_uid])
+        ds = pydicom.dcmread(linear[pydicom.dcmread(received[img.instance.sop_instance_uid]).AcquisitionDateTime])
         assert ds.AccessionNumber == "ACC-7" and ds.StudyInstanceUID == exam.study_uid
         assert np.array_equal(ds.pixel_array, img.frame.pixels)
         check_against_truth(ds.pixel_array, room, kerma, "open")
@@ -153,7 +166,7 @@ def test_exposure_reaches_dcmtk_storescp(tmp_path: Path, room: SimRoom, storescp
         # frame of the same panel is ~20 % (heel effect, radial fall-off); corrected it is < 2 %
         means = roi_means(np.where(room.model(MODE).truth.defective, np.median(ds.pixel_array), ds.pixel_array))
         assert (means.max() - means.min()) / means.mean() < 0.02
-        dciodvfy(received[img.instance.sop_instance_uid])
+        dciodvfy(linear[ds.AcquisitionDateTime])
 
 
 def test_corrupt_frame_never_becomes_an_image(tmp_path: Path, room: SimRoom, storescp: StoreSCP,

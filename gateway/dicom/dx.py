@@ -28,12 +28,13 @@ from gateway.dicom.anatomy import AnatomyError, View, image_laterality
 from gateway.dicom.anatomy import body_part as lookup_body_part
 from gateway.dicom.anatomy import view as lookup_view
 from gateway.errors import DxgateError
-from gateway.types import CorrectedFrame, DetectorInfo, Exposure, ExposureIndex, WorklistItem
+from gateway.types import CorrectedFrame, DetectorInfo, Exposure, ExposureIndex, Presentation, WorklistItem
 from gateway.uids import is_valid_uid
 
 LOGGER = logging.getLogger(__name__)
 
 DX_FOR_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.1")
+DX_FOR_PROCESSING = UID("1.2.840.10008.5.1.4.1.1.1.1.1")
 MPPS_SOP_CLASS = UID("1.2.840.10008.3.1.2.3.3")
 DETACHED_STUDY_MANAGEMENT = UID("1.2.840.10008.3.1.2.3.1")  # Referenced Study Sequence class (SWF)
 DETECTOR_TYPES = ("DIRECT", "SCINTILLATOR", "STORAGE", "FILM")
@@ -74,13 +75,18 @@ def build_dx(
     mpps_sop_instance_uid: str = "",
     patient_orientation: tuple[str, str] | None = None,
     operator: str = "",
+    presentation: Presentation | None = None,
+    for_processing: bool = False,
 ) -> Dataset:
     """A DX For Presentation dataset (with file meta) whose Pixel Data are exactly frame.pixels.
 
     `laterality` is needed for paired body parts only. `pps_start` (the first exposure of the
     procedure step) dates the study and series so every image of a series agrees; without it
     the exposure time is used. `mpps_sop_instance_uid` references the MPPS when one is used.
-    `operator` is the technologist's name (Operators' Name, PN).
+    `operator` is the technologist's name (Operators' Name, PN). `presentation` gives the
+    processed pixels of a For Presentation image (gateway.presentation); without it the linear
+    frame is shown through a window. `for_processing` makes the DX For Processing object
+    instead: the linear frame, no presentation processing, its own SOP Instance UID.
     `patient_orientation` (row, column direction, e.g. ("L", "F")) overrides the conventional
     display orientation assumed for the view.
     """
@@ -106,6 +112,9 @@ def build_dx(
         raise DicomBuildError(f"patient orientation {patient_orientation!r} is not two directions of L R A P H F")
     if any(not (s > 0 and math.isfinite(s)) for s in pixel_spacing_mm):
         raise DicomBuildError(f"pixel spacing {pixel_spacing_mm} mm must be positive")
+    if for_processing and presentation is not None:
+        raise DicomBuildError("a For Processing image carries the linear frame, never presentation processing")
+    sop_class = DX_FOR_PROCESSING if for_processing else DX_FOR_PRESENTATION
 
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -113,28 +122,33 @@ def build_dx(
     ds.SpecificCharacterSet = CHARSET
     started = pps_start or exposure.started_at
 
-    _sop_common(ds, sop_instance_uid, now)
+    _sop_common(ds, sop_class, sop_instance_uid, now)
     _patient(ds, item)
     _study(ds, item, study_uid, started)
     _series(ds, item, series_uid, series_number, part.term, started,
             pps_id, pps_start, mpps_sop_instance_uid)
+    ds.PresentationIntentType = "FOR PROCESSING" if for_processing else "FOR PRESENTATION"
     if operator:
         ds.OperatorsName = operator
     _equipment(ds, site, detector)
     _image(ds, frame, exposure, instance_number, view_position, patient_orientation, now)
-    _pixels(ds, frame)
+    if presentation is not None:
+        _processed(ds, frame, presentation)
+    else:
+        _pixels(ds, frame)
     _anatomy(ds, part.code, part.meaning, lat, view_position, coded_view)
     _detector(ds, frame, detector, detector_type, pixel_spacing_mm)
     _dose(ds, exposure, ei)
-    _voi(ds, frame.pixels)
+    if not for_processing:  # a VOI window is for presentation only (C.8.11.3.1.5)
+        _voi(ds, frame.pixels if presentation is None else presentation.pixels)
     ds.AcquisitionContextSequence = Sequence()
     return ds
 
 
-def _sop_common(ds: Dataset, sop_instance_uid: str, now: datetime) -> None:
-    ds.SOPClassUID = DX_FOR_PRESENTATION
+def _sop_common(ds: Dataset, sop_class: UID, sop_instance_uid: str, now: datetime) -> None:
+    ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_instance_uid
-    ds.file_meta.MediaStorageSOPClassUID = DX_FOR_PRESENTATION
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
     ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
     ds.InstanceCreationDate = _da(now)
     ds.InstanceCreationTime = _tm(now)
@@ -184,7 +198,6 @@ def _series(ds: Dataset, item: WorklistItem | None, series_uid: str, series_numb
     ds.SeriesDate = _da(started)
     ds.SeriesTime = _tm(started)
     ds.BodyPartExamined = part
-    ds.PresentationIntentType = "FOR PRESENTATION"
     if item is not None:
         if item.sps_description:
             ds.SeriesDescription = item.sps_description
@@ -284,6 +297,22 @@ def _pixels(ds: Dataset, frame: CorrectedFrame) -> None:
         ds.set_pixel_data(px, "MONOCHROME1", frame.meta.bits_stored, generate_instance_uid=False)
     except ValueError as exc:
         raise DicomBuildError(f"frame {frame.meta.frame_number}: {exc}") from None
+
+
+def _processed(ds: Dataset, frame: CorrectedFrame, p: Presentation) -> None:
+    """Processed pixels: log of dose (still more X-rays = higher value), the steps named."""
+    px = p.pixels
+    if px.dtype != np.uint16 or px.shape != frame.pixels.shape:
+        raise DicomBuildError(f"frame {frame.meta.frame_number}: processed pixels are {px.dtype}{px.shape}, "
+                              f"need uint16{frame.pixels.shape}")
+    try:
+        ds.set_pixel_data(px, "MONOCHROME1", p.bits_stored, generate_instance_uid=False)
+    except ValueError as exc:
+        raise DicomBuildError(f"frame {frame.meta.frame_number}: {exc}") from None
+    ds.PixelIntensityRelationship = "LOG"
+    ds.AcquisitionDeviceProcessingDescription = _clip(f"{ds.AcquisitionDeviceProcessingDescription}; "
+                                                      f"{p.description}", 64)
+    ds.DerivationDescription = _clip(f"{ds.DerivationDescription}; presentation: {p.description}", 1024)
 
 
 def _anatomy(ds: Dataset, code: str, meaning: str, laterality: str, view_position: str,

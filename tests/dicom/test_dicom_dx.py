@@ -230,3 +230,27 @@ def test_procedure_codes_referenced_study_class_operator_and_procedure_step(buil
     without = reread(build(make_item(procedure_codes=(), referenced_study_sop_class_uid="")))
     assert "ProcedureCodeSequence" not in without and "OperatorsName" not in without
     assert without.ReferencedStudySequence[0].ReferencedSOPClassUID == "1.2.840.10008.3.1.2.3.1"  # SWF's default
+
+
+@pytest.mark.peers
+def test_processed_presentation_and_for_processing_pass_dciodvfy(
+        build: Callable[..., Dataset], dciodvfy: Callable[[Path], None], tmp_path: Path) -> None:
+    """For Presentation with processed (log, 12-bit) pixels; For Processing with the linear frame."""
+    from gateway.presentation import present
+
+    frame = make_frame()
+    shown = present(frame.pixels, pixel_spacing_mm=MODE.pixel_spacing_mm)
+    presented = build(make_item(), frame=frame, presentation=shown)
+    dciodvfy(write(presented, tmp_path / "presented.dcm"))
+    back = reread(presented)
+    assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.1.1" and back.PresentationIntentType == "FOR PRESENTATION"
+    assert back.PixelIntensityRelationship == "LOG" and back.BitsStored == 12
+    assert np.array_equal(back.pixel_array, shown.pixels)
+    assert "equalisation" in back.DerivationDescription
+    raw = build(make_item(), frame=frame, for_processing=True)
+    dciodvfy(write(raw, tmp_path / "processing.dcm"))
+    back = reread(raw)
+    assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.1.1.1" and back.PresentationIntentType == "FOR PROCESSING"
+    assert back.PixelIntensityRelationship == "LIN" and np.array_equal(back.pixel_array, frame.pixels)
+    with pytest.raises(Exception, match="never presentation processing"):
+        build(make_item(), frame=frame, for_processing=True, presentation=shown)
