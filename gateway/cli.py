@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway import __version__
+from gateway import __version__, cli_calibrate
 from gateway.config import Config, check_state_dir, load, to_toml
 from gateway.errors import DaemonUnreachable, DxgateError
 
@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     user.add_argument("name", nargs="?", default="")
     user.add_argument("--role", default="technologist", choices=("technologist", "engineer", "admin"))
     user.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    cli_calibrate.register(sub)
     return parser
 
 
@@ -124,6 +125,8 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return _queue_offline(args) if args.offline else _queue(args)
     if args.command == "status":
         return _status(args)
+    if args.command in cli_calibrate.COMMANDS:
+        return cli_calibrate.run(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -196,11 +196,56 @@ class GeneratorConfig(_Section):
     timeout_s: Number = Field(5.0, ge=0.1, le=120, description="Longest wait for a generator reply.")
 
 
+class CalibrationLimitsConfig(_Section):
+    dark_mean_max: Number = Field(16000.0, ge=0, le=65535, description="Darks reading more (counts) saw light.")
+    dark_sd_max: Number = Field(40.0, gt=0, le=65535, description="Darks noisier (median pixel SD) saw light.")
+    dark_frame_spread: Number = Field(20.0, gt=0, le=65535,
+                                      description="A dark frame this many counts above the darks' median saw light.")
+    flat_median_min: Number = Field(500.0, ge=0, le=65535, description="Least median flat signal (counts).")
+    flat_median_max: Number = Field(45000.0, gt=0, le=65535, description="Most median flat signal (counts).")
+    flat_local_nonuniformity: Number = Field(
+        0.05, gt=0, le=1, description="A region of a flat this far (fraction) from its surroundings: object in beam.")
+
+    @model_validator(mode="after")
+    def _window(self) -> CalibrationLimitsConfig:
+        if self.flat_median_min >= self.flat_median_max:
+            raise ValueError(f"flat_median_min {self.flat_median_min:g} must lie below flat_median_max "
+                             f"{self.flat_median_max:g}")
+        return self
+
+
+class QaLimitsConfig(_Section):
+    """Pass/fail limits of `dxgate qa` (AAPM TG-150 method on corrected flats, 100x100-pixel ROIs)."""
+
+    global_signal_nonuniformity: Number = Field(0.02, gt=0, le=1, description="(max-min)/mean of ROI means.")
+    local_signal_nonuniformity: Number = Field(0.01, gt=0, le=1, description="Largest ROI-to-neighbour difference.")
+    global_noise_nonuniformity: Number = Field(0.15, gt=0, le=10, description="(max-min)/mean of ROI SDs.")
+    local_noise_nonuniformity: Number = Field(0.10, gt=0, le=10, description="Largest ROI-to-neighbour SD difference.")
+    global_snr_nonuniformity: Number = Field(0.15, gt=0, le=10, description="(max-min)/mean of ROI SNRs.")
+    local_snr_nonuniformity: Number = Field(0.10, gt=0, le=10, description="Largest ROI-to-neighbour SNR difference.")
+    max_defect_fraction: Number = Field(0.01, ge=0, le=1, description="Most defective pixels (fraction of all).")
+    max_cluster_pixels: StrictInt = Field(50, ge=0, description="Largest acceptable defect cluster (pixels).")
+    max_linearity_deviation: Number = Field(0.05, gt=0, le=1,
+                                            description="Largest deviation of signal from a line through 0 vs mAs.")
+
+
 class CalibrationConfig(_Section):
     directory: StatePath = Field("calibration", description="Where calibration sets live (relative: under state_dir).")
-    dark_frames: StrictInt = Field(16, ge=2, le=256,
-                                   description="Dark frames averaged into the offset map (16+ finds noisy pixels).")
-    flat_frames: StrictInt = Field(8, ge=2, le=256, description="Flat-field frames averaged into the gain map.")
+    dark_frames: StrictInt = Field(32, ge=2, le=256,
+                                   description="Dark frames averaged into the offset map (robust mean: 5+ leave out "
+                                               "each pixel's extremes; 16+ find noisy pixels).")
+    flat_frames: StrictInt = Field(16, ge=2, le=256, description="Flat-field frames averaged into the gain map.")
+    lag_dark_frames: StrictInt = Field(1, ge=0, le=16,
+                                       description="Dark frames right after the last flat, for lag (0: not measured).")
+    qa_flat_frames: StrictInt = Field(2, ge=1, le=64, description="Flat-field frames `dxgate qa` takes.")
+    qa_dose_factors: tuple[Annotated[Number, Field(gt=0, le=10)], ...] = Field(
+        (0.5, 1.0, 2.0), max_length=8, description="`dxgate qa` linearity: one flat at each of these multiples of "
+                                                   "flat_mas (fewer than two: not measured).")
+    qa_directory: StatePath = Field("qa", description="Where QA reports are kept, for the trend (relative: under "
+                                                      "state_dir).")
+    limits: CalibrationLimitsConfig = Field(default_factory=CalibrationLimitsConfig,
+                                            description="Acceptance limits on calibration frames.")
+    qa_limits: QaLimitsConfig = Field(default_factory=QaLimitsConfig, description="Pass/fail limits of `dxgate qa`.")
     flat_kvp: Number = Field(70.0, ge=40, le=150, description="Tube voltage for flat-field exposures.")
     flat_mas: Number = Field(2.0, ge=0.1, le=100, description="Tube current-time product for flat-field exposures.")
     flat_kerma_ugy: Number = Field(10.0, ge=0.01, le=1000,

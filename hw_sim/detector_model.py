@@ -1,8 +1,10 @@
 """Physics of the simulated flat panel, with its ground truth kept for measurement.
 
-raw = offset(T) + gain * sensitivity * kerma * transmission + noise, clipped to 16 bits,
-with dead, hot, over/under-responding and noisy pixels planted at known places. The same
-seed always gives the same panel and, frame for frame, the same noise.
+raw = offset(T) + gain * sensitivity * kerma * transmission + lag + noise, clipped to 16 bits,
+with defects of every ASTM E2597 class planted at known places (hw_sim/defects.py): dead, hot,
+over/under-responding, noisy and lag pixels, column and row line segments, clusters. A lag pixel
+keeps LAG_FRACTION of its signal into the next frame. The same seed always gives the same
+panel and, frame for frame, the same noise.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from hw_sim.defects import plant
 
 # Readout modes of the simulated panel (43 x 43 cm, 0.139 mm native pitch).
 MODES: dict[str, tuple[int, int, float]] = {
@@ -22,6 +26,8 @@ MODES: dict[str, tuple[int, int, float]] = {
 
 BITS_STORED = 16
 MAX_VALUE = (1 << BITS_STORED) - 1
+LAG_FRACTION = 0.15  # of a lag pixel's signal left in the next frame
+LINE_UNDER_GAIN = 0.3  # relative response of the line pixels that are not dead
 
 
 @dataclass(frozen=True)
@@ -35,10 +41,15 @@ class Truth:
     over: np.ndarray  # bool: responds > 1.3x its neighbours
     under: np.ndarray  # bool: responds < 0.6x its neighbours (but not dead)
     noisy: np.ndarray  # bool: dark noise far above the rest
+    lag: np.ndarray  # bool: keeps LAG_FRACTION of its signal into the next frame
+    line: np.ndarray  # bool: in a row or column segment that does not respond (or barely)
+    cluster: np.ndarray  # bool: in a group of adjacent dead pixels
+    clusters: tuple[tuple[tuple[int, int], ...], ...]  # each cluster's (row, column) pixels
 
     @property
     def defective(self) -> np.ndarray:
-        return self.dead | self.hot | self.over | self.under | self.noisy
+        return (self.dead | self.hot | self.over | self.under | self.noisy | self.lag | self.line
+                | self.cluster)
 
 
 class DetectorModel:
@@ -73,22 +84,19 @@ class DetectorModel:
         heel = 1.0 + 0.08 * (xx - cx) / cx
         gain = radial * heel * (1 + rng.normal(0, 0.03, shape).astype(np.float32))
         gain = (gain / gain.mean()).astype(np.float32)
-        n_each = max(1, int(fraction * self.rows * self.columns / 5))
-
-        def mask() -> np.ndarray:
-            m = np.zeros(shape, bool)
-            m.flat[rng.choice(m.size, n_each, replace=False)] = True
-            return m
-
-        dead, hot, over, under, noisy = (mask() for _ in range(5))
-        # One pixel, one defect class.
-        hot &= ~dead
-        over &= ~(dead | hot)
-        under &= ~(dead | hot | over)
-        noisy &= ~(dead | hot | over | under)
-        gain = np.where(over, gain * 1.8, gain)
-        gain = np.where(under, gain * 0.35, gain).astype(np.float32)
-        return Truth(offset=offset, gain=gain, dead=dead, hot=hot, over=over, under=under, noisy=noisy)
+        layout = plant(rng, shape, fraction)
+        s = layout.single
+        gain[s["over"]] *= 1.8
+        gain[s["under"]] *= 0.35
+        gain[layout.line] *= LINE_UNDER_GAIN
+        gain[layout.line_dead] = 0.0
+        gain[layout.cluster] = 0.0
+        gain[s["dead"]] = 0.0
+        self._lag_index = np.flatnonzero(s["lag"])
+        self._lag_carry = np.zeros(self._lag_index.size, np.float32)
+        return Truth(offset=offset, gain=gain.astype(np.float32), dead=s["dead"], hot=s["hot"], over=s["over"],
+                     under=s["under"], noisy=s["noisy"], lag=s["lag"], line=layout.line, cluster=layout.cluster,
+                     clusters=layout.clusters)
 
     def transmission(self, scene: str) -> np.ndarray | None:
         """Fraction of the beam reaching each pixel: None for an open field."""
@@ -115,11 +123,13 @@ class DetectorModel:
             mean = self.counts_per_ugy * kerma_ugy * t.gain
             if trans is not None:
                 mean = mean * trans
-            mean = np.where(t.dead, 0, mean)
             # Quantum noise: variance proportional to the signal (gain of ~1 count per quantum x4).
             signal = mean + self._frame_rng.normal(0, 1, mean.shape).astype(np.float32) * np.sqrt(
                 np.maximum(mean, 0) * 4.0)
         noise_sd = np.where(t.noisy, self.read_noise * 12, self.read_noise)
         raw = t.offset + drift + signal + self._frame_rng.normal(0, 1, signal.shape).astype(np.float32) * noise_sd
+        carry = signal.reshape(-1)[self._lag_index]
+        raw.reshape(-1)[self._lag_index] += self._lag_carry
+        self._lag_carry = (LAG_FRACTION * np.maximum(carry, 0)).astype(np.float32)
         raw = np.where(t.hot, MAX_VALUE, raw)
         return np.clip(np.rint(raw), 0, MAX_VALUE).astype(np.uint16)

@@ -1,77 +1,120 @@
-"""Apply a CalibrationSet to raw frames: (raw - offset) * gain, then defect repair."""
+"""Apply a CalibrationSet to raw frames: (raw - offset) * gain, saturation kept, clip, defect repair.
+
+One fused pass (numba, compiled once and cached) reads the raw frame and the two float32 maps
+and writes the uint16 frame; the defect repair then walks a table computed when the Corrector
+is made. With `out=` nothing is allocated per frame.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
-import cv2
+import numba
 import numpy as np
 
-from gateway.correction.calibration_set import CalibrationSet, DefectClass
+from gateway.correction.calibration_set import CalibrationSet
+from gateway.correction.repair import MAX_REPAIR_RADIUS, repair_tables
 from gateway.errors import CalibrationError
 from gateway.types import CorrectedFrame, RawFrame
 
 LOGGER = logging.getLogger(__name__)
 
-MAX_REPAIR_RADIUS = 5  # a defect with no good pixel within 11x11 cannot be repaired
-CHUNK_BYTES = 1 << 20  # float32 scratch per band of rows: stays in cache between the two passes
+__all__ = ["MAX_REPAIR_RADIUS", "Corrector", "repair_tables"]
+
+
+def _jit(fn: Callable[..., None]) -> Callable[..., None]:
+    """Compiled, with numba's on-disk cache when it finds a writable place for it (a read-only
+    install without one compiles once per process instead of failing at import)."""
+    try:
+        return numba.njit(nogil=True, cache=True, boundscheck=False)(fn)
+    except RuntimeError as exc:
+        LOGGER.info("numba cache unavailable (%s): compiling %s at start", exc, fn.__name__)
+        return numba.njit(nogil=True, boundscheck=False)(fn)
+
+
+@_jit
+def _correct_rows(raw: np.ndarray, offset: np.ndarray, gain: np.ndarray, full_scale: int,
+                  r0: int, r1: int, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    top = np.float32(full_scale)
+    zero = np.float32(0.0)
+    half = np.float32(0.5)
+    for y in range(r0, r1):
+        r, o, g, d = raw[y], offset[y], gain[y], out[y]
+        for x in range(r.size):
+            v = r[x]
+            c = (np.float32(v) - o[x]) * g[x] + half  # rounds half up once clipped to [0, full scale]
+            c = min(max(c, zero), top)
+            # A saturated raw pixel has lost its signal: it stays saturated, never a plausible value
+            # after gain (the exposure index and the viewer must see it as clipped).
+            d[x] = np.uint16(top if v >= full_scale else c)
+
+
+@_jit
+def _repair(flat: np.ndarray, index: np.ndarray, neighbours: np.ndarray,
+            weights: np.ndarray) -> None:  # pragma: no cover - compiled
+    for i in range(index.size):
+        acc = np.float32(0.0)
+        for j in range(neighbours.shape[1]):
+            acc += np.float32(flat[neighbours[i, j]]) * weights[i, j]
+        flat[index[i]] = np.uint16(acc + np.float32(0.5))
 
 
 class Corrector:
     """Corrects frames of one detector serial and mode with one calibration set.
 
-    Scratch buffers are allocated once; apply() allocates only the output frame. The frame is
-    corrected in bands of rows whose float32 intermediate stays in cache (on 1536x1536,
-    measured 3.9 -> 3.3 ms median against whole-frame passes; see bench/correction.py).
-    A lock serialises apply(), so one Corrector may be shared between threads (one frame at a time).
+    The frame is split into `threads` bands of rows corrected at once (the kernel releases the
+    GIL); the defect repair runs after all bands, as it reads corrected neighbours. A lock
+    serialises apply(), so one Corrector may be shared between threads (one frame at a time).
     A frame whose temperature differs from the calibration's by more than
     warn_temperature_delta_c is corrected, with a warning: the offset drifts with temperature.
     """
 
-    def __init__(self, cal: CalibrationSet, *, warn_temperature_delta_c: float = 5.0) -> None:
+    def __init__(self, cal: CalibrationSet, *, warn_temperature_delta_c: float = 5.0,
+                 threads: int | None = None) -> None:
         self.cal = cal
         self.warn_temperature_delta_c = warn_temperature_delta_c
-        self._band = max(1, min(cal.shape[0], CHUNK_BYTES // (4 * cal.shape[1])))
-        self._work = np.empty((self._band, cal.shape[1]), np.float32)
-        self._saturated = np.empty((self._band, cal.shape[1]), np.uint8)
+        self._offset = np.ascontiguousarray(cal.offset)
+        self._gain = np.ascontiguousarray(cal.gain)
         self._defect_index, self._neighbour_index, self._neighbour_weight = repair_tables(cal.defects)
-        self._gathered_raw = np.empty(self._neighbour_index.shape, np.uint16)
-        self._gathered = np.empty(self._neighbour_index.shape, np.float32)
-        self._repaired = np.empty(self._defect_index.shape, np.float32)
         self._history = (f"offset:{cal.calibration_id}", f"gain:{cal.calibration_id}",
                          f"defects:{self._defect_index.size} repaired")
+        self._threads = max(1, min(threads or min(2, os.cpu_count() or 1), cal.shape[0]))
+        rows = cal.shape[0]
+        self._bands = [(rows * i // self._threads, rows * (i + 1) // self._threads) for i in range(self._threads)]
+        self._pool = (ThreadPoolExecutor(self._threads - 1, thread_name_prefix="correct")
+                      if self._threads > 1 else None)
         self._lock = threading.Lock()
+        _warm_up()
 
-    def apply(self, raw: RawFrame) -> CorrectedFrame:
-        """The corrected frame (uint16, clipped to the frame's bits stored), with its history."""
+    def apply(self, raw: RawFrame, *, out: np.ndarray | None = None) -> CorrectedFrame:
+        """The corrected frame (uint16, clipped to the frame's bits stored), with its history.
+
+        `out`, a C-contiguous uint16 array of the frame's shape, receives the pixels (the
+        returned frame holds a read-only view of it); by default a new array is allocated.
+        """
         self._check(raw)
+        if out is None:
+            out = np.empty(self.cal.shape, np.uint16)
+        elif out.dtype != np.uint16 or out.shape != self.cal.shape or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous uint16 array of shape {self.cal.shape}, got "
+                             f"{out.dtype}{out.shape}")
+        pixels = raw.pixels if raw.pixels.flags.c_contiguous else np.ascontiguousarray(raw.pixels)
         full_scale = (1 << raw.meta.bits_stored) - 1
-        out = np.empty(self.cal.shape, np.uint16)
         with self._lock:
-            for r0 in range(0, out.shape[0], self._band):
-                rows = slice(r0, r0 + self._band)
-                work = self._work[:out.shape[0] - r0] if r0 + self._band > out.shape[0] else self._work
-                # cv2 arithmetic with dtype= rounds (half to even) and saturates into uint16 in one pass.
-                cv2.subtract(raw.pixels[rows], self.cal.offset[rows], dst=work, dtype=cv2.CV_32F)
-                cv2.multiply(work, self.cal.gain[rows], dst=out[rows], dtype=cv2.CV_16U)
-                # A saturated raw pixel has lost its signal: it stays saturated, never a plausible
-                # value after gain (the exposure index and the viewer must see it as clipped).
-                # (OpenCV's type stubs lack the cv::Scalar overloads used here, hence the ignores.)
-                sat = self._saturated[:work.shape[0]]
-                cv2.compare(raw.pixels[rows], full_scale, cv2.CMP_EQ, dst=sat)  # type: ignore[call-overload]
-                cv2.bitwise_or(out[rows], full_scale, dst=out[rows], mask=sat)  # type: ignore[call-overload]
-            if full_scale < 0xFFFF:
-                np.minimum(out, full_scale, out=out)
+            pending = [self._pool.submit(_correct_rows, pixels, self._offset, self._gain, full_scale, r0, r1, out)
+                       for r0, r1 in self._bands[1:]] if self._pool is not None else []
+            r0, r1 = self._bands[0]
+            _correct_rows(pixels, self._offset, self._gain, full_scale, r0, r1, out)
+            for job in pending:
+                job.result()
             if self._defect_index.size:
-                flat = out.reshape(-1)
-                np.take(flat, self._neighbour_index, out=self._gathered_raw, mode="clip")
-                np.multiply(self._gathered_raw, self._neighbour_weight, out=self._gathered)
-                np.sum(self._gathered, axis=1, out=self._repaired)
-                np.rint(self._repaired, out=self._repaired)
-                np.put(flat, self._defect_index, self._repaired)
+                _repair(out.reshape(-1), self._defect_index, self._neighbour_index, self._neighbour_weight)
         return CorrectedFrame(
-            pixels=out,
+            pixels=out.view(),
             meta=raw.meta,
             calibration_id=self.cal.calibration_id,
             calibrated_at=self.cal.created_at,
@@ -94,43 +137,12 @@ class Corrector:
                            m.frame_number, m.temperature_c, self.cal.calibration_id, self.cal.temperature_c)
 
 
-def repair_tables(defects: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Index tables for repairing each defective pixel from the mean of its good neighbours.
-
-    Returns (defect flat indices (n,), neighbour flat indices (n, k), weights (n, k)): the
-    good pixels of the smallest square neighbourhood (3x3, then 5x5, ...) holding any, each
-    weighted 1/count; unused slots point at pixel 0 with weight 0.
-    """
-    rows, cols = defects.shape
-    good = defects == DefectClass.GOOD
-    dy, dx = np.nonzero(~good)
-    n = dy.size
-    chosen: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0, np.int64), np.empty(0, np.int64))] * n
-    pending = np.arange(n)
-    for radius in range(1, MAX_REPAIR_RADIUS + 1):
-        if pending.size == 0:
-            break
-        oy, ox = np.mgrid[-radius:radius + 1, -radius:radius + 1]
-        keep = (oy != 0) | (ox != 0)
-        oy, ox = oy[keep], ox[keep]
-        ny = dy[pending, None] + oy[None, :]
-        nx = dx[pending, None] + ox[None, :]
-        inside = (ny >= 0) & (ny < rows) & (nx >= 0) & (nx < cols)
-        usable = inside.copy()
-        usable[inside] = good[ny[inside], nx[inside]]
-        found = usable.any(axis=1)
-        for row in np.nonzero(found)[0]:
-            chosen[pending[row]] = (ny[row][usable[row]], nx[row][usable[row]])
-        pending = pending[~found]
-    if pending.size:
-        y, x = int(dy[pending[0]]), int(dx[pending[0]])
-        raise CalibrationError(
-            f"{pending.size} defective pixels (first at row {y}, column {x}) have no good pixel within "
-            f"{2 * MAX_REPAIR_RADIUS + 1}x{2 * MAX_REPAIR_RADIUS + 1}: defect cluster too large to repair")
-    k = max((c[0].size for c in chosen), default=1)
-    index = np.zeros((n, k), np.intp)
-    weight = np.zeros((n, k), np.float32)
-    for i, (ny_i, nx_i) in enumerate(chosen):
-        index[i, :ny_i.size] = ny_i * cols + nx_i
-        weight[i, :ny_i.size] = 1.0 / ny_i.size
-    return (dy * cols + dx).astype(np.intp), index, weight
+def _warm_up() -> None:
+    """Compile (or load from numba's cache) both kernels now, not on the first clinical frame."""
+    raw = np.zeros((2, 2), np.uint16)
+    maps = np.zeros((2, 2), np.float32)
+    raw.flags.writeable = maps.flags.writeable = False  # frames and maps are read-only: their own signature
+    out = np.zeros((2, 2), np.uint16)
+    _correct_rows(raw, maps, maps, 0xFFFF, 0, 2, out)
+    _correct_rows(out, maps, maps, 0xFFFF, 0, 2, out)
+    _repair(out.reshape(-1), np.zeros(1, np.intp), np.zeros((1, 1), np.intp), np.zeros((1, 1), np.float32))

@@ -27,7 +27,9 @@ class DefectClass(enum.IntEnum):
     OVER = 3  # > 1.3x the local 21x21 median response
     UNDER = 4  # < 0.6x the local 21x21 median response (but not dead)
     NOISY = 5  # dark-frame SD > 6x the median SD
-    LINE = 6  # in a row or column with > 50 % bad pixels
+    LINE = 6  # in a row or column segment with > 50 % bad pixels
+    LAG = 7  # keeps signal of the previous exposure in the next dark frame
+    CLUSTER = 8  # one of a group of adjacent defective pixels (not a line)
 
 
 @dataclass(frozen=True, eq=False)

@@ -117,7 +117,8 @@ class CalibrationStore:
         cal = self.latest(key)
         if cal is None:
             raise CalibrationError(f"no calibration for detector {key.detector_serial} mode {key.mode} in "
-                                   f"{self._key_dir(key)}: calibrate the detector first")
+                                   f"{self._key_dir(key)}: calibrate the detector first (`dxgate calibrate`, "
+                                   "or Calibration in the engineer's console)")
         if max_age_days is not None:
             check_age(cal, max_age_days=max_age_days, now=now)
         return cal
@@ -195,8 +196,14 @@ def _read(path: Path, key: CalibrationKey) -> CalibrationSet:
 
 
 def _from_manifest(doc: dict[str, Any], path: Path, manifest_path: Path, key: CalibrationKey) -> CalibrationSet:
-    if doc["format"] != FORMAT:
-        raise CalibrationError(f"{manifest_path}: manifest format {doc['format']}, this dxgate reads {FORMAT}")
+    fmt = doc["format"]
+    if not isinstance(fmt, int) or isinstance(fmt, bool):
+        raise CalibrationError(f"{manifest_path}: format {fmt!r} is not a format version")
+    if fmt > FORMAT:
+        raise CalibrationError(f"{manifest_path}: written by a newer dxgate (format {fmt}, this one reads format "
+                               f"{FORMAT}): upgrade dxgate or calibrate again")
+    if fmt != FORMAT:
+        raise CalibrationError(f"{manifest_path}: manifest format {fmt}, this dxgate reads {FORMAT}")
     stored = CalibrationKey(detector_serial=doc["key"]["detector_serial"], mode=doc["key"]["mode"])
     if stored != key:
         raise CalibrationError(

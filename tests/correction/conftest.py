@@ -43,7 +43,9 @@ class Panel:
         return [self.frame(kerma_ugy) for _ in range(n)]
 
     def calibrate(self, n_darks: int = 16, n_flats: int = 8) -> CalibrationSet:
-        return calibrate(self.darks(n_darks), self.flats(n_flats), flat_kerma_ugy=FLAT_KERMA_UGY,
+        """Darks, flats, then one dark right after the last flat (it shows the lag)."""
+        darks, flats = self.darks(n_darks), self.flats(n_flats)
+        return calibrate(darks, flats, lag_darks=self.darks(1), flat_kerma_ugy=FLAT_KERMA_UGY,
                          operator="test engineer", now=CAL_TIME)
 
 

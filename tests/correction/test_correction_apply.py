@@ -68,7 +68,8 @@ def test_repaired_pixels_are_not_outliers(panel4: Panel, cal4: CalibrationSet) -
     z = np.abs(frame[truth.defective] - centre) / sd
     print(f"\nrepaired pixels ({truth.defective.sum()}): max |z| {z.max():.2f} vs good pixels' "
           f"max |z| {np.abs(good - centre).max() / sd:.2f}")
-    assert float(z.max()) < 3.0
+    # Line and cluster pixels come from two to four neighbours only: their noise is close to a good pixel's.
+    assert float(z.max()) < min(4.0, float(np.abs(good - centre).max() / sd))
     assert np.all(frame[truth.hot] < 65535) and np.all(frame[truth.dead] > 0)
 
 

@@ -18,7 +18,8 @@ from gateway.types import CalibrationKey, FrameKind, RawFrame, Technique
 from tests.correction.conftest import CAL_TIME, FLAT_KERMA_UGY, Panel
 
 CLASSES = {"dead": DefectClass.DEAD, "hot": DefectClass.HOT, "over": DefectClass.OVER,
-           "under": DefectClass.UNDER, "noisy": DefectClass.NOISY}
+           "under": DefectClass.UNDER, "noisy": DefectClass.NOISY, "lag": DefectClass.LAG,
+           "line": DefectClass.LINE, "cluster": DefectClass.CLUSTER}
 
 
 def test_offset_map_matches_truth(panel4: Panel, cal4: CalibrationSet) -> None:

@@ -50,3 +50,15 @@ def test_no_signal_and_bad_target_refused(panel4: Panel, cal4: CalibrationSet) -
         exposure_index(blank, 400)
     with pytest.raises(ConfigError, match="target exposure index must be positive"):
         exposure_index(frame, 0)
+
+
+def test_histogram_median_equals_numpy_median() -> None:
+    from gateway.correction.exposure_index import median_between
+
+    rng = np.random.default_rng(9)
+    for n in (1, 2, 7, 1000, 100001):
+        px = rng.integers(0, 4096, n).astype(np.uint16)
+        px[: n // 3] = rng.choice([0, 4095], n // 3)
+        kept = px[(px > 0) & (px < 4095)]
+        got = median_between(px, 0, 4095)
+        assert got == (float(np.median(kept)) if kept.size else None)

@@ -66,7 +66,7 @@ def test_versions_never_overwritten_and_newest_wins(tmp_path: Path, panel8: Pane
 def test_none_exists(tmp_path: Path) -> None:
     store = CalibrationStore(tmp_path)
     assert store.latest(KEY) is None
-    with pytest.raises(CalibrationError, match="no calibration for detector SIM-0001 mode 8x8"):
+    with pytest.raises(CalibrationError, match="no calibration for detector SIM-0001 mode 8x8 .*`dxgate calibrate`"):
         store.load(KEY)
 
 
@@ -172,3 +172,24 @@ def test_loaded_set_corrects_like_the_original(tmp_path: Path, panel8: Panel, ca
     store.save(cal8)
     raw = panel8.frame(5.0)
     np.testing.assert_array_equal(Corrector(store.load(KEY)).apply(raw).pixels, Corrector(cal8).apply(raw).pixels)
+
+
+def test_newer_format_refused_naming_file(tmp_path: Path, cal8: CalibrationSet) -> None:
+    """A set written by a newer dxgate (checksums intact) is refused, not half-read."""
+    store = CalibrationStore(tmp_path)
+    manifest = store.save(cal8) / "manifest.json"
+    doc = json.loads(manifest.read_bytes())
+    doc.pop("manifest_sha256")
+    doc["format"] = store_mod.FORMAT + 1
+    manifest.write_bytes(_manifest_bytes(doc))
+    with pytest.raises(CalibrationError, match=rf"{manifest}: written by a newer dxgate \(format "
+                                               rf"{store_mod.FORMAT + 1}, this one reads format {store_mod.FORMAT}\)"):
+        store.load(KEY)
+
+
+def test_truncated_map_refused_naming_file(tmp_path: Path, cal8: CalibrationSet) -> None:
+    store = CalibrationStore(tmp_path)
+    gain = store.save(cal8) / "gain.npy"
+    gain.write_bytes(gain.read_bytes()[:1000])
+    with pytest.raises(CalibrationError, match=rf"checksum mismatch in {gain}: the calibration file is corrupt"):
+        store.load(KEY)
