@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PEERS_DEB := dcmtk orthanc libusb-1.0-0 dicom3tools rsyslog rsyslog-gnutls
+PEERS_DEB := dcmtk orthanc libusb-1.0-0 dicom3tools rsyslog rsyslog-gnutls chromium
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
@@ -34,7 +34,7 @@ demo: install
 # reports; the tests then skip (or, with CI=true, fail) naming the missing peer.
 peers:
 	@missing=""; \
-	for exe in /usr/bin/storescp /usr/bin/wlmscpfs /usr/sbin/Orthanc /usr/bin/dciodvfy /usr/sbin/rsyslogd; do \
+	for exe in /usr/bin/storescp /usr/bin/wlmscpfs /usr/sbin/Orthanc /usr/bin/dciodvfy /usr/sbin/rsyslogd /usr/bin/chromium; do \
 	  [ -x $$exe ] || missing="$$missing $$exe"; done; \
 	[ -e /usr/share/orthanc/plugins/libModalityWorklists.so ] || missing="$$missing orthanc-worklists"; \
 	ls /usr/lib/*/libusb-1.0.so.0 >/dev/null 2>&1 || missing="$$missing libusb-1.0"; \

@@ -186,7 +186,9 @@ class Daemon:
 
     def _serve(self, app: Any, name: str, *, where: str, uvicorn_args: dict[str, Any] | None = None,
                sockets: list[socket.socket] | None = None) -> uvicorn.Server:
-        server_config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", **(uvicorn_args or {}))
+        # An open event stream (a console) must not hold a SIGTERM up: 1 s for requests in flight.
+        server_config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
+                                       timeout_graceful_shutdown=1, **(uvicorn_args or {}))
         server = uvicorn.Server(server_config)  # off the main thread it leaves signals alone
         t = threading.Thread(target=server.run, kwargs={"sockets": sockets}, name=f"dxgate-{name}", daemon=True)
         t.start()

@@ -1,4 +1,4 @@
-"""The daemon's ASGI application: log-ins, the API routes, /metrics."""
+"""The daemon's ASGI application: log-ins, the API routes, /metrics, the web console."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from fastapi import FastAPI
 
 from gateway import __version__
 from gateway.api.auth import AuthEvent, Sessions, install_auth, install_local
+from gateway.api.console_routes import build_console_router
 from gateway.api.routes import ApiContext, build_router
 from gateway.app import Gateway
 from gateway.config import ApiConfig
+from gateway.console.mount import mount_console
 from gateway.events import EventBus
 from gateway.heartbeat import Heartbeats
 from gateway.metrics import Metrics
@@ -35,4 +37,7 @@ def build_app(api: ApiConfig, gw: Gateway, users: UserStore, *, metrics: Metrics
                                            "detector_temperature_c": metrics.levels.detector_temperature_c()},
                      audit_query=audit_query)
     app.include_router(build_router(ctx, require))
+    if local_role is None:  # the console is for browsers, over TCP with log-ins
+        app.include_router(build_console_router(ctx, require))
+        mount_console(app)
     return app
