@@ -116,7 +116,9 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return _reprocess(args)
     if args.command == "run":
         from gateway.service.daemon import Daemon, configure_logging
+        from gateway.service.memory import tune_malloc
 
+        tune_malloc()  # before the first frame-sized buffer
         configure_logging()
         return Daemon(args.config).run()
     if args.command == "user":
