@@ -72,10 +72,16 @@ class Gateway:
         except BaseException:
             self.pipeline.close()
             raise
+        # Security events of the DICOM side (a failed TLS handshake, a refused association) are
+        # recorded in the state database; the daemon's audit trail ships every record to syslog.
+        self._audit = AuditTrail(
+            config.path(config.spool.database), source_id=config.site.ae_title, site=config.site.institution_name,
+            busy_timeout_s=config.spool.db_busy_timeout_s)
         try:
             self.forwarder = Forwarder(self.spool, config.destinations, calling_ae=config.site.ae_title,
-                                       clock=self._epoch, alarms=self.alarms)
+                                       clock=self._epoch, alarms=self.alarms, audit=self._audit.record)
         except BaseException:
+            self._audit.close()
             self.hardware.close()
             self.pipeline.close()
             raise
@@ -96,7 +102,6 @@ class Gateway:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._forward_thread: threading.Thread | None = None
-        self._audit: AuditTrail | None = None
         self.commit_listener: CommitmentListener | None = None
         self._commitment_listener(config)
         pending = self.raw_store.pending()
@@ -185,9 +190,6 @@ class Gateway:
         if self.commit_listener is not None:
             self.commit_listener.configure(settings)
             return
-        if self._audit is None:  # refusals are recorded in the state database; the daemon's trail ships them
-            self._audit = AuditTrail(config.path(config.spool.database), source_id=config.site.ae_title,
-                                     site=config.site.institution_name, busy_timeout_s=config.spool.db_busy_timeout_s)
         self.commit_listener = CommitmentListener(settings, self.forwarder.committer.handle_report,
                                                   audit=self._audit.record, clock=self._clock)
         if self._forward_thread is not None:
@@ -266,8 +268,7 @@ class Gateway:
             LOGGER.error("forwarder still busy at shutdown; spool left open for it to finish")
             return
         self.pipeline.close()
-        if self._audit is not None:
-            self._audit.close()
+        self._audit.close()
 
     def __enter__(self) -> Gateway:
         return self

@@ -304,6 +304,12 @@ class WorklistConfig(_Section):
         return self
 
 
+def _sop_class(value: str) -> str:
+    if not is_valid_uid(value):
+        raise ValueError(f"{value!r} is not a SOP Class UID (digits and dots)")
+    return value
+
+
 class DestinationConfig(_Section):
     name: Annotated[StrictStr, Field(max_length=64), AfterValidator(_not_blank), AfterValidator(_plain_text)] = Field(
         "pacs", description="Destination name, used in the queue and in logs.")
@@ -326,6 +332,33 @@ class DestinationConfig(_Section):
     retention_s: Number = Field(7 * 86400.0, ge=0, le=3650 * 86400, description="Without commitment: a spooled file "
                                 "is deleted this long after this archive stored it (and every other destination is "
                                 "done with it). Never to make room.")
+    tls: StrictBool = Field(False, description="DICOM TLS (TLS 1.2 or later) to this archive; its certificate is "
+                            "verified against tls_ca_file and its host name or address.")
+    tls_ca_file: OptionalPath = Field("", description="CA bundle (PEM) that signs the archive's certificate; a path, "
+                                      "or credential:NAME for a systemd credential.")
+    tls_cert_file: OptionalPath = Field("", description="dxgate's client certificate (PEM) for mutual TLS; empty: "
+                                        "none. A path or credential:NAME.")
+    tls_key_file: OptionalPath = Field("", description="The private key (PEM) of tls_cert_file. A path or "
+                                       "credential:NAME.")
+    transfer_syntax: Literal["explicit", "jpeg-ls-lossless", "jpeg2000-lossless", "rle"] = Field(
+        "explicit", description="Send images losslessly compressed in this syntax when the archive accepts it "
+                                "(else Explicit VR Little Endian); the spool keeps the original.")
+    only_sop_classes: tuple[Annotated[StrictStr, AfterValidator(_sop_class)], ...] = Field(
+        (), description="Route only objects of these SOP Class UIDs here (empty: any).")
+    only_modalities: tuple[Modality, ...] = Field((), description="Route only objects of these modalities here "
+                                                                  "(empty: any).")
+    only_body_parts: tuple[Annotated[StrictStr, AfterValidator(_body_part_term)], ...] = Field(
+        (), description="Route only objects of these Body Part Examined terms here (empty: any).")
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> DestinationConfig:
+        if self.tls and not self.tls_ca_file:
+            raise ValueError("tls = true needs tls_ca_file (the CA that signs the archive's certificate)")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_cert_file and not self.tls:
+            raise ValueError("tls_cert_file is set but tls = false")
+        return self
 
 
 def _optional_ae(value: str) -> str:
@@ -343,6 +376,22 @@ class CommitmentListenerConfig(_Section):
     allowed_hosts: tuple[Host, ...] = Field(
         (), description="Peer hosts or addresses admitted (empty: the hosts of the destinations with commitment).")
     timeout_s: Number = Field(30.0, ge=1, le=600, description="Network timeout of the listener's associations.")
+    tls: StrictBool = Field(False, description="DICOM TLS (TLS 1.2 or later) on the listener, with tls_cert_file "
+                            "and tls_key_file as its server certificate.")
+    tls_cert_file: OptionalPath = Field("", description="The listener's certificate (PEM). A path or credential:NAME.")
+    tls_key_file: OptionalPath = Field("", description="The listener's private key (PEM). A path or credential:NAME.")
+    tls_ca_file: OptionalPath = Field("", description="CA bundle (PEM) that signs the archives' client certificates; "
+                                      "a client certificate that is presented is verified against it.")
+    tls_require_client_cert: StrictBool = Field(False, description="Refuse archives that present no client "
+                                                "certificate signed by tls_ca_file (mutual TLS).")
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> CommitmentListenerConfig:
+        if self.tls and not (self.tls_cert_file and self.tls_key_file):
+            raise ValueError("tls = true needs tls_cert_file and tls_key_file")
+        if self.tls_require_client_cert and not (self.tls and self.tls_ca_file):
+            raise ValueError("tls_require_client_cert needs tls = true and tls_ca_file")
+        return self
 
 
 ViewPosition = Literal["AP", "PA", "LL", "RL", "RLD", "LLD", "RLO", "LLO", ""]

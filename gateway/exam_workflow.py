@@ -363,6 +363,7 @@ class ExamWorkflow:
                 raise DxgateError(f"the exam's patient or order data cannot be written into the image: {problem}")
             corrector = self._corrector()
             check_anatomy(body_part, view_position, laterality)
+            self._pipeline.check_routable(body_part)
             self._pipeline.check_storage(self._hw.mode.rows, self._hw.mode.columns)
         except DxgateError as exc:
             LOGGER.error("exposure refused before the tube fired: %s", exc)

@@ -21,9 +21,10 @@ from gateway.acquisition.raw_store import RawStore, RawStoreError
 from gateway.alarms import Alarms
 from gateway.config import Config
 from gateway.correction import CalibrationStore, Corrector, check_age, exposure_index
-from gateway.dicom import build_dx, to_bytes
+from gateway.dicom import DX_FOR_PRESENTATION, build_dx, to_bytes
 from gateway.diskcheck import Need, check_room
 from gateway.errors import CalibrationError, DxgateError
+from gateway.forward import ObjectSummary, admits, check_routable, destinations_for
 from gateway.presentation import PresentationParams, present
 from gateway.spool import Spool
 from gateway.types import (
@@ -141,6 +142,11 @@ class ImagePipeline:
                    min_free_bytes=spool.min_free_mb * 1024 * 1024, min_free_inodes=spool.min_free_inodes)
         self.spool.check_writable()
 
+    def check_routable(self, body_part: str) -> None:
+        """Before the tube fires: the image about to be made has a destination (the routing
+        filters would otherwise find none after the dose)."""
+        check_routable(self.config.destinations, ObjectSummary(str(DX_FOR_PRESENTATION), "DX", body_part))
+
     def objects_per_exposure(self) -> int:
         """For Presentation always; For Processing too when a destination asks for it."""
         return 2 if any(d.for_processing for d in self.config.destinations) else 1
@@ -189,20 +195,23 @@ class ImagePipeline:
             body_part=ctx.body_part, view_position=ctx.view_position, laterality=ctx.laterality, now=self._clock(),
             operator=ctx.operator, pps_id=ctx.pps_id, pps_start=ctx.pps_start, mpps_sop_instance_uid=ctx.mpps_uid)
         accession = ctx.item.accession_number if ctx.item else ""
-        processing_to = [d.name for d in cfg.destinations if d.for_processing]
-        if ctx.processing_uid and processing_to and self.spool.instance(ctx.processing_uid) is None:
+        wanting = [d for d in cfg.destinations if d.for_processing]
+        if ctx.processing_uid and wanting and self.spool.instance(ctx.processing_uid) is None:
             # first, so that the For Presentation image (whose UID marks the exposure saved) comes last
             raw_ds = build_dx(frame, exposure, ctx.item, ei, sop_instance_uid=ctx.processing_uid, for_processing=True,
                               **common)
-            self.spool.put(to_bytes(raw_ds), sop_instance_uid=ctx.processing_uid, sop_class_uid=raw_ds.SOPClassUID,
-                           study_instance_uid=ctx.study_uid, accession_number=accession, destinations=processing_to)
+            processing_to = [d.name for d in wanting if admits(d, ObjectSummary.of(raw_ds))]
+            if processing_to:
+                self.spool.put(to_bytes(raw_ds), sop_instance_uid=ctx.processing_uid,
+                               sop_class_uid=raw_ds.SOPClassUID, study_instance_uid=ctx.study_uid,
+                               accession_number=accession, destinations=processing_to)
         ds = build_dx(frame, exposure, ctx.item, ei, sop_instance_uid=ctx.sop_instance_uid, presentation=shown,
                       **common)
         data = to_bytes(ds)
         laps["build"], t = time.perf_counter() - t, time.perf_counter()
         instance = self.spool.put(data, sop_instance_uid=ctx.sop_instance_uid, sop_class_uid=ds.SOPClassUID,
                                   study_instance_uid=ctx.study_uid, accession_number=accession,
-                                  destinations=[d.name for d in cfg.destinations])
+                                  destinations=destinations_for(cfg.destinations, ObjectSummary.of(ds)))
         laps["spool"] = time.perf_counter() - t
         return MadeImage(instance=instance, frame=frame, exposure_index=ei, stage_seconds=laps,
                          display=None if shown is None else shown.pixels)

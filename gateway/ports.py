@@ -11,6 +11,7 @@ from typing import Protocol, runtime_checkable
 
 from gateway.types import (
     DetectorInfo,
+    DetectorStatus,
     ExposureReadback,
     FrameKind,
     RawFrame,
@@ -38,6 +39,9 @@ class Detector(Protocol):
         """End an arming that received no X-rays; DeviceError if X-rays arrived (read the frame)."""
 
     def temperature_c(self) -> float: ...
+
+    def status(self) -> DetectorStatus:
+        """State, temperature, frames held, battery, link; never raises (a silent panel is a state)."""
 
     def close(self) -> None: ...
 

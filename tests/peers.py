@@ -101,6 +101,7 @@ class Orthanc:
     proc: subprocess.Popen[bytes] | None = None
     worklist_dir: Path = field(init=False)
     modalities: dict[str, list[Any]] = field(default_factory=dict)
+    extra_config: dict[str, Any] = field(default_factory=dict)  # more settings, e.g. DicomTlsEnabled
 
     def __post_init__(self) -> None:
         self.worklist_dir = self.root / "worklists"
@@ -130,6 +131,7 @@ class Orthanc:
             "Worklists": {"Enable": True, "Database": str(self.worklist_dir)},
             "StableAge": 1,
             "DefaultEncoding": "Utf8",
+            **self.extra_config,
         }
         cfg = self.root / "orthanc.json"
         cfg.write_text(json.dumps(config, indent=2))
@@ -171,6 +173,9 @@ class StoreSCP:
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     out_dir: Path = field(init=False)
+    # (key, certificate, CA or None): DICOM TLS; with a CA, a client certificate it signed is required
+    tls: tuple[Path, Path, Path | None] | None = None
+    args: tuple[str, ...] = ()  # more storescp options, e.g. ("+xa",) to accept compressed syntaxes
 
     def __post_init__(self) -> None:
         self.out_dir = self.root / "received"
@@ -180,8 +185,13 @@ class StoreSCP:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         log = self.root / "storescp.log"
+        tls: list[str] = []
+        if self.tls is not None:
+            key, cert, ca = self.tls
+            tls = ["+tls", str(key), str(cert), "-pw"]
+            tls += ["+cf", str(ca), "--require-peer-cert"] if ca is not None else ["--ignore-peer-cert"]
         self.proc = _start([exe, "--verbose", "--aetitle", self.aet, "--output-directory", str(self.out_dir),
-                            "--max-pdu", "131072", "--filename-extension", ".dcm", str(self.port)],
+                            "--max-pdu", "131072", "--filename-extension", ".dcm", *tls, *self.args, str(self.port)],
                            log, self.root)
         wait_for_port(self.port, self.proc, log)
         return self

@@ -37,7 +37,7 @@ from gateway.config import (
 )
 from gateway.correction import store as calibration_store
 from gateway.errors import ExposureRefused, FrameKeptError
-from gateway.types import Technique
+from gateway.types import Anatomy, Technique
 from hw_sim.room import SimRoom
 from tests.peers import free_port, in_ci
 
@@ -260,6 +260,21 @@ def test_an_insane_technique_is_refused_before_the_tube_fires(
         with pytest.raises(ExposureRefused, match=r"technique (kV|mAs) .* is outside"):
             gw.expose(gw.open_exam(None), technique)
         assert len(room.pulses) == pulses
+
+
+def test_an_image_no_destination_would_take_is_refused_before_the_tube_fires(tmp_path: Path, room: SimRoom) -> None:
+    """Routing filters that admit no chest: the exposure is refused, not made and then stranded."""
+    config = config_for(tmp_path, room)
+    hands_only = tuple(d.model_copy(update={"only_body_parts": ("HAND",)}) for d in config.destinations)
+    with calibrated(config.model_copy(update={"destinations": hands_only}), room) as gw:
+        pulses = len(room.pulses)
+        with pytest.raises(ExposureRefused, match="no destination takes this object .* body part CHEST"):
+            gw.expose(gw.open_exam(None))
+        assert len(room.pulses) == pulses
+        gw.expose(gw.open_exam(None), anatomy=Anatomy("HAND", "PA", "L"))  # a hand goes where hands go
+        assert len(room.pulses) == pulses + 1
+        [delivery] = gw.spool.listing()
+        assert delivery.destination == "pacs"
 
 
 # --- after the dose ---------------------------------------------------------------------------

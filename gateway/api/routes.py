@@ -175,7 +175,7 @@ def build_router(ctx: ApiContext, require: Require) -> APIRouter:
         return {
             "detector": {"serial": gw.detector.info.serial, "model": gw.detector.info.model,
                          "firmware": gw.detector.info.firmware, "mode": gw.mode.name,
-                         "state": gw.sequence.state.value},
+                         "state": gw.sequence.state.value, "panel": asdict(gw.detector.status())},
             "calibration": {"state": cal_state, "calibration_id": cal_id, "age_s": cal_age},
             "worklist": None if view is None else {"source": view.source, "items": len(view.items),
                                                     "as_of": view.as_of.isoformat() if view.as_of else None,

@@ -186,3 +186,16 @@ def association_refused(*, calling_ae: str, address: str, called_ae: str, reason
                        Participant(called_ae or "-", False, ROLE_APPLICATION)),
                       (ParticipantObject(f"{calling_ae or '-'}@{address}", 2, 13, None, "12"),),
                       description=f"association refused: {reason}")
+
+
+def tls_failed(*, local_ae: str, peer: str, address: str, reason: str, when: datetime,
+               outbound: bool = True) -> AuditEvent:
+    """PS3.15 A.5.3.11 Security Alert (Node Authentication): a DICOM TLS handshake failed (a
+    certificate not trusted, expired or refused); nothing was exchanged. The peer node is the
+    alert subject; `outbound`: dxgate connected to it (else it connected to dxgate)."""
+    direction = "to" if outbound else "from"
+    return AuditEvent(SECURITY_ALERT, "E", Outcome.SERIOUS_FAILURE, when, NODE_AUTHENTICATION,
+                      (Participant(local_ae or "-", outbound, ROLE_APPLICATION),
+                       Participant(peer or "-", not outbound, network_address=address)),
+                      (ParticipantObject(peer or address or "-", 2, 13, None, "12"),),
+                      description=f"DICOM TLS {direction} {peer or address} failed: {reason}"[:200])

@@ -6,6 +6,10 @@ configured hosts, calling dxgate's own AE title, are admitted: every other assoc
 rejected (A-ASSOCIATE-RJ, permanent) and recorded as a security audit event (PS3.15 A.5.3.11
 Security Alert, Node Authentication). Verification (C-ECHO) is answered for admitted peers.
 TCP_NODELAY is set on every accepted socket.
+
+With TLS configured, the listener presents its certificate (TLS 1.2+) and verifies the client
+certificates archives present, refusing those without one when asked to; a failed handshake
+is dropped before any DICOM is read, counted as refused, and audited the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pynetdicom import evt
 
 from gateway.audit import messages as audit_msg
 from gateway.config import Config
+from gateway.forward import tls
 from gateway.forward.commitment import PUSH_MODEL
 from gateway.netopts import ApplicationEntity, nodelay_handlers
 
@@ -42,6 +47,10 @@ class ListenerSettings:
     allowed_aes: frozenset[str]
     allowed_hosts: tuple[str, ...]
     timeout_s: float = 30.0
+    tls_cert_file: str = ""  # set: TLS on the listener
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
+    tls_require_client_cert: bool = False
 
 
 def resolve(hosts: Iterable[str]) -> frozenset[str]:
@@ -95,8 +104,14 @@ class CommitmentListener:
         ae.add_supported_context(VERIFICATION, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         handlers = nodelay_handlers() + [(evt.EVT_REQUESTED, self._requested),
                                          (evt.EVT_N_EVENT_REPORT, self._report)]
-        self._server = ae.start_server((s.host, s.port), block=False, evt_handlers=handlers)
-        LOGGER.info("storage commitment listener %s on %s:%d", s.ae_title, s.host, self.port)
+        ssl_context = None
+        if s.tls_cert_file:
+            ssl_context = tls.server_context(cert_file=s.tls_cert_file, key_file=s.tls_key_file, ca_file=s.tls_ca_file,
+                                             require_client_cert=s.tls_require_client_cert,
+                                             on_failure=self._tls_failed, handshake_timeout_s=min(10.0, s.timeout_s))
+        self._server = ae.start_server((s.host, s.port), block=False, evt_handlers=handlers, ssl_context=ssl_context)
+        LOGGER.info("storage commitment listener %s on %s:%d%s", s.ae_title, s.host, self.port,
+                    " (TLS)" if ssl_context is not None else "")
         return self
 
     def stop(self) -> None:
@@ -134,6 +149,19 @@ class CommitmentListener:
             except Exception:  # an audit failure is logged; the refusal stands
                 LOGGER.exception("audit record of a refused association could not be written")
 
+    def _tls_failed(self, address: str, why: str) -> None:
+        """A TLS handshake on the listener failed (no or an untrusted client certificate)."""
+        with self._lock:
+            self.refused += 1
+            ae_title = self.settings.ae_title
+        LOGGER.warning("storage commitment listener refused a TLS connection from %s: %s", address, why)
+        if self._audit is not None:
+            try:
+                self._audit(audit_msg.tls_failed(local_ae=ae_title, peer=address, address=address, reason=why,
+                                                 when=self._clock(), outbound=False))
+            except Exception:  # an audit failure is logged; the refusal stands
+                LOGGER.exception("audit record of a refused TLS connection could not be written")
+
     def _report(self, event: evt.Event) -> tuple[int, Dataset | None]:
         with self._lock:
             self.reports += 1
@@ -150,4 +178,6 @@ def settings_from(config: Config) -> ListenerSettings | None:
     return ListenerSettings(
         ae_title=cl.ae_title or config.site.ae_title, host=cl.host, port=cl.port,
         allowed_aes=frozenset(cl.allowed_calling_aes or (d.called_ae for d in committing)),
-        allowed_hosts=tuple(cl.allowed_hosts or dict.fromkeys(d.host for d in committing)), timeout_s=cl.timeout_s)
+        allowed_hosts=tuple(cl.allowed_hosts or dict.fromkeys(d.host for d in committing)), timeout_s=cl.timeout_s,
+        tls_cert_file=cl.tls_cert_file if cl.tls else "", tls_key_file=cl.tls_key_file if cl.tls else "",
+        tls_ca_file=cl.tls_ca_file if cl.tls else "", tls_require_client_cert=cl.tls_require_client_cert)

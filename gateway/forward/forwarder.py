@@ -22,11 +22,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from pynetdicom._validators import validate_ae
 from pynetdicom.events import EventHandlerType
 
 from gateway.alarms import Alarms
+from gateway.audit import messages as audit_msg
 from gateway.config import DestinationConfig
 from gateway.errors import DxgateError, ForwardError
 from gateway.forward import commitment, scu
@@ -84,9 +86,11 @@ class Forwarder:
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
                  backoff_base_s: float = 2.0, backoff_max_s: float = 300.0, batch_size: int = 1000,
                  extra_handlers: Sequence[EventHandlerType] = (), alarms: Alarms | None = None,
-                 monotonic: Callable[[], float] = time.monotonic, stop_grace_s: float = 2.0) -> None:
-        """`extra_handlers`: pynetdicom (event, handler) pairs bound on every association
-        besides TCP_NODELAY (for metrics and tests). `stop_grace_s`: at shutdown, how long a
+                 monotonic: Callable[[], float] = time.monotonic, stop_grace_s: float = 2.0,
+                 audit: Callable[[audit_msg.AuditEvent], object] | None = None) -> None:
+        """`audit` records security events (a failed TLS handshake). `extra_handlers`: pynetdicom
+        (event, handler) pairs bound on every association besides TCP_NODELAY (for metrics and
+        tests). `stop_grace_s`: at shutdown, how long a
         worker may finish the C-STORE in flight before its association is cut; `run` returns
         at most about a second after that, even if an archive hangs."""
         check_destinations(destinations)
@@ -127,6 +131,8 @@ class Forwarder:
         spool.unsend()  # rows left 'sending' by a run that ended mid-association: pending again
         self.committer.resume()
         self.removed_files = 0  # spool files deleted by retention (a metric)
+        self.audit = audit
+        self._tls_failing: set[str] = set()  # destinations whose last TLS handshake failed (audited once)
 
     @property
     def max_idle_s(self) -> float:
@@ -386,7 +392,7 @@ class Forwarder:
                 results.append(self._settle(row, Verdict(Outcome.QUARANTINED, str(exc)), None))
         if not ready:
             return results, True
-        contexts = scu.build_contexts((row.sop_class_uid, ts) for row, ts in ready)
+        contexts = scu.build_contexts(((row.sop_class_uid, ts) for row, ts in ready), scu.wanted_syntax(dest))
         handlers = list(self._handlers)
         if dest.commitment:  # ask on the same association, and take a report on it
             contexts.append(commitment.context())
@@ -396,12 +402,15 @@ class Forwarder:
         except scu.AssociationFailed as exc:
             if stop is not None and stop.is_set():
                 return results, False  # cut short at shutdown: nothing happened, nothing recorded
+            if exc.tls_error is not None:
+                self._tls_failed(dest, exc.tls_error)
             if exc.verdict.outcome is Outcome.RETRY:
                 # The destination failed, not the objects: one retry time for its whole backlog,
                 # so a down PACS sees one connection attempt per backoff.
                 return results + self._back_off(dest, [(row, None, exc.verdict.reason) for row, _ in ready],
                                                 exc.verdict.reason), False
             return results + [self._settle(row, exc.verdict, None) for row, _ in ready], True
+        self._tls_works(dest)
         answered = False
         uids = [row.sop_instance_uid for row, _ in ready]
         try:
@@ -441,6 +450,29 @@ class Forwarder:
         if reply.status is None:
             return classify_transport(NO_RESPONSE), None
         return classify_status(reply.status, row.last_status), reply.status
+
+    # --- TLS failures ----------------------------------------------------------------------
+
+    def _tls_failed(self, dest: DestinationConfig, why: str) -> None:
+        """A TLS handshake with the archive failed (its certificate not trusted, ours refused):
+        an alarm, and a security audit event once per failure streak, not per retry."""
+        self.alarms.raise_("forward-tls-failed", f"TLS with {dest.name} ({dest.host}:{dest.port}) failed: {why}; "
+                           "nothing is sent until it works (check the certificates)", key=dest.name)
+        if dest.name in self._tls_failing:
+            return
+        self._tls_failing.add(dest.name)
+        if self.audit is None:
+            return
+        try:
+            self.audit(audit_msg.tls_failed(local_ae=self._calling_ae, peer=f"{dest.called_ae}@{dest.host}:{dest.port}",
+                                            address=dest.host, reason=why, when=datetime.now(UTC)))
+        except Exception:  # an audit failure is logged; forwarding goes on
+            LOGGER.exception("audit record of a TLS failure could not be written")
+
+    def _tls_works(self, dest: DestinationConfig) -> None:
+        if dest.name in self._tls_failing:
+            self._tls_failing.discard(dest.name)
+            self.alarms.clear("forward-tls-failed", dest.name)
 
     # --- recording -------------------------------------------------------------------------
 

@@ -2,7 +2,13 @@
 
 Every association gets TCP_NODELAY (gateway.netopts), the configured max PDU and, per SOP
 class, a presentation context offering Explicit VR Little Endian first and Implicit VR
-Little Endian second; a file stored in another (lossless) syntax gets its own context.
+Little Endian second; a file stored in another (lossless) syntax gets its own context. A
+destination with a lossless `transfer_syntax` also gets, per SOP class, a context offering
+that syntax: when the archive accepts it, each image is compressed in memory at send time
+(the spool keeps the original; the SOP Instance UID stays), else it goes uncompressed.
+
+With `tls`, the association runs over TLS 1.2+ (gateway.forward.tls); a failed handshake
+is an AssociationFailed naming it (`tls_error`), retried with the destination's backoff.
 """
 
 from __future__ import annotations
@@ -11,16 +17,24 @@ import hashlib
 import io
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+)
 from pynetdicom import build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.events import EventHandlerType
@@ -28,6 +42,7 @@ from pynetdicom.presentation import PresentationContext
 
 from gateway.config import DestinationConfig
 from gateway.errors import ForwardError
+from gateway.forward import tls
 from gateway.forward.status import Verdict, classify_rejection, classify_transport
 from gateway.netopts import ApplicationEntity, nodelay_handlers, socket_nodelay
 from gateway.spool import Delivery
@@ -36,14 +51,21 @@ LOGGER = logging.getLogger(__name__)
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 MAX_CONTEXTS = 128
+COMPRESSED = {"jpeg-ls-lossless": JPEGLSLossless, "jpeg2000-lossless": JPEG2000Lossless, "rle": RLELossless}
+
+
+def wanted_syntax(destination: DestinationConfig) -> str | None:
+    """The lossless syntax a destination asks for; None: uncompressed."""
+    return COMPRESSED.get(destination.transfer_syntax)
 
 
 class AssociationFailed(ForwardError):
     """No association with a destination; `verdict` says whether to retry."""
 
-    def __init__(self, verdict: Verdict) -> None:
+    def __init__(self, verdict: Verdict, tls_error: str | None = None) -> None:
         super().__init__(verdict.reason)
         self.verdict = verdict
+        self.tls_error = tls_error  # the TLS handshake failed: why
 
 
 class ObjectRefused(ForwardError):
@@ -81,11 +103,16 @@ def verify(delivery: Delivery) -> None:
                             f"not {delivery.sop_instance_uid}")
 
 
-def build_contexts(pairs: Iterable[tuple[str, str]]) -> list[PresentationContext]:
-    """Presentation contexts for (SOP class, transfer syntax) pairs."""
+def build_contexts(pairs: Iterable[tuple[str, str]], compress: str | None = None) -> list[PresentationContext]:
+    """Presentation contexts for (SOP class, transfer syntax) pairs; with `compress`, a
+    context offering that syntax for each SOP class sent uncompressed, besides the
+    uncompressed one (the fallback)."""
     wanted = sorted(set(pairs))
     contexts = [build_context(sop, list(UNCOMPRESSED)) for sop in sorted({sop for sop, _ in wanted})]
     contexts += [build_context(sop, ts) for sop, ts in wanted if ts not in UNCOMPRESSED]
+    if compress is not None:
+        contexts += [build_context(sop, compress) for sop in sorted({sop for sop, ts in wanted if ts in UNCOMPRESSED})
+                     if (sop, compress) not in wanted]
     if len(contexts) > MAX_CONTEXTS:
         raise ForwardError(f"{len(contexts)} presentation contexts needed; an association holds {MAX_CONTEXTS}")
     return contexts
@@ -154,11 +181,16 @@ class Session:
         return bool(self._assoc.is_established)
 
     def store(self, delivery: Delivery, transfer_syntax: str) -> StoreReply:
-        """Send a verified spool file: streamed from disk as it is stored when the archive
-        accepted its transfer syntax (no decode, no re-encode), else decoded and converted."""
+        """Send a verified spool file: compressed in memory when the destination asks for a
+        lossless syntax the archive accepted; else streamed from disk as it is stored when the
+        archive accepted its transfer syntax (no decode, no re-encode), else decoded and converted."""
         self._msg_id = self._msg_id % 0xFFFF + 1
         item: Path | Dataset = Path(delivery.path)
-        if (delivery.sop_class_uid, transfer_syntax) not in self._accepted:
+        target = wanted_syntax(self.destination)
+        if (target is not None and transfer_syntax in UNCOMPRESSED
+                and (delivery.sop_class_uid, target) in self._accepted):
+            item = compressed(delivery, target, self.destination.name)
+        elif (delivery.sop_class_uid, transfer_syntax) not in self._accepted:
             item = dcmread(delivery.path)
         try:
             rsp = self._assoc.send_c_store(item, msg_id=self._msg_id)
@@ -187,6 +219,54 @@ class Session:
             self._assoc.release()
 
 
+def compressed(delivery: Delivery, syntax: str, destination: str) -> Path | Dataset:
+    """The spooled image compressed losslessly in memory (same SOP Instance UID), checked by
+    decoding it again: the file itself (sent uncompressed) when it has no pixels, the encoder
+    refuses it, or the decoded pixels are not the original bit for bit."""
+    ds = dcmread(delivery.path)
+    if "PixelData" not in ds:
+        return Path(delivery.path)
+    try:
+        original = stored_values(ds)
+        ds.compress(syntax, generate_instance_uid=False)
+        same = bool(np.array_equal(decode(ds), original))
+    except Exception as exc:  # pydicom's encoders raise several types; the fallback is always safe
+        why = f"{type(exc).__name__}: {exc}"
+    else:
+        if same:
+            return ds
+        why = "the decoded pixels differ from the original"
+    LOGGER.warning("%s: %s not compressed to %s (%s); sent uncompressed", destination,
+                   delivery.sop_instance_uid, syntax, why)
+    return Path(delivery.path)
+
+
+def stored_values(ds: Dataset) -> np.ndarray:
+    """The pixel values as the uncompressed file holds them, unused high bits included
+    (pydicom's pixel_array masks them to Bits Stored)."""
+    arr = ds.pixel_array
+    native = ds.BitsAllocated in (8, 16) and arr.dtype.itemsize * 8 == ds.BitsAllocated
+    if native and ds.get("PixelRepresentation", 0) == 0:
+        return np.frombuffer(ds.PixelData, dtype=f"<u{arr.dtype.itemsize}", count=arr.size).reshape(arr.shape)
+    return arr
+
+
+def decode(ds: Dataset) -> np.ndarray:
+    """The pixels of an encoded dataset, decoded from its bytes as an archive would."""
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return dcmread(io.BytesIO(buf.getvalue())).pixel_array
+
+
+def _tls_args(destination: DestinationConfig, watch: tls.HandshakeWatch, where: str) -> tuple[ssl.SSLContext, str]:
+    try:
+        ctx = tls.client_context(ca_file=destination.tls_ca_file, cert_file=destination.tls_cert_file,
+                                 key_file=destination.tls_key_file, watch=watch)
+    except ForwardError as exc:
+        raise AssociationFailed(classify_transport(f"{where}: {exc}"), tls_error=str(exc)) from exc
+    return ctx, destination.host
+
+
 def open_session(destination: DestinationConfig, calling_ae: str, contexts: Sequence[PresentationContext],
                  extra_handlers: Sequence[EventHandlerType] = (), attempt: Attempt | None = None) -> Session:
     """Associate with a destination, or raise AssociationFailed with a retry/quarantine verdict.
@@ -202,10 +282,12 @@ def open_session(destination: DestinationConfig, calling_ae: str, contexts: Sequ
     ae.network_timeout = destination.timeout_s
     ae.connection_timeout = destination.timeout_s
     ae.maximum_pdu_size = destination.max_pdu
+    watch = tls.HandshakeWatch()
+    tls_args = _tls_args(destination, watch, where) if destination.tls else None
     assoc = ae.associate(destination.host, destination.port, contexts=list(contexts),
                          ae_title=destination.called_ae, max_pdu=destination.max_pdu,
                          evt_handlers=nodelay_handlers() + (attempt.handlers() if attempt else [])
-                         + list(extra_handlers))
+                         + list(extra_handlers), tls_args=tls_args)
     if assoc.is_established:
         session = Session(assoc, destination)
         LOGGER.info("association to %s (%s:%d) established, %d contexts accepted, nodelay=%s",
@@ -219,5 +301,8 @@ def open_session(destination: DestinationConfig, calling_ae: str, contexts: Sequ
             raise AssociationFailed(classify_transport(f"{where}: association rejected without a reason"))
         verdict = classify_rejection(int(rj.result), int(rj.result_source), int(rj.diagnostic))
         raise AssociationFailed(Verdict(verdict.outcome, f"{where}: {verdict.reason}"))
+    if watch.error is not None:
+        raise AssociationFailed(classify_transport(f"{where}: TLS handshake failed: {watch.error}; nothing sent"),
+                                tls_error=watch.error)
     raise AssociationFailed(classify_transport(
         f"{where}: no association (connection refused, timed out or aborted)"))

@@ -252,10 +252,16 @@ class Daemon:
         gw = self.gateway
         while not self._stop.is_set():
             try:
-                self.temperature_c = gw.detector.temperature_c()
-                self.heartbeats.beat("detector")
-            except DxgateError as exc:
-                LOGGER.error("detector does not answer: %s", exc)
+                st = gw.detector.status()  # never raises: a silent or unplugged panel is a state
+                self.temperature_c = st.temperature_c
+                if st.state in ("not answering", "unplugged"):
+                    LOGGER.error("detector %s: %s", st.state, st.error)
+                else:
+                    self.heartbeats.beat("detector")
+                if st.ready:
+                    gw.alarms.clear("detector-not-ready")
+                elif not gw.alarms.active("detector-not-ready"):  # the console shows why exposures are refused
+                    gw.alarms.raise_("detector-not-ready", f"detector {st.state}: {st.error or 'not ready'}")
             except Exception:  # the watcher must not die; its silence is the alarm
                 LOGGER.exception("detector watch failed unexpectedly")
             self._stop.wait(self.config.service.heartbeat_s)

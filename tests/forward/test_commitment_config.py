@@ -36,7 +36,7 @@ def test_default_config_documents_every_commitment_key() -> None:
     ({"commitment_listener": {"allowed_calling_aes": ["OK", "BAD\\AE"]}}, "commitment_listener.allowed_calling_aes"),
     ({"commitment_listener": {"allowed_hosts": ["a host"]}}, "commitment_listener.allowed_hosts"),
     ({"commitment_listener": {"port": 0}}, "commitment_listener.port"),
-    ({"commitment_listener": {"tls": True}}, "unknown key"),
+    ({"commitment_listener": {"tls_version": "1.3"}}, "unknown key"),
 ])
 def test_bad_commitment_settings_are_refused_naming_the_key(raw: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):

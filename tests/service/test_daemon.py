@@ -26,6 +26,7 @@ from gateway.config import (
     GeneratorConfig,
     SpoolConfig,
     WorklistConfig,
+    load,
     to_toml,
 )
 from gateway.service.daemon import Daemon
@@ -297,3 +298,30 @@ def test_no_patient_data_in_any_log_line_of_the_whole_daemon(tmp_path: Path, roo
     for canary in canaries:
         assert canary not in text, f"{canary} reached a log line"  # ... the patient is not
 
+
+
+def test_the_panels_own_status_and_an_over_temperature_alarm_reach_the_console(
+        tmp_path: Path, room: SimRoom, storescp: StoreSCP) -> None:
+    """The simulated panel heats beyond its limit: /api/status shows it (the panel's own view),
+    an alarm says why exposures are refused, and it clears once the panel has cooled."""
+    from tests.service.processes import until
+
+    path = write_config(tmp_path, room, storescp)
+    users(path, room)
+    cfg = load(path)
+    path.write_text(to_toml(cfg.model_copy(update={"service": cfg.service.model_copy(update={"heartbeat_s": 0.2})})))
+    run = start(path, room)
+    try:
+        with run.client() as tech:
+            login(tech, "tina")
+            panel = tech.get("/api/status").json()["detector"]["panel"]
+            assert panel["state"] == "idle" and not panel["over_temperature"]
+            assert panel["temperature_c"] == pytest.approx(room.temperature_c, abs=0.2)
+            room.set_temperature(room.panel.max_temperature_c + 5)
+            until(lambda: any(a["code"] == "detector-not-ready" for a in tech.get("/api/alarms").json()))
+            panel = tech.get("/api/status").json()["detector"]["panel"]
+            assert panel["over_temperature"] and "over temperature" in panel["error"]
+            room.set_temperature(room.panel.max_temperature_c - 10)
+            until(lambda: not any(a["code"] == "detector-not-ready" for a in tech.get("/api/alarms").json()))
+    finally:
+        assert run.stop() == 0

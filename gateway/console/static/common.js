@@ -7,10 +7,12 @@ const dx = (() => {
   let csrf = "";
 
   let leaving = false;
+  let loggingOut = null;  // the reason of a log-out under way: the 401s it causes are not "expired"
   function toLogin(reason) {
     if (leaving) return;  // several calls may see the 401 at once: one navigation, not a race of them
     leaving = true;
-    location.replace("/console/" + (reason ? "?reason=" + encodeURIComponent(reason) : ""));
+    const why = loggingOut !== null ? loggingOut : reason;
+    location.replace("/console/" + (why ? "?reason=" + encodeURIComponent(why) : ""));
   }
 
   async function api(path, options = {}) {
@@ -60,6 +62,7 @@ const dx = (() => {
   }
 
   async function logout(reason) {
+    loggingOut = reason || "";
     try {
       await fetch("/api/logout", { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf } });
     } finally {
