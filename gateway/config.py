@@ -542,6 +542,12 @@ class MppsConfig(_Section):
     timeout_s: Number = Field(10.0, ge=0.5, le=300, description="Network and DIMSE timeout.")
 
 
+class DoseReportConfig(_Section):
+    enabled: StrictBool = Field(True, description="Write one X-Ray Radiation Dose SR per exam with exposures, when "
+                                                  "it is closed, forwarded like an image (route it with "
+                                                  "only_sop_classes).")
+
+
 class AuditConfig(_Section):
     collector_host: Annotated[StrictStr, AfterValidator(_optional_host)] = Field(
         "", description="Syslog collector (ATNA audit record repository); empty: audit records are kept locally only.")
@@ -571,6 +577,8 @@ class Config(_Section):
     api: ApiConfig = Field(default_factory=ApiConfig, description="Local API and console.")
     audit: AuditConfig = Field(default_factory=AuditConfig, description="Audit trail shipping.")
     mpps: MppsConfig = Field(default_factory=MppsConfig, description="Modality Performed Procedure Step.")
+    dose_report: DoseReportConfig = Field(default_factory=DoseReportConfig,
+                                          description="X-Ray Radiation Dose SR (IHE REM).")
     presentation: PresentationConfig = Field(default_factory=PresentationConfig,
                                              description="Processing of the For Presentation image.")
     service: ServiceConfig = Field(default_factory=ServiceConfig, description="The daemon.")
@@ -732,5 +740,6 @@ def check_state_dir(cfg: Config) -> None:
 
 
 __all__ = ["ApiConfig", "AuditConfig", "CalibrationConfig", "CommitmentListenerConfig", "Config", "ConfigError",
-           "DestinationConfig", "DetectorConfig", "ExposureConfig", "GeneratorConfig", "ServiceConfig", "SiteConfig",
-           "SpoolConfig", "WorklistConfig", "check_state_dir", "from_dict", "load", "to_toml"]
+           "DestinationConfig", "DetectorConfig", "DoseReportConfig", "ExposureConfig", "GeneratorConfig",
+           "ServiceConfig", "SiteConfig", "SpoolConfig", "WorklistConfig", "check_state_dir", "from_dict", "load",
+           "to_toml"]

@@ -24,7 +24,7 @@ from gateway.acquisition.raw_store import RawStoreError
 from gateway.alarms import Alarms
 from gateway.config import Config, ProtocolConfig
 from gateway.correction import Corrector
-from gateway.dicom import check_anatomy, new_uid
+from gateway.dicom import IrradiationEvent, check_anatomy, new_uid
 from gateway.dicom.preview import preview_png
 from gateway.errors import ConfigError, DxgateError, ExposureRefused, FrameKeptError
 from gateway.events import EventBus
@@ -35,6 +35,7 @@ from gateway.mpps import completed as mpps_final
 from gateway.types import (
     Anatomy,
     CorrectedFrame,
+    DetectorInfo,
     Exposure,
     ExposureIndex,
     RawFrame,
@@ -67,6 +68,10 @@ class Exam:
     mpps_uid: str = ""  # the MPPS SOP Instance UID when MPPS is reported ("" otherwise)
     mpps_created: bool = False  # its N-CREATE is queued (at the first saved image)
     performed: list[PerformedImage] = field(default_factory=list)  # every exposure's image, for the N-SET
+    irradiations: list[IrradiationEvent] = field(default_factory=list)  # every exposure given, for the dose report
+    dose_series_uid: str = ""  # the dose report's series and SOP Instance UIDs, assigned at opening
+    dose_report_uid: str = ""
+    detector: DetectorInfo | None = None  # the detector of its exposures (the dose report's equipment)
 
 
 @dataclass(frozen=True)
@@ -303,11 +308,31 @@ class ExamWorkflow:
                 raise DxgateError("a discontinued exam needs a reason")
             self.current, self.view = None, None
             self._set_armed(False)
-            rejected = {r.instance.sop_instance_uid for r in self.reviewed if r.status == "rejected"}
-        self._report_step_ended(exam, rejected, completed=completed, reason=reason.strip())
+            rejected = {r.instance.sop_instance_uid: r.reason for r in self.reviewed if r.status == "rejected"}
+        if exam.irradiations and self._config.dose_report.enabled:
+            self._report_dose(exam, rejected)
+        self._report_step_ended(exam, set(rejected), completed=completed, reason=reason.strip())
         self._events.publish("exam", state="completed" if completed else "discontinued",
                              study_uid=exam.study_uid, images=len(exam.images))
         return exam
+
+    def _report_dose(self, exam: Exam, rejected: dict[str, str]) -> None:
+        """The study's dose report, one event per exposure given (rejected ones too); a failure is
+        logged and alarmed, never stops the exam from closing."""
+        events = [dataclasses.replace(e, rejected_reason=rejected.get(e.image_uid)) for e in exam.irradiations]
+        try:
+            assert exam.detector is not None and exam.pps_start is not None  # set at the first exposure
+            self._pipeline.spool_dose_report(
+                events, exam.item, detector=exam.detector, study_uid=exam.study_uid, series_uid=exam.dose_series_uid,
+                sop_instance_uid=exam.dose_report_uid, started=exam.pps_start, mpps_uid=exam.mpps_uid,
+                operator=exam.operator,
+                images=[(p.series_uid, p.sop_class_uid, p.sop_instance_uid) for p in exam.performed])
+        except Exception as exc:
+            LOGGER.error("dose report %s not made: %s: %s", exam.dose_report_uid, type(exc).__name__, exc)
+            self._alarms.raise_("dose-report-not-made", f"the dose report of an exam ({len(events)} exposures) could "
+                               f"not be made: {type(exc).__name__}: {exc}", key=exam.dose_report_uid)
+            return
+        self._alarms.clear("dose-report-not-made", exam.dose_report_uid)
 
     # --- MPPS: the step is reported at its first image and when the exam is closed ---------------
 
@@ -346,7 +371,8 @@ class ExamWorkflow:
         # SH, 16 characters: unique per room (one exam at a time), readable as its opening time.
         pps_id = "P" + opened.astimezone(UTC).strftime("%y%m%d%H%M%S%f")[:14]
         return Exam(item=item, study_uid=study_uid, series_uid=new_uid(root), operator=operator[:64], pps_id=pps_id,
-                    mpps_uid=new_uid(root) if self._mpps is not None else "")
+                    mpps_uid=new_uid(root) if self._mpps is not None else "", dose_series_uid=new_uid(root),
+                    dose_report_uid=new_uid(root))
 
     def preflight(self, technique: Technique, body_part: str, view_position: str,
                   laterality: str | None, target_ei: float = 400.0, item: WorklistItem | None = None) -> Corrector:
@@ -418,6 +444,11 @@ class ExamWorkflow:
                 return None  # the release was withdrawn before the hand switch fired: no X-rays
             raw, exposure = acquired
         laps = {"acquire": time.perf_counter() - t0}
+        exam.detector = ctx.detector
+        exam.irradiations.append(IrradiationEvent(  # X-rays were given: the dose report lists it, image or not
+            event_uid=new_uid(root), exposure=exposure, body_part=anatomy.body_part,
+            view_position=anatomy.view_position, laterality=laterality, image_uid=ctx.sop_instance_uid,
+            protocol=self.view.protocol if self.view else ""))
         t0 = time.perf_counter()
         kept_id = self._keep(raw, exposure, ctx.to_json())
         laps["keep"] = time.perf_counter() - t0

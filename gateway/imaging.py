@@ -21,7 +21,7 @@ from gateway.acquisition.raw_store import RawStore, RawStoreError
 from gateway.alarms import Alarms
 from gateway.config import Config
 from gateway.correction import CalibrationStore, Corrector, check_age, exposure_index
-from gateway.dicom import DX_FOR_PRESENTATION, build_dx, to_bytes
+from gateway.dicom import DX_FOR_PRESENTATION, IrradiationEvent, build_dx, build_rdsr, to_bytes
 from gateway.diskcheck import Need, check_room
 from gateway.errors import CalibrationError, DxgateError
 from gateway.forward import ObjectSummary, admits, check_routable, destinations_for
@@ -215,6 +215,19 @@ class ImagePipeline:
         laps["spool"] = time.perf_counter() - t
         return MadeImage(instance=instance, frame=frame, exposure_index=ei, stage_seconds=laps,
                          display=None if shown is None else shown.pixels)
+
+    def spool_dose_report(self, events: list[IrradiationEvent], item: WorklistItem | None, *, detector: DetectorInfo,
+                          study_uid: str, series_uid: str, sop_instance_uid: str, started: datetime,
+                          images: list[tuple[str, str, str]], mpps_uid: str = "", operator: str = ""
+                          ) -> SpooledInstance:
+        """Build the study's X-Ray Radiation Dose SR (one irradiation event per exposure) and spool
+        it for the destinations whose filters take it, as an image is; returns once it is saved."""
+        ds = build_rdsr(events, item, site=self.config.site, detector=detector, study_uid=study_uid,
+                        series_uid=series_uid, sop_instance_uid=sop_instance_uid, now=self._clock(), started=started,
+                        images=images, mpps_sop_instance_uid=mpps_uid, operator=operator)
+        return self.spool.put(to_bytes(ds), sop_instance_uid=sop_instance_uid, sop_class_uid=ds.SOPClassUID,
+                              study_instance_uid=study_uid, accession_number=item.accession_number if item else "",
+                              destinations=destinations_for(self.config.destinations, ObjectSummary.of(ds)))
 
     def image_made(self, kept_id: str) -> None:
         """The kept frame's image is saved: its raw record goes (or moves to imaged/)."""
