@@ -36,40 +36,40 @@ def start_simulator(directory: Path, modes: str) -> subprocess.Popen[bytes]:
     return proc
 
 
-def full_shots(det: UsbPanelDetector, n: int) -> float:
-    """Sustained 3072 x 3072 single shots per second (after the simulator's cache is warm)."""
+def full_shots(det: UsbPanelDetector, n: int) -> tuple[float, float]:
+    """Sustained 3072 x 3072 single shots per second (after the simulator's cache is warm), and
+    the share of the machine's CPU this process (the driver) used meanwhile."""
     det.set_mode("1x1")
     for _ in range(4):
         det.arm(FrameKind.DARK)
         det.read_frame(60)
-    t0 = time.perf_counter()
+    cpu0, t0 = time.process_time(), time.perf_counter()
     for _ in range(n):
         det.arm(FrameKind.DARK)
         det.read_frame(60)
-    return round(n / (time.perf_counter() - t0), 2)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return round(n / wall, 2), round(cpu / wall / (os.cpu_count() or 1), 3)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--fps", type=float, default=15.0)
-    ap.add_argument("--mode", default="2x2")
-    ap.add_argument("--full-shots", type=int, default=20, help="3072 x 3072 single shots (0: none)")
-    args = ap.parse_args()
-    count = round(args.seconds * args.fps)
+def measure(seconds: float, fps: float, mode: str = "2x2", full: int = 20) -> dict[str, object]:
+    """A `seconds` x `fps` sequence in `mode`, then `full` 3072 x 3072 single shots (0: none),
+    all through the real driver from the simulator process; the figures as a dict."""
+    count = round(seconds * fps)
+    full_fps = full_cpu = None
     with tempfile.TemporaryDirectory(prefix="dxgate-sequence-") as tmp:
-        sim = start_simulator(Path(tmp), args.mode + (",1x1" if args.full_shots else ""))
+        sim = start_simulator(Path(tmp), mode + (",1x1" if full else ""))
         backend = registry.open_usb_backend("socket", path=str(Path(tmp) / "usb.sock"))
         try:
-            det: UsbPanelDetector = registry.open_detector("usb_panel", backend=backend, mode=args.mode)
+            det: UsbPanelDetector = registry.open_detector("usb_panel", backend=backend, mode=mode)
             numbers, stamps = [], []
             cpu0, t0 = time.process_time(), time.perf_counter()
             try:
-                for frame in det.sequence(count, fps=args.fps, kind=FrameKind.EXPOSED):
+                for frame in det.sequence(count, fps=fps, kind=FrameKind.EXPOSED):
                     numbers.append(frame.meta.frame_number)
                     stamps.append(frame.meta.acquired_at)
                 wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-                full_fps = full_shots(det, args.full_shots) if args.full_shots else None
+                if full:
+                    full_fps, full_cpu = full_shots(det, full)
             finally:
                 det.close()
         finally:
@@ -79,10 +79,10 @@ def main() -> None:
     gaps = sum(b - a - 1 for a, b in zip(numbers, numbers[1:], strict=False) if b > a + 1)
     reordered = sum(1 for a, b in zip(numbers, numbers[1:], strict=False) if b <= a)
     span = (stamps[-1] - stamps[0]).total_seconds()
-    report = {
-        "mode": args.mode,
+    return {
+        "mode": mode,
         "requested_frames": count,
-        "requested_fps": args.fps,
+        "requested_fps": fps,
         "frames": len(numbers),
         "dropped": gaps + (count - len(numbers)),
         "reordered": reordered,
@@ -96,9 +96,19 @@ def main() -> None:
         "binned_frames": len(numbers),
         "binned_dropped": gaps + (count - len(numbers)),
         "full_fps": full_fps,
-        "full_shots": args.full_shots,
+        "full_driver_cpu_share": full_cpu,
+        "full_shots": full,
     }
-    json.dump(report, sys.stdout, indent=2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--fps", type=float, default=15.0)
+    ap.add_argument("--mode", default="2x2")
+    ap.add_argument("--full-shots", type=int, default=20, help="3072 x 3072 single shots (0: none)")
+    args = ap.parse_args()
+    json.dump(measure(args.seconds, args.fps, args.mode, args.full_shots), sys.stdout, indent=2)
     sys.stdout.write("\n")
 
 

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     user.add_argument("--role", default="technologist", choices=("technologist", "engineer", "admin"))
     user.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     cli_calibrate.register(sub)
+    sim = sub.add_parser("sim", help="the hardware simulator process and its control (python -m hw_sim)",
+                         add_help=False)
+    sim.add_argument("sim_args", nargs=argparse.REMAINDER, help="arguments for hw_sim: --dir DIR, or ctl ...")
     return parser
 
 
@@ -96,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.command == "sim":
+        # A separate program, run in its place: the gateway never imports the simulator.
+        os.execv(sys.executable, [sys.executable, "-m", "hw_sim", *args.sim_args])
     if args.command == "demo":
         from gateway.demo import run_demo  # only the demo needs the embedded peers
 

@@ -3,6 +3,16 @@
 JSON lines over a Unix socket, one request and one reply per line (`{"op": "press"}` ->
 `{"ok": true, "fired": true}`). `SimControl` is the client tests and the demo use.
 
+Room: press (the hand switch), status, pulses, place (scene: open, chest, hand, qc),
+temperature (celsius), collimate, truth (mode: the scene's known values and the collimated
+field in that mode's pixels, hw_sim.phantoms.scene_truth).
+
+collimate sets the collimated field: `{"op": "collimate", "field_mm": [left, top, right, bottom]}`
+in mm on the panel (origin at the top-left pixel's corner, x along columns, y along rows), or
+`{"op": "collimate", "fractions": [left, top, right, bottom]}` of the panel's side, or
+`{"op": "collimate"}` to open it to the whole panel. Outside the field the panel sees scatter
+only (hw_sim.collimation.SCATTER_FRACTION of the air kerma). Replies `{"field_mm": [...] | null}`.
+
 Faults: panel — crc_errors, truncate, skip_frame_number, stall_payload, halt_bulk,
 unplug / plug, unplug_mid_transfer (replug_after_s), hang (hung), temperature (over-temperature),
 battery (percent, link_quality); generator — interlock / clear_interlock, garble_generator,
@@ -20,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hw_sim.collimation import Field
 from hw_sim.room import SimRoom
 
 LOGGER = logging.getLogger(__name__)
@@ -65,12 +76,17 @@ class ControlServer:
                     "generator_state": gen.state, "pulses": len(room.pulses), "pulses_lost": panel.pulses_lost,
                     "frames_read_out": panel.frames_read_out, "transmissions": panel.transmissions,
                     "held_frame": panel.held_frame, "frames_held": panel.frames_held, "present": panel.present,
-                    "temperature_c": room.temperature_c, "scene": room.scene}
+                    "temperature_c": room.temperature_c, "scene": room.scene,
+                    "field_mm": None if room.field is None else room.field.as_list()}
         if op == "pulses":
             return {"pulses": [list(p) for p in room.pulses]}
         if op == "place":
             room.place(str(req["scene"]))
             return {}
+        if op == "collimate":
+            return {"field_mm": self._collimate(req)}
+        if op == "truth":
+            return {"truth": room.ground_truth(str(req.get("mode", panel.mode)))}
         if op == "temperature":
             room.set_temperature(float(req["celsius"]))
             return {}
@@ -130,6 +146,18 @@ class ControlServer:
             self._on_unplug(op == "unplug")
             return {}
         raise ValueError(f"unknown control operation {op[:40]!r}")
+
+    def _collimate(self, req: dict[str, Any]) -> list[float] | None:
+        if req.get("field_mm") is not None:
+            left, top, right, bottom = (float(v) for v in req["field_mm"])
+            field: Field | None = Field(left, top, right, bottom)
+        elif req.get("fractions") is not None:
+            left, top, right, bottom = (float(v) for v in req["fractions"])
+            field = Field.from_fractions(left, top, right, bottom, self.room.panel_mm)
+        else:
+            field = None
+        self.room.collimate(field)
+        return None if field is None else field.as_list()
 
 
 class SimControl:

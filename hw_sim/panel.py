@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from hw_sim import usb_wire as w
+from hw_sim.collimation import Field
 from hw_sim.detector_model import BITS_STORED, MODES, DetectorModel
 
 LOGGER = logging.getLogger(__name__)
@@ -95,12 +96,12 @@ class SimPanel:
         # Benchmarks: cycle through this many synthesised frames per (mode, kerma, scene) instead of
         # synthesising each (0: every frame is new, as the physics tests need).
         self.frame_cache = frame_cache
-        self._cache: dict[tuple[str, float, str], list[tuple[bytes, int]]] = {}
+        self._cache: dict[tuple[str, float, str, Field | None], list[tuple[bytes, int]]] = {}
         self._cache_next = 0
         self._cond = threading.Condition()
         self._mode = self.modes[0]
         self._armed: int | None = None
-        self._pulse: tuple[float, str] | None = None
+        self._pulse: tuple[float, str, Field | None] | None = None
         self._window_end: float | None = None  # software trigger: integration window running until
         self._held: deque[_Held] = deque()
         self._sequence: _Sequence | None = None
@@ -226,8 +227,9 @@ class SimPanel:
             LOGGER.info("panel %s: EXP_REQ -> %s", self.serial, "EXP_OK" if ok else "not ready")
             return ok
 
-    def xray_pulse(self, kerma_ugy: float, scene: str) -> bool:
-        """X-rays reached the panel. Returns whether it was integrating (else the dose is lost)."""
+    def xray_pulse(self, kerma_ugy: float, scene: str, field: Field | None = None) -> bool:
+        """X-rays reached the panel through ``scene`` and the collimated ``field`` (None: the
+        whole panel). Returns whether it was integrating (else the dose is lost)."""
         with self._cond:
             armed = self._armed
             integrating = (
@@ -240,7 +242,7 @@ class SimPanel:
                 LOGGER.warning("panel %s: X-ray pulse of %.2f uGy while not integrating: lost",
                                self.serial, kerma_ugy)
                 return False
-            self._pulse = (kerma_ugy, scene)
+            self._pulse = (kerma_ugy, scene, field)
             self._cond.notify_all()
             return True
 
@@ -489,21 +491,22 @@ class SimPanel:
     # --- internals (called with the lock held) ---------------------------------------------
 
     def _read_out(self) -> None:
-        kerma, scene = self._pulse if self._pulse else (0.0, "open")
+        kerma, scene, field = self._pulse if self._pulse else (0.0, "open", None)
         kind = self._armed
         assert kind is not None
         model = self._model_for(self._mode)
-        payload, crc = self._synthesise(model, kerma, scene)
+        payload, crc = self._synthesise(model, kerma, scene, field)
         self._armed, self._pulse, self._window_end = None, None, None
         self._hold_frame(model, w.KIND_DARK if kind == w.KIND_DARK else w.KIND_EXPOSED, payload, crc, kerma)
 
-    def _synthesise(self, model: DetectorModel, kerma: float, scene: str) -> tuple[bytes, int]:
+    def _synthesise(self, model: DetectorModel, kerma: float, scene: str,
+                    field: Field | None) -> tuple[bytes, int]:
         if self.frame_cache <= 0:
-            payload = model.frame(kerma, scene).astype("<u2", copy=False).tobytes()
+            payload = model.frame(kerma, scene, field).astype("<u2", copy=False).tobytes()
             return payload, zlib.crc32(payload)
-        ring = self._cache.setdefault((self._mode, round(kerma, 3), scene), [])
+        ring = self._cache.setdefault((self._mode, round(kerma, 3), scene, field), [])
         if len(ring) < self.frame_cache:
-            payload = model.frame(kerma, scene).astype("<u2", copy=False).tobytes()
+            payload = model.frame(kerma, scene, field).astype("<u2", copy=False).tobytes()
             ring.append((payload, zlib.crc32(payload)))
             return ring[-1]
         self._cache_next += 1

@@ -1,4 +1,4 @@
-"""The simulator as its own process: `python -m hw_sim --dir DIR` (or `dxgate sim`).
+"""The simulator as its own process: `python -m hw_sim --dir DIR` (or `dxgate-sim --dir DIR`).
 
 Serves one room: the panel through a Unix socket that dxgate's `socket` pyusb backend opens,
 the generator on a pseudo-terminal, and a control socket for the hand switch, ground truth

@@ -9,25 +9,36 @@ in the panel, no polling). Reach it from configuration by dotted path:
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Sequence
 
+from hw_sim.collimation import SCATTER_FRACTION, Field
 from hw_sim.detector_model import MODES, DetectorModel
 from hw_sim.generator import SimGenerator
 from hw_sim.panel import SimPanel
+from hw_sim.phantoms import SCENES, scene_truth
 from hw_sim.usb_backend import SimUsbBackend
 
 LOGGER = logging.getLogger(__name__)
 
-# Air kerma at the detector, open field: KERMA_PER_MAS * mAs * (kVp / 80)**2 uGy, so that
-# 70 kV, 2 mAs gives 10 uGy (a typical chest PA detector dose).
+# Air kerma at the detector, open field (docs/simulator.md):
+#   K = KERMA_PER_MAS * mAs * (kVp / 80)**2 * (SID_REF / SID)**2 * exp(-MU_AL * (filtration - FILTRATION_REF))
+# so that 70 kV, 2 mAs at 180 cm with 2.5 mm Al gives 10 uGy (a typical chest PA detector dose).
 KERMA_PER_MAS_UGY = 10.0 / (2.0 * (70.0 / 80.0) ** 2)
-SCENES = ("open", "chest")
+SID_REF_CM = 180.0  # source-to-image distance of KERMA_PER_MAS_UGY
+FILTRATION_REF_MM_AL = 2.5  # total filtration of KERMA_PER_MAS_UGY
+FILTRATION_MU_PER_MM_AL = 0.12  # effective attenuation of added filtration (80 kV beam)
 
 
-def kerma_at_detector_ugy(kvp: float, mas: float) -> float:
-    """Incident air kerma at the detector plane (no patient) for a technique."""
-    return KERMA_PER_MAS_UGY * mas * (kvp / 80.0) ** 2
+def kerma_at_detector_ugy(kvp: float, mas: float, *, distance_cm: float = SID_REF_CM,
+                          filtration_mm_al: float = FILTRATION_REF_MM_AL) -> float:
+    """Incident air kerma (uGy) at the detector plane, no patient, for a technique: square of
+    kV, linear in mAs, inverse square of the distance, exponential in filtration."""
+    if kvp <= 0 or mas < 0 or distance_cm <= 0 or filtration_mm_al < 0:
+        raise ValueError(f"technique {kvp} kV {mas} mAs {distance_cm} cm {filtration_mm_al} mm Al out of range")
+    return (KERMA_PER_MAS_UGY * mas * (kvp / 80.0) ** 2 * (SID_REF_CM / distance_cm) ** 2
+            * math.exp(-FILTRATION_MU_PER_MM_AL * (filtration_mm_al - FILTRATION_REF_MM_AL)))
 
 
 class SimRoom:
@@ -42,6 +53,9 @@ class SimRoom:
         self._lock = threading.Lock()
         self._models: dict[str, DetectorModel] = {}
         self._scene = "open"
+        self._field: Field | None = None  # collimated field (None: the whole panel)
+        self.distance_cm = SID_REF_CM
+        self.filtration_mm_al = FILTRATION_REF_MM_AL
         self._temperature_c = temperature_c
         self._counts_per_ugy = counts_per_ugy
         self._prep_time_s = prep_time_s
@@ -79,7 +93,7 @@ class SimRoom:
                 m.temperature_c = celsius
 
     def place(self, scene: str) -> None:
-        """Put something between tube and panel: "open" (nothing) or "chest"."""
+        """Put something between tube and panel: "open" (nothing), "chest", "hand" or "qc"."""
         if scene not in SCENES:
             raise ValueError(f"unknown scene {scene!r}; scenes: {', '.join(SCENES)}")
         with self._lock:
@@ -90,13 +104,43 @@ class SimRoom:
         with self._lock:
             return self._scene
 
+    @property
+    def panel_mm(self) -> float:
+        """The side of the panel's (square) active area in mm."""
+        _, n, pitch = MODES[self.panel.modes[0]]
+        return n * pitch
+
+    def collimate(self, field: Field | None) -> None:
+        """Set the collimated field (None: open the collimator to the whole panel)."""
+        if field is not None and (field.right_mm > self.panel_mm + 1e-6 or field.bottom_mm > self.panel_mm + 1e-6):
+            raise ValueError(f"collimated field {field.as_list()} mm beyond the {self.panel_mm:.1f} mm panel")
+        with self._lock:
+            self._field = field
+
+    @property
+    def field(self) -> Field | None:
+        with self._lock:
+            return self._field
+
+    def ground_truth(self, mode: str) -> dict[str, object]:
+        """What the next exposure shows in ``mode``'s pixels: the scene's known values and the
+        collimated field (JSON-ready; hw_sim.phantoms.scene_truth)."""
+        _, n, pitch = MODES[mode]
+        with self._lock:
+            scene, field = self._scene, self._field
+        truth = scene_truth(scene, n, pitch)
+        truth["field_mm"] = None if field is None else field.as_list()
+        truth["field_pixels"] = None if field is None else list(field.pixels(n, pitch))
+        truth["scatter_fraction"] = SCATTER_FRACTION
+        return truth
+
     def deliver(self, kvp: float, mas: float) -> float:
         """An X-ray pulse: air kerma (uGy) at the detector plane, handed to the panel."""
-        kerma = kerma_at_detector_ugy(kvp, mas)
+        kerma = kerma_at_detector_ugy(kvp, mas, distance_cm=self.distance_cm, filtration_mm_al=self.filtration_mm_al)
         with self._lock:
             self.pulses.append((kvp, mas, kerma))
-            scene = self._scene
-        self.panel.xray_pulse(kerma, scene)
+            scene, field = self._scene, self._field
+        self.panel.xray_pulse(kerma, scene, field)
         return kerma
 
     # --- fault injection (shortcuts to the panel's and the generator's) ---------------------

@@ -127,3 +127,10 @@ def test_user_changes_on_the_command_line_are_audited(tmp_path: Path) -> None:
                       ("User Security Attributes Changed", True)]
     assert "user alice added with role admin" in xml[0] and "password of user alice changed" in xml[1]
     assert "user alice disabled" in xml[2]
+
+
+def test_dxgate_sim_hands_over_to_the_simulator_program(tmp_path: Path) -> None:
+    """`dxgate sim ...` runs `python -m hw_sim ...` in its place (the gateway never imports it)."""
+    done = dxgate("sim", "ctl", "--dir", str(tmp_path / "nosim"), "status")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "control.sock" in done.stderr or "simulator" in done.stderr, done.stderr
