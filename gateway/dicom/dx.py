@@ -23,6 +23,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
 
+from gateway.codes import code_item
 from gateway.config import SiteConfig
 from gateway.dicom.anatomy import AnatomyError, View, image_laterality
 from gateway.dicom.anatomy import body_part as lookup_body_part
@@ -182,7 +183,7 @@ def _study(ds: Dataset, item: WorklistItem | None, study_uid: str, started: date
     if item is not None and item.requested_procedure_description:
         ds.StudyDescription = item.requested_procedure_description
     if item is not None and item.procedure_codes:
-        ds.ProcedureCodeSequence = Sequence([_code(c.value, c.scheme, c.meaning) for c in item.procedure_codes])
+        ds.ProcedureCodeSequence = Sequence([code_item(c.value, c.scheme, c.meaning) for c in item.procedure_codes])
     if item is not None and item.referenced_study_sop_instance_uid:
         ref = Dataset()
         ref.ReferencedSOPClassUID = item.referenced_study_sop_class_uid or DETACHED_STUDY_MANAGEMENT
@@ -205,7 +206,7 @@ def _series(ds: Dataset, item: WorklistItem | None, series_uid: str, series_numb
         ds.RequestAttributesSequence = Sequence([_request_attributes(item)])
         if item.protocol_codes:
             ds.PerformedProtocolCodeSequence = Sequence(
-                [_code(c.value, c.scheme, c.meaning) for c in item.protocol_codes])
+                [code_item(c.value, c.scheme, c.meaning) for c in item.protocol_codes])
     if pps_id:
         ds.PerformedProcedureStepID = pps_id
     if pps_start is not None:
@@ -228,14 +229,14 @@ def _request_attributes(item: WorklistItem) -> Dataset:
     if item.requested_procedure_description:
         req.RequestedProcedureDescription = item.requested_procedure_description
     if item.procedure_codes:
-        req.RequestedProcedureCodeSequence = Sequence([_code(c.value, c.scheme, c.meaning)
+        req.RequestedProcedureCodeSequence = Sequence([code_item(c.value, c.scheme, c.meaning)
                                                        for c in item.procedure_codes])
     req.ScheduledProcedureStepID = item.sps_id
     if item.sps_description:
         req.ScheduledProcedureStepDescription = item.sps_description
     if item.protocol_codes:
         req.ScheduledProtocolCodeSequence = Sequence(
-            [_code(c.value, c.scheme, c.meaning) for c in item.protocol_codes])
+            [code_item(c.value, c.scheme, c.meaning) for c in item.protocol_codes])
     return req
 
 
@@ -318,11 +319,11 @@ def _processed(ds: Dataset, frame: CorrectedFrame, p: Presentation) -> None:
 def _anatomy(ds: Dataset, code: str, meaning: str, laterality: str, view_position: str,
              coded_view: View | None) -> None:
     ds.ImageLaterality = laterality
-    ds.AnatomicRegionSequence = Sequence([_code(code, "SCT", meaning)])
+    ds.AnatomicRegionSequence = Sequence([code_item(code, "SCT", meaning)])
     # DX Positioning module: present because View Position is known.
     ds.ViewPosition = view_position.strip().upper()
     if coded_view is not None:  # present only with its one item
-        ds.ViewCodeSequence = Sequence([_code(coded_view.code, "SCT", coded_view.meaning)])
+        ds.ViewCodeSequence = Sequence([code_item(coded_view.code, "SCT", coded_view.meaning)])
     ds.PositionerType = ""  # Type 2: a plain wall stand / table has no defined term here
 
 
@@ -376,14 +377,6 @@ def _voi(ds: Dataset, px: np.ndarray) -> None:
     ds.WindowWidth = _ds(width)
     ds.WindowCenterWidthExplanation = "CENTRAL 1-99%"
     ds.VOILUTFunction = "LINEAR"
-
-
-def _code(value: str, scheme: str, meaning: str) -> Dataset:
-    c = Dataset()
-    c.CodeValue = value
-    c.CodingSchemeDesignator = scheme
-    c.CodeMeaning = meaning
-    return c
 
 
 def _local(t: datetime) -> datetime:

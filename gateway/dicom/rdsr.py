@@ -23,6 +23,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from gateway.codes import code_item
 from gateway.config import SiteConfig
 from gateway.dicom.anatomy import AnatomyError
 from gateway.dicom.anatomy import body_part as lookup_body_part
@@ -293,11 +294,7 @@ def _sr_dt(t: datetime) -> str:
 # --- content items -------------------------------------------------------------------------------
 
 def _code_item(code: Code) -> Dataset:
-    c = Dataset()
-    c.CodeValue = code.value
-    c.CodingSchemeDesignator = code.scheme_designator
-    c.CodeMeaning = code.meaning
-    return c
+    return code_item(code.value, code.scheme_designator, code.meaning)
 
 
 def _codes(code: Code) -> Sequence:

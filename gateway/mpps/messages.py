@@ -16,6 +16,7 @@ from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.valuerep import format_number_as_ds
 
+from gateway.codes import code_item
 from gateway.types import Exposure, WorklistItem
 
 CHARSET = "ISO_IR 192"
@@ -78,7 +79,7 @@ def in_progress(step: Performed) -> Dataset:
     sched.RequestedProcedureDescription = item.requested_procedure_description if item else ""
     sched.ScheduledProcedureStepID = item.sps_id if item else ""
     sched.ScheduledProcedureStepDescription = item.sps_description if item else ""
-    sched.ScheduledProtocolCodeSequence = Sequence([_code(c.value, c.scheme, c.meaning)
+    sched.ScheduledProtocolCodeSequence = Sequence([code_item(c.value, c.scheme, c.meaning)
                                                     for c in (item.protocol_codes if item else ())])
     ds.ScheduledStepAttributesSequence = Sequence([sched])
     ds.PatientName = item.patient_name if item else ""
@@ -95,13 +96,13 @@ def in_progress(step: Performed) -> Dataset:
     ds.PerformedProcedureStepStatus = "IN PROGRESS"
     ds.PerformedProcedureStepDescription = step.description or (item.sps_description if item else "")
     ds.PerformedProcedureTypeDescription = item.requested_procedure_description if item else ""
-    ds.ProcedureCodeSequence = Sequence([_code(c.value, c.scheme, c.meaning)
+    ds.ProcedureCodeSequence = Sequence([code_item(c.value, c.scheme, c.meaning)
                                          for c in (item.procedure_codes if item else ())])
     ds.PerformedProcedureStepEndDate = ""
     ds.PerformedProcedureStepEndTime = ""
     ds.Modality = "DX"
     ds.StudyID = item.requested_procedure_id if item else ""
-    ds.PerformedProtocolCodeSequence = Sequence([_code(c.value, c.scheme, c.meaning)
+    ds.PerformedProtocolCodeSequence = Sequence([code_item(c.value, c.scheme, c.meaning)
                                                  for c in (item.protocol_codes if item else ())])
     ds.PerformedSeriesSequence = Sequence()
     return ds
@@ -120,7 +121,7 @@ def completed(step: Performed, images: Seq[PerformedImage], end: datetime, *, di
     if discontinued is not None:
         reason = DISCONTINUATION_REASONS.get(discontinued, DISCONTINUATION_REASONS["unspecified"])
         ds.PerformedProcedureStepDiscontinuationReasonCodeSequence = Sequence(
-            [_code(reason.value, reason.scheme_designator, reason.meaning)])
+            [code_item(reason.value, reason.scheme_designator, reason.meaning)])
     by_series: dict[str, list[PerformedImage]] = {}
     for img in images:
         by_series.setdefault(img.series_uid, []).append(img)
@@ -174,14 +175,6 @@ def _dose(ds: Dataset, exposures: Seq[Exposure]) -> None:
     ds.ExposureDoseSequence = Sequence(items)
     if dap_known:
         ds.ImageAndFluoroscopyAreaDoseProduct = format_number_as_ds(total_dap)
-
-
-def _code(value: str, scheme: str, meaning: str) -> Dataset:
-    c = Dataset()
-    c.CodeValue = value
-    c.CodingSchemeDesignator = scheme
-    c.CodeMeaning = meaning
-    return c
 
 
 def _da(t: datetime) -> str:

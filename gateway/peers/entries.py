@@ -17,6 +17,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
+from gateway.codes import code_item
+
 LOGGER = logging.getLogger(__name__)
 
 MWL_FIND = UID("1.2.840.10008.5.1.4.31")  # Modality Worklist Information Model - FIND
@@ -60,7 +62,7 @@ def make_worklist_entry(*, patient_name: str, patient_id: str, birth_date: date 
     ds.RequestedProcedureID = requested_procedure_id
     ds.RequestedProcedureDescription = requested_procedure_description or sps_description
     if procedure_codes:
-        ds.RequestedProcedureCodeSequence = Sequence([_code(*c) for c in procedure_codes])
+        ds.RequestedProcedureCodeSequence = Sequence([code_item(*c) for c in procedure_codes])
     if referenced_study_uid:
         ref = Dataset()
         ref.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
@@ -76,20 +78,12 @@ def make_worklist_entry(*, patient_name: str, patient_id: str, birth_date: date 
     sps.ScheduledPerformingPhysicianName = ""
     sps.ScheduledProcedureStepID = sps_id
     sps.ScheduledProcedureStepDescription = sps_description
-    codes = [_code(*c) for c in protocol_codes]
+    codes = [code_item(*c) for c in protocol_codes]
     if codes:
         sps.ScheduledProtocolCodeSequence = Sequence(codes)
     ds.ScheduledProcedureStepSequence = Sequence([sps])
     _check_encodable(ds, codecs, "\\".join(terms))
     return ds
-
-
-def _code(value: str, scheme: str, meaning: str) -> Dataset:
-    c = Dataset()
-    c.CodeValue = value
-    c.CodingSchemeDesignator = scheme
-    c.CodeMeaning = meaning
-    return c
 
 
 def worklist_file_bytes(entry: Dataset) -> bytes:
