@@ -94,7 +94,14 @@ def main() -> int:
                 warm = max(1, args.exposures // 10)
                 t0 = time.monotonic()
                 for n in range(args.exposures):
-                    until(lambda: sim.call("status")["generator_state"] == "ENABLED")
+                    try:
+                        until(lambda: sim.call("status")["generator_state"] == "ENABLED")
+                    except AssertionError:
+                        journal = (root / "journal.log").read_text(errors="replace").splitlines()
+                        print(f"no release after {n} exposures; the daemon's last warnings:", file=sys.stderr)
+                        for line in [x for x in journal if '"info"' not in x][-15:]:
+                            print(line[:400], file=sys.stderr)
+                        raise
                     if not sim.call("press")["fired"]:
                         raise RuntimeError("the hand switch did not fire")
                     if n == warm or n == args.exposures - 1:

@@ -29,6 +29,7 @@ MS_RANGE = (1.0, 5000.0)
 TUBE_CURRENT_MA = 200.0  # the tube current a two-point technique (kV, mAs) is given at
 HEAT_LIMIT_PERCENT = 95.0  # tube heat at which PREP, EXPOSE and ENABLE are refused
 HEAT_PER_KV_MAS = 1 / 300.0  # percent of the anode's heat capacity per kV x mAs
+COOLING_PERCENT_PER_S = 0.5  # the anode cools while it rests (a room's busy hour stays below the limit)
 _MAX_LINE = 82
 
 
@@ -64,7 +65,7 @@ class SimGenerator:
         self._noise = b""  # line noise written before the next reply
         self._anode_fault = 0
         self._silent = False
-        self.heat_percent = 0.0
+        self._heat, self._heat_at = 0.0, time.monotonic()
         self.heartbeat_timeout_s = heartbeat_timeout_s  # None: no heartbeat watchdog
         self._last_heard = time.monotonic()
         self.releases_withdrawn = 0  # releases ended by the heartbeat watchdog
@@ -101,6 +102,17 @@ class SimGenerator:
         """The next N prepares find the rotor not up to speed: ANODE, no X-rays."""
         with self._lock:
             self._anode_fault = n
+
+    @property
+    def heat_percent(self) -> float:
+        """The anode's stored heat now: what exposures added, less what it lost since."""
+        now = time.monotonic()
+        self._heat, self._heat_at = max(0.0, self._heat - COOLING_PERCENT_PER_S * (now - self._heat_at)), now
+        return self._heat
+
+    @heat_percent.setter
+    def heat_percent(self, percent: float) -> None:
+        self._heat, self._heat_at = percent, time.monotonic()
 
     def set_tube_heat(self, percent: float) -> None:
         """The anode's stored heat, percent of its capacity (exposures add to it)."""

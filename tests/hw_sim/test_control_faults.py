@@ -50,7 +50,7 @@ def test_generator_faults_through_the_control_socket(controlled: tuple[SimRoom, 
     room, ctl = controlled
     gen = room.generator
     ctl.call("tube_heat", percent=97)
-    assert gen.heat_percent == 97
+    assert gen.heat_percent == pytest.approx(97, abs=0.5)  # it cools as it rests
     ctl.call("anode_fault", n=2)
     ctl.call("generator_silent")
     ctl.call("line_noise", text="BOOT v1.2")
