@@ -354,7 +354,9 @@ class ExamWorkflow:
             return
         images = [dataclasses.replace(p, rejected=p.sop_instance_uid in rejected) for p in exam.performed]
         key = None if completed else (reason if reason in DISCONTINUATION_REASONS else "unspecified")
-        self._mpps.add(exam.mpps_uid, "set", mpps_final(self._step(exam), images, self._clock(), discontinued=key),
+        exposures = [e.exposure for e in exam.irradiations]  # every pulse given, an image made of it or not
+        self._mpps.add(exam.mpps_uid, "set", mpps_final(self._step(exam), images, self._clock(), discontinued=key,
+                                                        exposures=exposures),
                        time.time())
 
     def open_exam(self, item: WorklistItem | None, operator: str = "") -> Exam:
@@ -474,7 +476,7 @@ class ExamWorkflow:
         exam.images.append(made.instance)
         view_now = self.view
         exam.performed.append(PerformedImage(series_uid=exam.series_uid, sop_class_uid=made.instance.sop_class_uid,
-                                             sop_instance_uid=made.instance.sop_instance_uid, exposure=exposure,
+                                             sop_instance_uid=made.instance.sop_instance_uid,
                                              protocol_name=view_now.protocol if view_now else ""))
         self._report_step_started(exam)
         ei = made.exposure_index

@@ -75,11 +75,10 @@ def present(pixels: np.ndarray, *, pixel_spacing_mm: tuple[float, float],
     img *= _TOP / (hi - lo)  # not clipped yet: what lies beyond the latitude keeps its order through the steps
     px = float(min(pixel_spacing_mm))
     if params.equalize > 0 or params.contrast > 0:
-        coarse = _blur(img, params.equalize_mm / px)
-        middle = _blur(img, params.contrast_mm / px) if params.contrast > 0 else coarse
+        coarse = _blur(img, params.equalize_mm / px) if params.equalize > 0 else None  # of the image before contrast
         if params.contrast > 0:
-            img += params.contrast * (img - middle)
-        if params.equalize > 0:
+            img += params.contrast * (img - _blur(img, params.contrast_mm / px))
+        if coarse is not None:
             coarse -= float(coarse[rows // 4: rows - rows // 4, cols // 4: cols - cols // 4].mean())
             coarse *= params.equalize
             img -= coarse

@@ -55,7 +55,6 @@ class PerformedImage:
     series_uid: str
     sop_class_uid: str
     sop_instance_uid: str
-    exposure: Exposure
     protocol_name: str = ""
     rejected: bool = False
 
@@ -108,11 +107,11 @@ def in_progress(step: Performed) -> Dataset:
     return ds
 
 
-def completed(step: Performed, images: Seq[PerformedImage], end: datetime, *, discontinued: str | None = None
-              ) -> Dataset:
+def completed(step: Performed, images: Seq[PerformedImage], end: datetime, *, exposures: Seq[Exposure],
+              discontinued: str | None = None) -> Dataset:
     """The final N-SET: COMPLETED, or DISCONTINUED with `discontinued` (a key of
     DISCONTINUATION_REASONS). Lists the images kept as clinical (rejected ones are not) and
-    the dose of every exposure."""
+    the dose of every exposure given (`exposures`: one per pulse, whether or not its image was made)."""
     ds = Dataset()
     ds.SpecificCharacterSet = CHARSET
     ds.PerformedProcedureStepStatus = "COMPLETED" if discontinued is None else "DISCONTINUED"
@@ -146,7 +145,7 @@ def completed(step: Performed, images: Seq[PerformedImage], end: datetime, *, di
         s.ReferencedNonImageCompositeSOPInstanceSequence = Sequence()
         series.append(s)
     ds.PerformedSeriesSequence = Sequence(series)
-    _dose(ds, [img.exposure for img in images])
+    _dose(ds, exposures)
     return ds
 
 
