@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from gateway.errors import DxgateError
+from gateway.jit import compiled
 from gateway.types import Presentation
 
 OUTPUT_BITS = 12
@@ -61,27 +62,34 @@ class PresentationParams:
 
 def present(pixels: np.ndarray, *, pixel_spacing_mm: tuple[float, float],
             params: PresentationParams = PresentationParams()) -> Presentation:
-    """The processed 12-bit image of a corrected (linear, uint16) frame."""
+    """The processed 12-bit image of a corrected (linear, uint16) frame.
+
+    Two full-size float32 temporaries and the output are all it allocates: the coarse and middle
+    scales are blurred from one shared pyramid and, pyrUp being linear, combined at the small
+    size and brought up once; the last step (edges, clip, round) is one fused pass."""
     if pixels.ndim != 2 or pixels.dtype != np.uint16 or min(pixels.shape) < 16:
         raise DxgateError(f"presentation needs a 2-D uint16 frame of at least 16x16, not {pixels.dtype}{pixels.shape}")
     rows, cols = pixels.shape
-    img = np.empty(pixels.shape, np.float32)
-    np.log1p(pixels, out=img, dtype=np.float32)
-    centre = img[rows // 8: rows - rows // 8: 4, cols // 8: cols - cols // 8: 4]
+    centre = np.log1p(pixels[rows // 8: rows - rows // 8: 4, cols // 8: cols - cols // 8: 4], dtype=np.float32)
     lo, hi = (float(v) for v in np.percentile(centre, params.latitude))
     if not hi > lo:  # a flat frame (no object): nothing to stretch
         hi = lo + 1.0
+    img = np.empty(pixels.shape, np.float32)
+    np.log1p(pixels, out=img, dtype=np.float32)
     img -= lo
     img *= _TOP / (hi - lo)  # not clipped yet: what lies beyond the latitude keeps its order through the steps
     px = float(min(pixel_spacing_mm))
-    if params.equalize > 0 or params.contrast > 0:
-        coarse = _blur(img, params.equalize_mm / px) if params.equalize > 0 else None  # of the image before contrast
+    scales = []  # (sigma px, weight): img += sum(weight * blur(img, sigma)) after img *= 1 + contrast
+    if params.contrast > 0:
+        scales.append((params.contrast_mm / px, -params.contrast))
+    if params.equalize > 0:
+        scales.append((params.equalize_mm / px, -params.equalize))
+    if scales:
+        smooth = _blend_blurs(img, scales, mean_free=params.equalize > 0)
         if params.contrast > 0:
-            img += params.contrast * (img - _blur(img, params.contrast_mm / px))
-        if coarse is not None:
-            coarse -= float(coarse[rows // 4: rows - rows // 4, cols // 4: cols - cols // 4].mean())
-            coarse *= params.equalize
-            img -= coarse
+            img *= 1.0 + params.contrast
+        img += smooth
+        del smooth
     if params.clahe_clip > 0 and params.clahe_blend > 0:
         np.clip(img, 0.0, _TOP, out=img)
         tiles = max(1, int(params.clahe_tiles))
@@ -89,37 +97,76 @@ def present(pixels: np.ndarray, *, pixel_spacing_mm: tuple[float, float],
         local = clahe.apply(img.astype(np.uint16)).astype(np.float32)  # 16-bit CLAHE keeps the 12-bit range
         img *= 1.0 - params.clahe_blend
         img += params.clahe_blend * local
+    out = np.empty(pixels.shape, np.uint16)
     if params.edge_amount > 0:
-        detail = img - _blur(img, max(0.5, params.edge_sigma_mm / px))
-        sample = detail[rows // 8: rows - rows // 8: 4, cols // 8: cols - cols // 8: 4]
-        t = params.noise_coring * 1.4826 * float(np.median(np.abs(sample)))  # robust SD: mostly noise
-        if t > 0:  # soft threshold: detail within +-t dropped, beyond it shrunk by t (no edge inverted)
-            np.subtract(detail, np.clip(detail, -t, t), out=detail)
-        detail *= params.edge_amount
-        img += detail
-    np.clip(img, 0.0, _TOP, out=img)
-    out = np.rint(img).astype(np.uint16)
+        fine = _blend_blurs(img, [(max(0.5, params.edge_sigma_mm / px), 1.0)], mean_free=False)
+        sample_rows, sample_cols = slice(rows // 8, rows - rows // 8, 4), slice(cols // 8, cols - cols // 8, 4)
+        detail = img[sample_rows, sample_cols] - fine[sample_rows, sample_cols]
+        t = params.noise_coring * 1.4826 * float(np.median(np.abs(detail)))  # robust SD: mostly noise
+        _finish(img, fine, float(params.edge_amount), max(t, 0.0), _TOP, out)
+    else:
+        _finish(img, img, 0.0, 0.0, _TOP, out)
     return Presentation(pixels=out, bits_stored=OUTPUT_BITS, description=params.describe())
+
+
+@compiled
+def _finish(img: np.ndarray, fine: np.ndarray, amount: float, t: float, top: float, out: np.ndarray) -> None:
+    """out = round(clip(img + amount * soft(img - fine, t), 0, top)): detail within +-t is
+    dropped as noise, beyond it shrunk by t (no edge inverted); one pass, no temporaries."""
+    rows, cols = img.shape
+    for r in range(rows):
+        for c in range(cols):
+            v = img[r, c]
+            d = v - fine[r, c]
+            if d > t:
+                v += amount * (d - t)
+            elif d < -t:
+                v += amount * (d + t)
+            if v < 0.0:
+                v = 0.0
+            elif v > top:
+                v = top
+            out[r, c] = np.uint16(v + 0.5)
 
 
 # Variance (px^2, full size) that going down and up a pyramid of L levels adds by itself.
 _PYRAMID_VARIANCE = (0.0, 5.5, 13.5, 45.5, 173.5)
 
 
-def _blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
-    """A Gaussian blur of `sigma_px`, done on a pyramid when it is wide (10x cheaper at 7 px):
-    down L levels, the rest of the variance at that size, back up."""
+def _levels(sigma_px: float, shape: tuple[int, ...]) -> int:
+    """Pyramid levels for a Gaussian of `sigma_px` (10x cheaper at 7 px than a full-size blur)."""
     levels = 0
     while (levels + 1 < len(_PYRAMID_VARIANCE) and _PYRAMID_VARIANCE[levels + 1] < 0.5 * sigma_px ** 2
-           and min(img.shape) >> (levels + 1) >= 32):
+           and min(shape) >> (levels + 1) >= 32):
         levels += 1
-    shapes = [img.shape]
-    small = img
-    for _ in range(levels):
-        small = cv2.pyrDown(small)
-        shapes.append(small.shape)
-    rest = ((sigma_px ** 2 - _PYRAMID_VARIANCE[levels]) / 4 ** levels) ** 0.5
-    out: np.ndarray = cv2.GaussianBlur(small, (0, 0), rest)
-    for shape in reversed(shapes[:-1]):
-        out = cv2.pyrUp(out, dstsize=(shape[1], shape[0]))
-    return out
+    return levels
+
+
+def _blend_blurs(img: np.ndarray, scales: list[tuple[float, float]], *, mean_free: bool) -> np.ndarray:
+    """sum(weight * GaussianBlur(img, sigma)) at full size, from one pyramid: down to each
+    scale's level, the rest of the variance there, the weighted parts summed on the way back up.
+    With `mean_free`, the widest blur has its central mean taken off (equalisation removes
+    the coarse variation, not the overall level)."""
+    need = [_levels(sigma, img.shape) for sigma, _ in scales]
+    pyramid = [img]
+    for _ in range(max(need)):
+        pyramid.append(cv2.pyrDown(pyramid[-1]))
+    widest = max(range(len(scales)), key=lambda i: scales[i][0])
+    parts: dict[int, np.ndarray] = {}
+    for i, ((sigma, weight), level) in enumerate(zip(scales, need, strict=True)):
+        rest = ((sigma ** 2 - _PYRAMID_VARIANCE[level]) / 4 ** level) ** 0.5
+        part: np.ndarray = cv2.GaussianBlur(pyramid[level], (0, 0), rest)
+        if mean_free and i == widest:
+            h, w = part.shape
+            part -= float(part[h // 4: h - h // 4, w // 4: w - w // 4].mean())
+        part *= weight
+        parts[level] = part if level not in parts else parts[level] + part
+    level = max(parts)
+    acc = parts[level]
+    while level > 0:
+        level -= 1
+        h, w = pyramid[level].shape
+        acc = cv2.pyrUp(acc, dstsize=(w, h))
+        if level in parts:
+            acc += parts[level]
+    return acc
