@@ -109,6 +109,11 @@ def present(pixels: np.ndarray, *, pixel_spacing_mm: tuple[float, float],
     return Presentation(pixels=out, bits_stored=OUTPUT_BITS, description=params.describe())
 
 
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the fused kernel now, not on the first clinical frame."""
+    present(np.full((64, 64), 1000, np.uint16), pixel_spacing_mm=(0.15, 0.15))
+
+
 @compiled
 def _finish(img: np.ndarray, fine: np.ndarray, amount: float, t: float, top: float, out: np.ndarray) -> None:
     """out = round(clip(img + amount * soft(img - fine, t), 0, top)): detail within +-t is

@@ -30,7 +30,7 @@ from typing import Any
 import uvicorn
 
 from gateway import config as config_module
-from gateway import logsafe
+from gateway import logsafe, presentation
 from gateway.app import Gateway
 from gateway.audit import AuditTrail, Outcome
 from gateway.audit import messages as audit_msg
@@ -42,6 +42,7 @@ from gateway.forward import Outcome as Delivery
 from gateway.heartbeat import Heartbeats
 from gateway.metrics import Metrics
 from gateway.service import local_socket
+from gateway.service.memory import release_compiler_pages
 from gateway.service.notify import Watchdog, notify
 from gateway.service.web import build_app
 from gateway.users import UserStore
@@ -161,6 +162,7 @@ class Daemon:
         self._start_api(gw)
         self._watchdog = Watchdog(self.heartbeats)
         self._watchdog.start()
+        presentation.warm_up()
         self._spawn("monitor", self._monitor)
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
@@ -270,7 +272,10 @@ class Daemon:
         """Beats for the forwarder from its own health, so a hung pass stops the watchdog."""
         assert self.gateway is not None
         gw = self.gateway
-        while not self._stop.wait(self.config.service.heartbeat_s):
+        while True:
+            release_compiler_pages()  # kernels compiled or loaded since (a new calibration) leave LLVM paged in
+            if self._stop.wait(self.config.service.heartbeat_s):
+                break
             if gw.forwarding_alive() and gw.forwarder_progressing():
                 self.heartbeats.beat("forwarder")
 
