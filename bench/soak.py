@@ -52,6 +52,20 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def rss_by_mapping(pid: int, top: int = 6) -> dict[str, float]:
+    """Resident MB per mapping name (anonymous memory as "[anon]"), the largest first."""
+    sizes: dict[str, float] = {}
+    name = "[anon]"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head, _, rest = line.partition(" ")
+        if "-" in head and not head.endswith(":"):
+            fields = rest.split()
+            name = Path(fields[4]).name if len(fields) >= 5 else "[anon]"
+        elif head == "Rss:":
+            sizes[name] = sizes.get(name, 0.0) + int(rest.split()[0]) / 1024
+    return {k: round(v, 1) for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])[:top]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--exposures", type=int, default=1000)
@@ -111,6 +125,7 @@ def main() -> int:
                 elapsed = time.monotonic() - t0
                 until(lambda: len(pacs.files()) >= args.exposures, timeout_s=600)
                 rss.append(rss_mb(daemon.proc.pid))
+                where = rss_by_mapping(daemon.proc.pid)
         finally:
             daemon.stop()
             pacs.stop()
@@ -119,6 +134,7 @@ def main() -> int:
     kept: dict[int, float] = {}
     frame_of: dict[str, int] = {}
     sent: dict[str, float] = {}
+    saved: dict[str, float] = {}
     for line in journal.splitlines():
         try:
             rec = json.loads(line)
@@ -129,10 +145,13 @@ def main() -> int:
             kept[int(m.group(1))] = rec["ts"]
         elif m := re.match(r"saved (\S+) \(frame (\d+)", msg):
             frame_of[m.group(1)] = int(m.group(2))
+            saved[m.group(1)] = rec["ts"]
         elif m := re.match(r"sent (\S+) to pacs", msg):
             sent[m.group(1)] = rec["ts"]
     lat = sorted(sent[u] - kept[f] for u, f in frame_of.items() if u in sent and f in kept)
     q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
+    to_saved = [saved[u] - kept[f] for u, f in frame_of.items() if f in kept]
+    to_ack = [sent[u] - saved[u] for u in frame_of if u in sent]
     print(json.dumps({
         "exposures": args.exposures, "mode": args.mode, "ready_s": round(daemon.ready_s, 3),
         "rss_mb_ready": round(rss[0], 1), "rss_mb_warm": round(rss[1], 1), "rss_mb_last": round(rss[2], 1),
@@ -140,6 +159,9 @@ def main() -> int:
         "exposures_per_min": round(args.exposures / elapsed * 60, 1),
         "readout_to_ack_s": {"p50": round(q[49], 3), "p95": round(q[94], 3), "max": round(lat[-1], 3),
                              "n": len(lat)},
+        "readout_to_saved_s_p50": round(statistics.median(to_saved), 3) if to_saved else None,
+        "saved_to_ack_s_p50": round(statistics.median(to_ack), 3) if to_ack else None,
+        "rss_mb_by_mapping_after_drain": where,
         "saved": len(frame_of), "delivered": len(sent),
     }, indent=1))
     return 0

@@ -162,7 +162,6 @@ class Daemon:
         self._start_api(gw)
         self._watchdog = Watchdog(self.heartbeats)
         self._watchdog.start()
-        presentation.warm_up()
         self._spawn("monitor", self._monitor)
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
@@ -269,9 +268,11 @@ class Daemon:
             self._stop.wait(self.config.service.heartbeat_s)
 
     def _monitor(self) -> None:
-        """Beats for the forwarder from its own health, so a hung pass stops the watchdog."""
+        """Beats for the forwarder from its own health (so a hung pass stops the watchdog); keeps
+        the compiler's pages released."""
         assert self.gateway is not None
         gw = self.gateway
+        presentation.warm_up()  # here, not before READY: it only spares the first frame the kernel's load
         while True:
             release_compiler_pages()  # kernels compiled or loaded since (a new calibration) leave LLVM paged in
             if self._stop.wait(self.config.service.heartbeat_s):
