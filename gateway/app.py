@@ -97,7 +97,8 @@ class Gateway:
         self.exams = ExamWorkflow(config, self.hardware, self.pipeline, alarms=self.alarms, events=self.events,
                                   clock=clock, corrector=self.corrector, on_saved=self._saved, mpps=self.mpps)
         self.exams.keep_recovered(list(getattr(self.detector, "recovered", [])))
-        self.calibration = CalibrationWorkflow(config, self.hardware, self.pipeline, events=self.events, clock=clock)
+        self.calibration = CalibrationWorkflow(config, self.hardware, self.pipeline, events=self.events, clock=clock,
+                                               audit=self._audit.record)
         self.worklists = WorklistService(config, clock=clock)
         self._stop = threading.Event()
         self._wake = threading.Event()

@@ -44,6 +44,8 @@ def register(sub: Any) -> None:
     cal.add_argument("--flats", type=int, help="flat-field frames (default: calibration.flat_frames)")
     qa.add_argument("--out", type=Path, help="also write the JSON report to this file")
     qa.add_argument("--html", type=Path, help="also write the report as one self-contained HTML page")
+    qa.add_argument("--save-dicom", type=Path, metavar="DIR",
+                    help="also save the QA flats in DIR as DX For Processing images (DICOM files)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _qa(workflow: CalibrationWorkflow, args: argparse.Namespace, ui: _Ui) -> int:
-    report = workflow.qa(ui.progress, prompt=ui.prompt, html_path=args.html)
+    report = workflow.qa(ui.progress, prompt=ui.prompt, html_path=args.html, dicom_dir=args.save_dicom)
     doc = report.to_dict()
     if args.out is not None:
         args.out.write_text(json.dumps(doc, indent=2) + "\n")

@@ -238,6 +238,19 @@ class CalibrationConfig(_Section):
     lag_dark_frames: StrictInt = Field(1, ge=0, le=16,
                                        description="Dark frames right after the last flat, for lag (0: not measured).")
     qa_flat_frames: StrictInt = Field(2, ge=1, le=64, description="Flat-field frames `dxgate qa` takes.")
+    gain_dose_factors: tuple[Annotated[Number, Field(gt=0, le=20)], ...] = Field(
+        (), max_length=8, description="Multi-point gain: flats also at these multiples of flat_mas (two or more, "
+                                      "none equal to 1), each pixel's response then corrected piecewise-linearly "
+                                      "between the levels; empty: a single gain map.")
+    offset_refresh_h: Number = Field(0.0, ge=0, le=24 * 30,
+                                     description="Idle offset refresh: dark frames renew the offset map (a new set "
+                                                 "version, same gain) this many hours after the last set, once "
+                                                 "the room is idle; never while an exam is open or armed (0: off).")
+    offset_refresh_idle_min: Number = Field(10.0, ge=0, le=24 * 60,
+                                            description="The room counts as idle once no exam has been open or armed "
+                                                        "for this many minutes.")
+    gain_level_frames: StrictInt = Field(8, ge=2, le=256, description="Flat-field frames at each further dose level "
+                                                                      "of a multi-point gain.")
     qa_dose_factors: tuple[Annotated[Number, Field(gt=0, le=10)], ...] = Field(
         (0.5, 1.0, 2.0), max_length=8, description="`dxgate qa` linearity: one flat at each of these multiples of "
                                                    "flat_mas (fewer than two: not measured).")
@@ -251,6 +264,16 @@ class CalibrationConfig(_Section):
     flat_kerma_ugy: Number = Field(10.0, ge=0.01, le=1000,
                                   description="Detector air kerma of one flat field, measured by the engineer (uGy).")
     max_age_days: Number = Field(180.0, ge=1, le=3650, description="Refuse a calibration set older than this.")
+    warn_age_days: Number = Field(
+        0.0, ge=0, le=3650, description="Warn (before each exposure) about a set older than this; it is still "
+                                        "used until max_age_days (0: no warning).")
+    warn_temperature_drift_c: Number = Field(
+        5.0, ge=0, le=50, description="Warn (before each exposure) when the panel's temperature is this far from "
+                                      "the one its offset was made at (0: no warning).")
+    max_temperature_drift_c: Number = Field(
+        0.0, ge=0, le=50, description="Refuse an exposure, before the tube fires, when the panel's temperature is "
+                                      "this far from its offset's: recalibrate or refresh the offset first "
+                                      "(0: drift only warns).")
 
 
 _CS_RE = re.compile(r"^[A-Z0-9_ ]*$")
@@ -318,6 +341,8 @@ class DestinationConfig(_Section):
     called_ae: AETitle = Field("PACS", description="Archive AE title.")
     max_pdu: StrictInt = Field(131072, ge=4096, le=4_194_304, description="Maximum PDU length offered.")
     timeout_s: Number = Field(30.0, ge=1, le=600, description="Network timeout for DIMSE and association.")
+    associations: StrictInt = Field(1, ge=1, le=8, description="Associations a forwarding pass opens to this archive "
+                                    "at once, each sending its share of the backlog (every image still sent once).")
     for_processing: StrictBool = Field(False, description="Send this archive the DX For Processing image too (the "
                                        "linear frame, its own SOP Instance UID, the same acquisition).")
     commitment: StrictBool = Field(False, description="Ask this archive for Storage Commitment (Push Model) after "
@@ -548,6 +573,16 @@ class DoseReportConfig(_Section):
                                                   "only_sop_classes).")
 
 
+class ReviewConfig(_Section):
+    hold_s: Number = Field(0.0, ge=0, le=3600, description="Hold each new image from the destinations until the "
+                           "technologist accepts or rejects it, or this many seconds pass (then it counts as "
+                           "accepted); closing the exam releases it too. 0: send at once (a later rejection can "
+                           "then only be announced with a rejection note).")
+    send_rejection_kos: StrictBool = Field(False, description="When an image rejected at the console has already "
+                                           "left for a destination, queue a Key Object Selection 'Rejected for "
+                                           "Quality Reasons' (IHE) referencing it to that destination.")
+
+
 class AuditConfig(_Section):
     collector_host: Annotated[StrictStr, AfterValidator(_optional_host)] = Field(
         "", description="Syslog collector (ATNA audit record repository); empty: audit records are kept locally only.")
@@ -579,6 +614,8 @@ class Config(_Section):
     mpps: MppsConfig = Field(default_factory=MppsConfig, description="Modality Performed Procedure Step.")
     dose_report: DoseReportConfig = Field(default_factory=DoseReportConfig,
                                           description="X-Ray Radiation Dose SR (IHE REM).")
+    review: ReviewConfig = Field(default_factory=ReviewConfig,
+                                 description="The technologist's accept/reject and what a rejection does.")
     presentation: PresentationConfig = Field(default_factory=PresentationConfig,
                                              description="Processing of the For Presentation image.")
     service: ServiceConfig = Field(default_factory=ServiceConfig, description="The daemon.")

@@ -156,8 +156,7 @@ class ImagePipeline:
         limit is given) and for the readout mode's shape."""
         newest = self.calibrations.latest_id(key)
         if self._corrector is None or newest != self._corrector.cal.calibration_id or self._corrector.cal.key != key:
-            cal = self.calibrations.load(key, max_age_days=max_age_days, now=self._clock())
-            self._corrector = Corrector(cal)
+            self._corrector = Corrector(self.calibrations.load(key, max_age_days=max_age_days, now=self._clock()))
         elif max_age_days is not None:
             check_age(self._corrector.cal, max_age_days=max_age_days, now=self._clock())
         cal = self._corrector.cal

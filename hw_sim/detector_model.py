@@ -11,6 +11,7 @@ panel and, frame for frame, the same noise.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,7 @@ BLOTCH_DEPTH = (0.02, 0.06)  # relative gain lost at a blotch's centre
 BLOTCH_SIGMA_MM = (4.0, 15.0)
 TEMPERATURE_DRIFT = 2.0  # offset counts per degree C away from the reference temperature
 QUANTUM_GAIN = 4.0  # variance of the signal per count of mean signal (Poisson, scaled)
+NONLINEARITY_SPREAD = 0.5  # relative SD of the per-pixel compression around its mean (off unless asked for)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class Truth:
     cluster: np.ndarray  # bool: in a group of adjacent dead pixels
     clusters: tuple[tuple[tuple[int, int], ...], ...]  # each cluster's (row, column) pixels
     blotches: np.ndarray  # float32 relative gain of the scintillator's blotches (1: none), in `gain`
+    # float32 per-pixel compression of the response (None: linear): a pixel whose linear signal is
+    # s reads s * (1 - k * s / MAX_VALUE) (DetectorModel.response)
+    nonlinearity: np.ndarray | None = None
 
     @property
     def defective(self) -> np.ndarray:
@@ -67,7 +72,7 @@ class DetectorModel:
 
     def __init__(self, mode: str = "2x2", seed: int = 1, *, counts_per_ugy: float = 400.0,
                  offset_level: float = 1000.0, read_noise: float = 6.0,
-                 defect_fraction: float = 0.0005, temperature_c: float = 30.0) -> None:
+                 defect_fraction: float = 0.0005, temperature_c: float = 30.0, nonlinearity: float = 0.0) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
         self.mode = mode
@@ -81,6 +86,12 @@ class DetectorModel:
         self._frame_rng = np.random.default_rng([seed, self.mode_id, 1])
         self.truth = self._make_truth(np.random.default_rng([seed, self.mode_id, 0]),
                                       offset_level, defect_fraction)
+        if nonlinearity > 0:  # its own random stream: the rest of the panel stays the same
+            k = np.random.default_rng([seed, self.mode_id, 2]).normal(1.0, NONLINEARITY_SPREAD,
+                                                                     (self.rows, self.columns))
+            k = (nonlinearity * np.clip(k, 0.0, None)).astype(np.float32)
+            k.setflags(write=False)
+            self.truth = dataclasses.replace(self.truth, nonlinearity=k)
         self._mean_per_ugy: dict[tuple[str, Field | None], np.ndarray] = {}
 
     @property
@@ -158,6 +169,14 @@ class DetectorModel:
         self._mean_per_ugy[key] = mean
         return mean
 
+    def response(self, linear: np.ndarray) -> np.ndarray:
+        """Each pixel's mean signal for the mean signal `linear` a linear panel would give (ground
+        truth of the nonlinearity; the same array when the panel is linear)."""
+        k = self.truth.nonlinearity
+        if k is None:
+            return linear
+        return (linear * (1 - k * linear / np.float32(MAX_VALUE))).astype(np.float32)
+
     def frame(self, kerma_ugy: float = 0.0, scene: str = "open", field: Field | None = None) -> np.ndarray:
         """One raw frame: dark when kerma_ugy is 0, else exposed through the scene (and the
         collimated ``field``; None: the whole panel)."""
@@ -165,7 +184,7 @@ class DetectorModel:
         drift = TEMPERATURE_DRIFT * (self.temperature_c - self._reference_temperature_c)
         signal: np.ndarray = np.zeros((self.rows, self.columns), np.float32)
         if kerma_ugy > 0:
-            mean = np.float32(kerma_ugy) * self.expected_signal(scene, field)
+            mean = self.response(np.float32(kerma_ugy) * self.expected_signal(scene, field))
             # Quantum noise: variance proportional to the signal (QUANTUM_GAIN counts per quantum).
             signal = mean + self._frame_rng.normal(0, 1, mean.shape).astype(np.float32) * np.sqrt(
                 np.maximum(mean, 0) * QUANTUM_GAIN)

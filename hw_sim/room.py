@@ -47,8 +47,9 @@ class SimRoom:
     def __init__(self, seed: int = 1, *, serial: str = "SIM-0001", modes: Sequence[str] = tuple(MODES),
                  temperature_c: float = 30.0, prep_time_s: float = 0.0,
                  counts_per_ugy: float = 400.0, wireless: bool = False, sync_link: bool = False,
-                 heartbeat_timeout_s: float | None = None, frame_cache: int = 0) -> None:
+                 heartbeat_timeout_s: float | None = None, frame_cache: int = 0, nonlinearity: float = 0.0) -> None:
         self.seed = seed
+        self.nonlinearity = nonlinearity  # per-pixel response compression of the panel (DetectorModel; 0: linear)
         self.serial = serial
         self._lock = threading.Lock()
         self._models: dict[str, DetectorModel] = {}
@@ -76,7 +77,7 @@ class SimRoom:
             m = self._models.get(mode)
             if m is None:
                 m = DetectorModel(mode, self.seed, counts_per_ugy=self._counts_per_ugy,
-                                  temperature_c=self._temperature_c)
+                                  temperature_c=self._temperature_c, nonlinearity=self.nonlinearity)
                 self._models[mode] = m
             return m
 

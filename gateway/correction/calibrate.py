@@ -41,6 +41,7 @@ from gateway.correction.defects import (
 )
 from gateway.correction.frame_checks import CalibrationLimits, check_darks, check_flat
 from gateway.correction.frame_stats import TRIM_FROM, FrameStats
+from gateway.correction.multipoint import response_levels
 from gateway.errors import CalibrationError
 from gateway.types import CalibrationKey, FrameKind, FrameMeta, RawFrame, Technique
 
@@ -87,6 +88,8 @@ class CalibrationBuilder:
         self.dark_sd: np.ndarray | None = None
         self.median_sd = 0.0
         self._first_flat_median: float | None = None
+        # Multi-point gain: flats at further dose levels, by air kerma: (running mean, first median, frames)
+        self._levels: dict[float, tuple[FrameStats, float, list[int]]] = {}
 
     @property
     def counts(self) -> dict[str, int]:
@@ -130,6 +133,27 @@ class CalibrationBuilder:
             self._flats = FrameStats(self.offset.shape, with_sd=False)
             self._first_flat_median = median
         self._flats.add(frame.pixels)
+        return median
+
+    def add_level_flat(self, frame: RawFrame, kerma_ugy: float) -> float:
+        """A flat at another dose level (`kerma_ugy` at the detector) for a multi-point gain,
+        checked like the reference flats except for the count window's top (up to 90 % of full
+        scale: the response must be known where it bends). Its median signal."""
+        if self.offset is None:
+            raise CalibrationError("flat-field frames come after the darks (darks_done())")
+        if not (math.isfinite(kerma_ugy) and kerma_ugy > 0):
+            raise CalibrationError(f"a dose level needs a positive air kerma in uGy, got {kerma_ugy}")
+        self._check_meta("flat-field", frame, FrameKind.EXPOSED)
+        full_scale = self._full_scale(frame)
+        level = self._levels.get(kerma_ugy)
+        limits = dataclasses.replace(self.limits, flat_median_max=max(self.limits.flat_median_max, 0.9 * full_scale))
+        median = check_flat(frame, self.offset, self.median_sd, full_scale, limits,
+                            first_median=None if level is None else level[1])
+        if level is None:
+            level = (FrameStats(self.offset.shape, with_sd=False), median, [])
+            self._levels[kerma_ugy] = level
+        level[0].add(frame.pixels)
+        level[2].append(frame.meta.frame_number)
         return median
 
     def add_lag_dark(self, frame: RawFrame) -> None:
@@ -177,6 +201,7 @@ class CalibrationBuilder:
         mean_signal = float(signal[good].mean(dtype=np.float64))
         gain = np.ones(shape, np.float32)
         np.divide(np.float32(mean_signal), signal, out=gain, where=good)
+        response, targets, levels = self._response(flat_kerma_ugy, signal, offset, good)
         del signal
 
         digest = hashlib.sha256()
@@ -195,7 +220,10 @@ class CalibrationBuilder:
             defects=defects,
             counts_per_ugy=mean_signal / flat_kerma_ugy,
             temperature_c=float(np.mean(temps)),
+            response=response,
+            response_targets=targets,
             provenance={
+                "gain_levels": levels,
                 "dark_frames": [m.frame_number for m in self._metas["dark"]],
                 "flat_frames": [m.frame_number for m in self._metas["flat-field"]],
                 "lag_frames": [m.frame_number for m in self._metas["lag dark"]],
@@ -232,6 +260,26 @@ class CalibrationBuilder:
                     calibration_id, len(self._metas["dark"]), n_flats, cal.counts_per_ugy, n_bad,
                     cal.defect_counts())
         return cal
+
+    def _response(self, flat_kerma_ugy: float, signal: np.ndarray, offset: np.ndarray,
+                  good: np.ndarray) -> tuple[np.ndarray | None, tuple[float, ...], list[dict[str, object]]]:
+        """The multi-point response (None without further dose levels) and each level's record."""
+        frames = {float(flat_kerma_ugy): [m.frame_number for m in self._metas["flat-field"]]}
+        if not self._levels:
+            return None, (), [{"kerma_ugy": float(flat_kerma_ugy), "flat_frames": frames[float(flat_kerma_ugy)]}]
+        if flat_kerma_ugy in self._levels:
+            raise CalibrationError(f"a further dose level of {flat_kerma_ugy:g} uGy is the reference flats' own")
+        levels = [(float(flat_kerma_ugy), signal)]
+        for kerma, (stats, _, numbers) in sorted(self._levels.items()):
+            mean, _ = stats.result()
+            mean -= offset
+            levels.append((kerma, mean))
+            frames[kerma] = numbers
+        self._levels = {}
+        knots, targets = response_levels(levels, good)
+        records: list[dict[str, object]] = [{"kerma_ugy": k, "flat_frames": frames[k], "mean_signal": t}
+                                            for k, t in zip(sorted(frames), targets, strict=True)]
+        return knots, targets, records
 
     def _take(self, role: str, frame: RawFrame, kind: FrameKind) -> None:
         self._check_meta(role, frame, kind)
@@ -282,6 +330,8 @@ def refresh_offset(cal: CalibrationSet, darks: Iterable[RawFrame], *, now: datet
     temps = [m.temperature_c for m in metas]
     acquired = sorted(m.acquired_at for m in metas)
     provenance = {**cal.provenance, "offset_refreshed_from": cal.calibration_id,
+                  # the gain's (and defects') own date: the set's age limit counts from it (store.check_age)
+                  "gain_calibrated_at": cal.provenance.get("gain_calibrated_at", cal.created_at.isoformat()),
                   "offset_dark_frames": [m.frame_number for m in metas],
                   "offset_acquired_from": acquired[0].isoformat(), "offset_acquired_to": acquired[-1].isoformat(),
                   "offset_temperature_c": float(np.mean(temps)), "offset_median_dark_sd": b.median_sd}
@@ -289,7 +339,8 @@ def refresh_offset(cal: CalibrationSet, darks: Iterable[RawFrame], *, now: datet
         key=key, calibration_id=f"{key.detector_serial}-{key.mode}-{created_at:%Y%m%dT%H%M%S%fZ}-"
                                 f"{digest.hexdigest()[:8]}",
         created_at=created_at, offset=b.offset, gain=np.array(cal.gain), defects=np.array(cal.defects),
-        counts_per_ugy=cal.counts_per_ugy, temperature_c=float(np.mean(temps)), provenance=provenance)
+        counts_per_ugy=cal.counts_per_ugy, temperature_c=float(np.mean(temps)), provenance=provenance,
+        response=None if cal.response is None else np.array(cal.response), response_targets=cal.response_targets)
     LOGGER.info("offset of %s refreshed from %d darks: %s", cal.calibration_id, len(metas), new.calibration_id)
     return new
 

@@ -33,6 +33,20 @@ class DefectClass(enum.IntEnum):
 
 
 @dataclass(frozen=True, eq=False)
+class CalibrationInfo:
+    """What a set says about itself, without its maps: what a Corrector keeps once it has
+    made its compact maps and repair tables (the set's float32 maps can then be freed)."""
+
+    key: CalibrationKey
+    calibration_id: str
+    created_at: datetime
+    counts_per_ugy: float
+    temperature_c: float
+    shape: tuple[int, int]
+    provenance: Mapping[str, object]
+
+
+@dataclass(frozen=True, eq=False)
 class CalibrationSet:
     """Maps and metadata of one calibration, read-only once made.
 
@@ -49,6 +63,11 @@ class CalibrationSet:
     counts_per_ugy: float
     temperature_c: float
     provenance: Mapping[str, object]
+    # Multi-point gain (None: the single-point gain map): each pixel's mean signal (counts above
+    # offset) at each dose level, shape (levels, rows, columns), and the panel's mean signal at
+    # each level, the value the level is corrected to; between levels the response is linear.
+    response: np.ndarray | None = None
+    response_targets: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         where = f"calibration {self.calibration_id!r}"
@@ -69,6 +88,12 @@ class CalibrationSet:
         if not (math.isfinite(self.counts_per_ugy) and self.counts_per_ugy > 0):
             raise CalibrationError(f"{where}: counts_per_ugy must be positive, got {self.counts_per_ugy}")
         _check_maps(where, self.offset, self.gain, self.defects)
+        if self.response is not None:
+            _check_response(where, self.response, tuple(self.response_targets), self.shape)
+            object.__setattr__(self, "response_targets", tuple(float(t) for t in self.response_targets))
+            self.response.flags.writeable = False
+        elif self.response_targets:
+            raise CalibrationError(f"{where}: response targets without a response map")
         for arr in (self.offset, self.gain, self.defects):
             arr.flags.writeable = False
         if not isinstance(self.provenance, MappingProxyType):
@@ -81,6 +106,12 @@ class CalibrationSet:
     def defect_counts(self) -> dict[str, int]:
         """Number of pixels of each defect class (good pixels excluded), by class name."""
         return count_defects(self.defects)
+
+    @property
+    def info(self) -> CalibrationInfo:
+        return CalibrationInfo(key=self.key, calibration_id=self.calibration_id, created_at=self.created_at,
+                               counts_per_ugy=self.counts_per_ugy, temperature_c=self.temperature_c,
+                               shape=self.shape, provenance=self.provenance)
 
 
 # A gain map is a correction of a panel's non-uniformity: a good pixel needing more than this
@@ -105,6 +136,24 @@ def _check_maps(where: str, offset: np.ndarray, gain: np.ndarray, defects: np.nd
     if out:
         raise CalibrationError(f"{where}: gain map has {out} good pixels outside [{GAIN_RANGE[0]:g}, "
                                f"{GAIN_RANGE[1]:g}] (an all-zero or corrupt map?): refused")
+
+
+def _check_response(where: str, response: np.ndarray, targets: tuple[float, ...], shape: tuple[int, int]) -> None:
+    if (not isinstance(response, np.ndarray) or response.dtype != np.float32 or response.ndim != 3
+            or response.shape[1:] != shape or response.shape[0] < MIN_LEVELS):
+        got = f"{response.dtype}{response.shape}" if isinstance(response, np.ndarray) else type(response).__name__
+        raise CalibrationError(f"{where}: multi-point response must be a float32 array of {MIN_LEVELS} or more "
+                               f"levels of {shape[0]}x{shape[1]}, got {got}")
+    if len(targets) != response.shape[0] or not all(math.isfinite(t) and t > 0 for t in targets) or any(
+            b <= a for a, b in zip(targets, targets[1:], strict=False)):
+        raise CalibrationError(f"{where}: multi-point targets {targets} must be {response.shape[0]} increasing "
+                               "positive signals")
+    if not np.isfinite(response).all() or not (np.diff(response, axis=0) > 0).all() or not (response[0] > 0).all():
+        raise CalibrationError(f"{where}: multi-point response is not positive and increasing with dose at every "
+                               "pixel: refused")
+
+
+MIN_LEVELS = 3  # dose levels of a multi-point gain
 
 
 def count_defects(defects: np.ndarray) -> dict[str, int]:

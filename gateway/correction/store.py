@@ -5,6 +5,10 @@ A set is written into a hidden temporary directory (every file fsynced), which i
 renamed into place and its parent fsynced: a crash leaves either no set or a complete one.
 Sets are never overwritten. The manifest records the SHA-256 of every array file and a
 SHA-256 of its own canonical content, so any flipped byte is refused on load.
+
+Format 1: offset, gain and defect maps. Format 2 adds a multi-point gain (response.npy and
+the manifest's response_targets); it is written only for a set that has one, so every
+single-point set stays format 1, readable by a dxgate that knows format 1 only.
 """
 
 from __future__ import annotations
@@ -23,16 +27,18 @@ from typing import Any
 
 import numpy as np
 
-from gateway.correction.calibration_set import CalibrationSet
+from gateway.correction.calibration_set import CalibrationInfo, CalibrationSet
 from gateway.durable import fsync_dir, makedirs_durable, write_new_file
 from gateway.errors import CalibrationError
 from gateway.types import CalibrationKey
 
 LOGGER = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # the newest format this dxgate reads and writes
+SINGLE_POINT_FORMAT = 1
 MANIFEST = "manifest.json"
 ARRAYS = ("offset", "gain", "defects")
+RESPONSE = "response"  # format 2: the multi-point gain's knots
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ID_TAIL = re.compile(r"^\d{8}T\d{12}Z$")
 
@@ -57,7 +63,8 @@ class CalibrationStore:
         try:
             os.chmod(tmp, 0o755)
             files: dict[str, dict[str, Any]] = {}
-            for name in ARRAYS:
+            names = ARRAYS if cal.response is None else (*ARRAYS, RESPONSE)
+            for name in names:
                 arr = getattr(cal, name)
                 buf = io.BytesIO()
                 np.save(buf, arr, allow_pickle=False)
@@ -127,12 +134,15 @@ class CalibrationStore:
         return self.directory / _safe_name("detector serial", key.detector_serial) / _safe_name("mode", key.mode)
 
 
-def check_age(cal: CalibrationSet, *, max_age_days: float, now: datetime | None = None) -> None:
-    """CalibrationError if the set is older than `max_age_days` at `now` (default: the real time)."""
+def check_age(cal: CalibrationSet | CalibrationInfo, *, max_age_days: float, now: datetime | None = None) -> None:
+    """CalibrationError if the set is older than `max_age_days` at `now` (default: the real time).
+
+    The age of a set whose offset was refreshed counts from its gain calibration: idle darks
+    renew the offset, never the gain or the defect map."""
     now = datetime.now(UTC) if now is None else now
     if now.tzinfo is None or now.utcoffset() is None:
         raise CalibrationError(f"current time {now} has no time zone")
-    age_days = (now - cal.created_at).total_seconds() / 86400.0
+    age_days = (now - calibrated_at(cal)).total_seconds() / 86400.0
     key = cal.key
     if age_days > max_age_days:
         raise CalibrationError(
@@ -143,6 +153,19 @@ def check_age(cal: CalibrationSet, *, max_age_days: float, now: datetime | None 
                        cal.calibration_id, -age_days)
 
 
+def calibrated_at(cal: CalibrationSet | CalibrationInfo) -> datetime:
+    """When the set's gain and defects were calibrated (its own date unless its offset was refreshed)."""
+    gain_at = cal.provenance.get("gain_calibrated_at")
+    if isinstance(gain_at, str):
+        try:
+            parsed = datetime.fromisoformat(gain_at)
+        except ValueError:
+            return cal.created_at
+        if parsed.tzinfo is not None:
+            return parsed
+    return cal.created_at
+
+
 def _safe_name(what: str, name: str) -> str:
     if not _SAFE_NAME.match(name):
         raise CalibrationError(f"{what} {name!r} cannot name a directory (letters, digits, '.', '_', '-' only)")
@@ -150,8 +173,10 @@ def _safe_name(what: str, name: str) -> str:
 
 
 def _manifest_body(cal: CalibrationSet, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    multi = {} if cal.response is None else {"response_targets": list(cal.response_targets)}
     return {
-        "format": FORMAT,
+        **multi,
+        "format": SINGLE_POINT_FORMAT if cal.response is None else FORMAT,
         "calibration_id": cal.calibration_id,
         "key": {"detector_serial": cal.key.detector_serial, "mode": cal.key.mode},
         "created_at": cal.created_at.isoformat(),
@@ -202,8 +227,9 @@ def _from_manifest(doc: dict[str, Any], path: Path, manifest_path: Path, key: Ca
     if fmt > FORMAT:
         raise CalibrationError(f"{manifest_path}: written by a newer dxgate (format {fmt}, this one reads format "
                                f"{FORMAT}): upgrade dxgate or calibrate again")
-    if fmt != FORMAT:
-        raise CalibrationError(f"{manifest_path}: manifest format {fmt}, this dxgate reads {FORMAT}")
+    if fmt < SINGLE_POINT_FORMAT:
+        raise CalibrationError(f"{manifest_path}: manifest format {fmt}, this dxgate reads {SINGLE_POINT_FORMAT} to "
+                               f"{FORMAT}")
     stored = CalibrationKey(detector_serial=doc["key"]["detector_serial"], mode=doc["key"]["mode"])
     if stored != key:
         raise CalibrationError(
@@ -213,7 +239,8 @@ def _from_manifest(doc: dict[str, Any], path: Path, manifest_path: Path, key: Ca
         raise CalibrationError(f"{manifest_path} names calibration {doc['calibration_id']}, but lies in {path.name}")
     shape = tuple(doc["shape"])
     arrays: dict[str, np.ndarray] = {}
-    for name in ARRAYS:
+    multi = fmt >= 2 and f"{RESPONSE}.npy" in doc["files"]
+    for name in (*ARRAYS, RESPONSE) if multi else ARRAYS:
         file = path / f"{name}.npy"
         entry = doc["files"][file.name]
         try:
@@ -223,7 +250,9 @@ def _from_manifest(doc: dict[str, Any], path: Path, manifest_path: Path, key: Ca
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise CalibrationError(f"checksum mismatch in {file}: the calibration file is corrupt")
         arr = np.load(io.BytesIO(data), allow_pickle=False)
-        if arr.shape != shape or tuple(entry["shape"]) != shape or str(arr.dtype) != entry["dtype"]:
+        want = (*entry["shape"][:1], *shape) if name == RESPONSE else shape
+        if arr.shape[-2:] != shape or arr.shape != want or tuple(entry["shape"]) != arr.shape \
+                or str(arr.dtype) != entry["dtype"]:
             raise CalibrationError(
                 f"shape mismatch in {file}: {arr.dtype}{arr.shape}, manifest says {entry['dtype']}"
                 f"{tuple(entry['shape'])} for a {shape[0]}x{shape[1]} calibration")
@@ -239,4 +268,104 @@ def _from_manifest(doc: dict[str, Any], path: Path, manifest_path: Path, key: Ca
         counts_per_ugy=float(doc["counts_per_ugy"]),
         temperature_c=float(doc["temperature_c"]),
         provenance=doc["provenance"],
+        response=arrays.get(RESPONSE),
+        response_targets=tuple(float(t) for t in doc["response_targets"]) if multi else (),
     )
+
+
+PENDING = ".pending"  # hidden: the store's own scan of a key directory never sees it
+QA_SUFFIX = ".qa.json"
+
+
+class PendingCalibrations:
+    """A new calibration set the engineer has not yet accepted: kept durably under
+    <directory>/.pending/<serial>/<mode>/<calibration_id>/ (with its QA figures beside it in
+    <calibration_id>.qa.json), never used for an image. At most one per serial and mode; it
+    survives a restart. `accept` moves it into place (the newest set: the next exposure uses
+    it); `discard` deletes it."""
+
+    def __init__(self, store: CalibrationStore) -> None:
+        self._store = store
+        self._pending = CalibrationStore(store.directory / PENDING)
+
+    def save(self, cal: CalibrationSet, qa: dict[str, Any] | None = None) -> Path:
+        """Keep `cal` pending (any earlier pending set of its key is discarded, with a log line)."""
+        old = self._pending.latest_id(cal.key)
+        if old is not None:
+            LOGGER.warning("pending calibration %s replaced by the new one %s", old, cal.calibration_id)
+            self.discard(cal.key, old)
+        path = self._pending.save(cal)
+        if qa is not None:
+            qa_path = path.parent / f"{cal.calibration_id}{QA_SUFFIX}"
+            write_new_file(qa_path, json.dumps(qa, sort_keys=True, allow_nan=False).encode(), mode=0o644)
+            fsync_dir(path.parent)
+        return path
+
+    def pending_id(self, key: CalibrationKey) -> str | None:
+        return self._pending.latest_id(key)
+
+    def get(self, key: CalibrationKey) -> CalibrationSet | None:
+        """The pending set, verified; None if there is none."""
+        return self._pending.latest(key)
+
+    def qa(self, key: CalibrationKey, calibration_id: str) -> dict[str, Any] | None:
+        """The QA figures kept with the pending set (None if it has none or is not pending)."""
+        path = self._pending._key_dir(key) / f"{_safe_name('calibration id', calibration_id)}{QA_SUFFIX}"
+        try:
+            doc = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            LOGGER.warning("QA figures of pending calibration %s unreadable: %s", calibration_id, exc)
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def accept(self, key: CalibrationKey, calibration_id: str) -> CalibrationSet:
+        """Make the pending set `calibration_id` the set in use. Refused (CalibrationError) when
+        it is not the pending one, fails verification, or is not newer than the set in use (an
+        offset refresh made a newer version meanwhile: it would never be used)."""
+        cal = self._named(key, calibration_id)
+        active = self._store.latest_id(key)
+        if active is not None and _order(active) >= _order(calibration_id):
+            raise CalibrationError(f"calibration {active} in use is newer than the pending {calibration_id}: "
+                                   "it would never be used; discard it and calibrate again")
+        src = self._pending._key_dir(key) / calibration_id
+        parent = self._store._key_dir(key)
+        makedirs_durable(parent)
+        try:
+            os.rename(src, parent / calibration_id)
+        except OSError as exc:
+            raise CalibrationError(f"cannot move calibration {calibration_id} into {parent}: {exc}") from exc
+        fsync_dir(parent)
+        fsync_dir(src.parent)
+        (src.parent / f"{calibration_id}{QA_SUFFIX}").unlink(missing_ok=True)
+        LOGGER.info("pending calibration %s accepted: in use", calibration_id)
+        return cal
+
+    def discard(self, key: CalibrationKey, calibration_id: str) -> None:
+        """Delete the pending set `calibration_id` (CalibrationError if it is not pending)."""
+        _safe_name("calibration id", calibration_id)
+        parent = self._pending._key_dir(key)
+        src = parent / calibration_id
+        if self._pending.latest_id(key) != calibration_id or not src.is_dir():
+            raise CalibrationError(f"calibration {calibration_id} is not the pending set")
+        gone = parent / f".discard-{calibration_id}"
+        os.rename(src, gone)  # one step: a crash never leaves half a pending set looking whole
+        fsync_dir(parent)
+        shutil.rmtree(gone, ignore_errors=True)
+        (parent / f"{calibration_id}{QA_SUFFIX}").unlink(missing_ok=True)
+        fsync_dir(parent)
+        LOGGER.info("pending calibration %s discarded", calibration_id)
+
+    def _named(self, key: CalibrationKey, calibration_id: str) -> CalibrationSet:
+        cal = self._pending.latest(key)
+        if cal is None or cal.calibration_id != calibration_id:
+            raise CalibrationError(f"calibration {calibration_id} is not the pending set"
+                                   + (f" (pending: {cal.calibration_id})" if cal is not None else " (none pending)"))
+        return cal
+
+
+def _order(calibration_id: str) -> tuple[str, ...]:
+    """Sort key of a set directory name, as CalibrationStore picks the newest."""
+    parts = calibration_id.rsplit("-", 2)
+    return (parts[1], parts[2]) if len(parts) == 3 else (calibration_id,)

@@ -41,6 +41,7 @@ from gateway.forward import DeliveryResult
 from gateway.forward import Outcome as Delivery
 from gateway.heartbeat import Heartbeats
 from gateway.metrics import Metrics
+from gateway.offset_refresh import for_gateway as offset_refresh_for
 from gateway.service import local_socket
 from gateway.service.memory import release_compiler_pages
 from gateway.service.notify import Watchdog, notify
@@ -156,6 +157,8 @@ class Daemon:
         self.heartbeats.register("detector", cfg.service.heartbeat_s * 4)
         self._spawn("detector", self._watch_detector)
         self._spawn("handswitch", self._hand_switch_loop)
+        if (offset_refresh := offset_refresh_for(gw)) is not None:  # calibration.offset_refresh_h (0: off)
+            self._spawn("offset-refresh", lambda: offset_refresh.run(self._stop))
         self.users = UserStore(cfg.path(cfg.spool.database), lockout_attempts=cfg.api.lockout_attempts,
                                lockout_s=cfg.api.lockout_s, min_password_length=cfg.api.min_password_length,
                                busy_timeout_s=cfg.spool.db_busy_timeout_s)

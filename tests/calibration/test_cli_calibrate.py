@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from gateway.config import (
@@ -25,6 +26,7 @@ from gateway.config import (
     to_toml,
 )
 from gateway.correction import CalibrationStore, DefectClass
+from gateway.dicom import DX_FOR_PROCESSING
 from gateway.types import CalibrationKey
 from hw_sim.detector_model import DetectorModel
 from tests.peers import free_port
@@ -97,8 +99,10 @@ def test_calibrate_then_qa_without_prompts(room: tuple[SimProcess, Path], tmp_pa
     assert text.count("src='data:image/png;base64,") == 4 and text.count("<svg") == 2  # self-contained
     assert "http" not in text.replace("http://www.w3.org/2000/svg", "")
 
-    human = _dxgate("qa", "--config", str(config), "--yes")
+    human = _dxgate("qa", "--config", str(config), "--yes", "--save-dicom", str(tmp_path / "qa-dicom"))
     assert human.returncode == 0 and "RESULT: PASS" in human.stdout
+    saved = list((tmp_path / "qa-dicom").glob("*.dcm"))  # the 2 uniformity flats (tests/qa/test_qa_dicom.py)
+    assert len(saved) == 2 and all(pydicom.dcmread(p).SOPClassUID == DX_FOR_PROCESSING for p in saved)
     # The trend: the first report's figure stands in the "previous" column of the second.
     first = next(c for c in report["checks"] if c["name"] == "global signal nonuniformity")
     row = next(line for line in human.stdout.splitlines() if line.startswith("global signal nonuniformity"))

@@ -93,8 +93,8 @@ def test_corrects_without_a_writable_numba_cache() -> None:
         "import numpy as np\n"
         "from gateway.correction import apply\n"
         "out = np.zeros((2, 2), np.uint16)\n"
-        "apply._correct_rows(np.full((2, 2), 1100, np.uint16), np.full((2, 2), 100, np.float32),\n"
-        "                    np.full((2, 2), 2, np.float32), 65535, 0, 2, out)\n"
+        "apply._correct_rows(np.full((2, 2), 1100, np.uint16), np.full((2, 2), 100, np.float32), 1.0, 0.0,\n"
+        "                    np.full((2, 2), 2, np.float32), 1.0, 0.0, 65535, 0, 2, out)\n"
         "assert (out == 2000).all(), out\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
