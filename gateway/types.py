@@ -207,6 +207,9 @@ class WorklistItem:
     referenced_study_sop_instance_uid: str = ""  # Referenced Study Sequence, when the RIS sends one
     referenced_study_sop_class_uid: str = ""  # ... with the SOP class the RIS gave it
     procedure_codes: tuple[ProtocolCode, ...] = ()  # Requested Procedure Code Sequence
+    # The group case (PS3.17 Annex J, IHE SWF): the other requested procedures of the same patient
+    # acquired in this exam, each with its own order data; empty for a single order.
+    grouped: tuple[WorklistItem, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ SET_ALLOWED = {"SpecificCharacterSet", "PerformedProcedureStepStatus", "Performe
                "TotalNumberOfExposures", "ExposureDoseSequence", "ImageAndFluoroscopyAreaDoseProduct",
                "CommentsOnRadiationDose", "EntranceDoseInmGy", "DistanceSourceToDetector"}
 SERIES_TYPE1 = ("SeriesInstanceUID", "ProtocolName")
+IMAGE_CLASSES = {"1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1.1"}  # DX For Presentation/Processing
 SERIES_TYPE2 = ("PerformingPhysicianName", "OperatorsName", "SeriesDescription", "RetrieveAETitle",
                 "ReferencedImageSequence", "ReferencedNonImageCompositeSOPInstanceSequence")
 
@@ -118,6 +119,13 @@ class MppsScp:
                     for kw in SERIES_TYPE2:
                         if kw not in s:
                             return self._refuse("set", 0x0120, f"missing {kw} in a performed series")
+                    for kw in ("ReferencedImageSequence", "ReferencedNonImageCompositeSOPInstanceSequence"):
+                        for ref in s.get(kw) or []:
+                            if not ref.get("ReferencedSOPClassUID") or not ref.get("ReferencedSOPInstanceUID"):
+                                return self._refuse("set", 0x0120, f"a reference in {kw} lacks its UIDs")
+                    if any(str(r.ReferencedSOPClassUID) in IMAGE_CLASSES
+                           for r in s.get("ReferencedNonImageCompositeSOPInstanceSequence") or []):
+                        return self._refuse("set", 0x0106, "an image listed as a non-image object")
             for elem in mod:
                 step[elem.tag] = elem
             self.log.append(("set", uid, mod))

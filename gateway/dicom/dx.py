@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import weakref
 from datetime import date, datetime, timedelta
 from importlib import metadata
 
@@ -24,11 +25,14 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
 
 from gateway.codes import code_item
+from gateway.collimation import CollimatedField, detect_field
 from gateway.config import SiteConfig
 from gateway.dicom.anatomy import AnatomyError, View, image_laterality
 from gateway.dicom.anatomy import body_part as lookup_body_part
 from gateway.dicom.anatomy import view as lookup_view
+from gateway.dicom.irradiation import irradiation_event_uid
 from gateway.errors import DxgateError
+from gateway.histogram import percentiles_u16
 from gateway.types import CorrectedFrame, DetectorInfo, Exposure, ExposureIndex, Presentation, WorklistItem
 from gateway.uids import is_valid_uid
 
@@ -41,6 +45,7 @@ DETACHED_STUDY_MANAGEMENT = UID("1.2.840.10008.3.1.2.3.1")  # Referenced Study S
 DETECTOR_TYPES = ("DIRECT", "SCINTILLATOR", "STORAGE", "FILM")
 CHARSET = "ISO_IR 192"
 DETECTOR_TEMPERATURE_C = (-40.0, 100.0)
+NO_BEAM_UGY = 0.1  # a frame whose brightest pixels saw less has no collimated field to find
 
 # Window from these percentiles of the central half of the image (collimator edges and
 # unattenuated beam outside the patient would otherwise dominate).
@@ -133,12 +138,15 @@ def build_dx(
         ds.OperatorsName = operator
     _equipment(ds, site, detector)
     _image(ds, frame, exposure, instance_number, view_position, patient_orientation, now)
+    # The dose report's event of this exposure has the same UID (derived from the frame).
+    ds.IrradiationEventUID = irradiation_event_uid(site.uid_root, frame.meta)
     if presentation is not None:
         _processed(ds, frame, presentation)
     else:
         _pixels(ds, frame)
     _anatomy(ds, part.code, part.meaning, lat, view_position, coded_view)
     _detector(ds, frame, detector, detector_type, pixel_spacing_mm)
+    _collimator(ds, frame)
     _dose(ds, exposure, ei)
     if not for_processing:  # a VOI window is for presentation only (C.8.11.3.1.5)
         _voi(ds, frame.pixels if presentation is None else presentation.pixels)
@@ -179,16 +187,22 @@ def _study(ds: Dataset, item: WorklistItem | None, study_uid: str, started: date
     ds.ReferringPhysicianName = item.referring_physician if item else ""
     # IHE SWF: Study ID is the Requested Procedure ID.
     ds.StudyID = item.requested_procedure_id if item else ""
-    ds.AccessionNumber = item.accession_number if item else ""
+    ds.AccessionNumber = group_accession(item)
     if item is not None and item.requested_procedure_description:
         ds.StudyDescription = item.requested_procedure_description
-    if item is not None and item.procedure_codes:
-        ds.ProcedureCodeSequence = Sequence([code_item(c.value, c.scheme, c.meaning) for c in item.procedure_codes])
-    if item is not None and item.referenced_study_sop_instance_uid:
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = item.referenced_study_sop_class_uid or DETACHED_STUDY_MANAGEMENT
-        ref.ReferencedSOPInstanceUID = item.referenced_study_sop_instance_uid
-        ds.ReferencedStudySequence = Sequence([ref])
+    procedures = list(dict.fromkeys(c for order in requested(item) for c in order.procedure_codes))
+    if procedures:
+        ds.ProcedureCodeSequence = Sequence([code_item(c.value, c.scheme, c.meaning) for c in procedures])
+    refs: list[Dataset] = []
+    for order in requested(item):  # the group case: each requested procedure's Referenced Study
+        if order.referenced_study_sop_instance_uid and order.referenced_study_sop_instance_uid not in {
+                r.ReferencedSOPInstanceUID for r in refs}:
+            ref = Dataset()
+            ref.ReferencedSOPClassUID = order.referenced_study_sop_class_uid or DETACHED_STUDY_MANAGEMENT
+            ref.ReferencedSOPInstanceUID = order.referenced_study_sop_instance_uid
+            refs.append(ref)
+    if refs:
+        ds.ReferencedStudySequence = Sequence(refs)
 
 
 def _series(ds: Dataset, item: WorklistItem | None, series_uid: str, series_number: int, part: str,
@@ -203,10 +217,11 @@ def _series(ds: Dataset, item: WorklistItem | None, series_uid: str, series_numb
         if item.sps_description:
             ds.SeriesDescription = item.sps_description
             ds.PerformedProcedureStepDescription = item.sps_description
-        ds.RequestAttributesSequence = Sequence([_request_attributes(item)])
-        if item.protocol_codes:
+        ds.RequestAttributesSequence = Sequence([_request_attributes(order) for order in requested(item)])
+        protocols = list(dict.fromkeys(c for order in requested(item) for c in order.protocol_codes))
+        if protocols:
             ds.PerformedProtocolCodeSequence = Sequence(
-                [code_item(c.value, c.scheme, c.meaning) for c in item.protocol_codes])
+                [code_item(c.value, c.scheme, c.meaning) for c in protocols])
     if pps_id:
         ds.PerformedProcedureStepID = pps_id
     if pps_start is not None:
@@ -217,6 +232,18 @@ def _series(ds: Dataset, item: WorklistItem | None, series_uid: str, series_numb
         ref.ReferencedSOPClassUID = MPPS_SOP_CLASS
         ref.ReferencedSOPInstanceUID = mpps_uid
         ds.ReferencedPerformedProcedureStepSequence = Sequence([ref])
+
+
+def requested(item: WorklistItem | None) -> list[WorklistItem]:
+    """Every requested procedure an exam performs: the order, and those grouped with it."""
+    return [] if item is None else [item, *item.grouped]
+
+
+def group_accession(item: WorklistItem | None) -> str:
+    """Accession Number of the images: the order's, or empty in a group case whose requested
+    procedures have different ones (IHE SWF; each is in Request Attributes Sequence)."""
+    numbers = {order.accession_number for order in requested(item)}
+    return numbers.pop() if len(numbers) == 1 else ""
 
 
 def _request_attributes(item: WorklistItem) -> Dataset:
@@ -343,6 +370,34 @@ def _detector(ds: Dataset, frame: CorrectedFrame, detector: DetectorInfo, detect
     ds.ImagerPixelSpacing = [_ds(spacing[0]), _ds(spacing[1])]
 
 
+_last_field: tuple[weakref.ref[CorrectedFrame], CollimatedField | None] | None = None
+
+
+def _field(frame: CorrectedFrame) -> CollimatedField | None:
+    """The frame's collimated field, found once for both objects of an exposure."""
+    global _last_field
+    last = _last_field
+    if last is not None and last[0]() is frame:
+        return last[1]
+    found = detect_field(frame.pixels, NO_BEAM_UGY * frame.counts_per_ugy)
+    _last_field = (weakref.ref(frame), found)
+    return found
+
+
+def _collimator(ds: Dataset, frame: CorrectedFrame) -> None:
+    """X-Ray Collimator module (PS3.3 C.8.7.3): the field found in the linear frame (the panel
+    does not report the blades); left out when the frame shows no beam."""
+    found = _field(frame)
+    if found is None:
+        return
+    left, right, upper, lower = found.dicom_edges()
+    ds.CollimatorShape = "RECTANGULAR"
+    ds.CollimatorLeftVerticalEdge = left
+    ds.CollimatorRightVerticalEdge = right
+    ds.CollimatorUpperHorizontalEdge = upper
+    ds.CollimatorLowerHorizontalEdge = lower
+
+
 def _dose(ds: Dataset, exposure: Exposure, ei: ExposureIndex | None) -> None:
     """The X-Ray Acquisition Dose attributes the generator confirmed. Each is Type 3: a value
     the readback lost or flagged as absurd is left out (never a guess), and the image says why."""
@@ -371,7 +426,8 @@ def _dose(ds: Dataset, exposure: Exposure, ei: ExposureIndex | None) -> None:
 def _voi(ds: Dataset, px: np.ndarray) -> None:
     rows, cols = px.shape
     centre = px[rows // 4: rows - rows // 4 or rows, cols // 4: cols - cols // 4 or cols]
-    lo, hi = np.percentile(centre, WINDOW_PERCENTILES)
+    lo, hi = percentiles_u16(centre, WINDOW_PERCENTILES) if centre.dtype == np.uint16 else \
+        np.percentile(centre, WINDOW_PERCENTILES)
     width = max(float(hi - lo), 1.0) + 1.0
     ds.WindowCenter = _ds((float(lo) + float(hi)) / 2.0 + 0.5)
     ds.WindowWidth = _ds(width)

@@ -39,6 +39,7 @@ from gateway.dicom.dx import (
     _patient,
     _sop_common,
     _study,
+    requested,
 )
 from gateway.types import DetectorInfo, Exposure, WorklistItem
 from gateway.uids import UUID_ROOT, is_valid_uid
@@ -142,19 +143,9 @@ def build_rdsr(
     return ds
 
 
-def _document_general(ds: Dataset, item: WorklistItem | None, study_uid: str, now: datetime,
-                      images: Seq[tuple[str, str, str]]) -> None:
-    ds.InstanceNumber = 1
-    ds.ContentDate = ds.InstanceCreationDate
-    ds.ContentTime = ds.InstanceCreationTime
-    ds.CompletionFlag = "COMPLETE"
-    ds.VerificationFlag = "UNVERIFIED"
-    ds.PerformedProcedureCodeSequence = Sequence(
-        [_code_item(Code(c.value, c.scheme, c.meaning)) for c in item.procedure_codes] if item else [])
-    if item is None:
-        return
+def _request(item: WorklistItem, study_uid: str) -> Dataset:
     req = Dataset()
-    req.StudyInstanceUID = study_uid
+    req.StudyInstanceUID = item.study_instance_uid or study_uid
     ref = Dataset()
     if item.referenced_study_sop_instance_uid:
         ref.ReferencedSOPClassUID = item.referenced_study_sop_class_uid or "1.2.840.10008.3.1.2.3.1"
@@ -167,7 +158,23 @@ def _document_general(ds: Dataset, item: WorklistItem | None, study_uid: str, no
     req.RequestedProcedureDescription = item.requested_procedure_description
     req.RequestedProcedureCodeSequence = Sequence(
         [_code_item(Code(c.value, c.scheme, c.meaning)) for c in item.procedure_codes])
-    ds.ReferencedRequestSequence = Sequence([req])
+    return req
+
+
+def _document_general(ds: Dataset, item: WorklistItem | None, study_uid: str, now: datetime,
+                      images: Seq[tuple[str, str, str]]) -> None:
+    ds.InstanceNumber = 1
+    ds.ContentDate = ds.InstanceCreationDate
+    ds.ContentTime = ds.InstanceCreationTime
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    orders = requested(item)  # the group case: one request per requested procedure
+    ds.PerformedProcedureCodeSequence = Sequence(
+        [_code_item(Code(c.value, c.scheme, c.meaning))
+         for c in dict.fromkeys(c for order in orders for c in order.procedure_codes)])
+    if item is None:
+        return
+    ds.ReferencedRequestSequence = Sequence([_request(order, study_uid) for order in orders])
     if images:  # the instances made for the request (Hierarchical SOP Instance Reference Macro)
         by_series: dict[str, list[Dataset]] = {}
         for series, sop_class, sop_uid in images:

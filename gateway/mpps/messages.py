@@ -64,23 +64,9 @@ def in_progress(step: Performed) -> Dataset:
     ds = Dataset()
     ds.SpecificCharacterSet = CHARSET
     item = step.item
-    sched = Dataset()
-    sched.StudyInstanceUID = step.study_uid
-    ref = Dataset()
-    if item is not None and item.referenced_study_sop_instance_uid:
-        ref.ReferencedSOPClassUID = item.referenced_study_sop_class_uid or DETACHED_STUDY_MANAGEMENT
-        ref.ReferencedSOPInstanceUID = item.referenced_study_sop_instance_uid
-        sched.ReferencedStudySequence = Sequence([ref])
-    else:
-        sched.ReferencedStudySequence = Sequence()
-    sched.AccessionNumber = item.accession_number if item else ""
-    sched.RequestedProcedureID = item.requested_procedure_id if item else ""
-    sched.RequestedProcedureDescription = item.requested_procedure_description if item else ""
-    sched.ScheduledProcedureStepID = item.sps_id if item else ""
-    sched.ScheduledProcedureStepDescription = item.sps_description if item else ""
-    sched.ScheduledProtocolCodeSequence = Sequence([code_item(c.value, c.scheme, c.meaning)
-                                                    for c in (item.protocol_codes if item else ())])
-    ds.ScheduledStepAttributesSequence = Sequence([sched])
+    # one item per scheduled step performed: the order, and in the group case those grouped with it
+    orders: list[WorklistItem | None] = [item, *item.grouped] if item is not None else [None]
+    ds.ScheduledStepAttributesSequence = Sequence([_scheduled(order, step.study_uid) for order in orders])
     ds.PatientName = item.patient_name if item else ""
     ds.PatientID = item.patient_id if item else ""
     ds.PatientBirthDate = item.patient_birth_date.strftime("%Y%m%d") if item and item.patient_birth_date else ""
@@ -95,23 +81,45 @@ def in_progress(step: Performed) -> Dataset:
     ds.PerformedProcedureStepStatus = "IN PROGRESS"
     ds.PerformedProcedureStepDescription = step.description or (item.sps_description if item else "")
     ds.PerformedProcedureTypeDescription = item.requested_procedure_description if item else ""
-    ds.ProcedureCodeSequence = Sequence([code_item(c.value, c.scheme, c.meaning)
-                                         for c in (item.procedure_codes if item else ())])
+    ds.ProcedureCodeSequence = Sequence([code_item(c.value, c.scheme, c.meaning) for c in dict.fromkeys(
+        c for order in orders if order is not None for c in order.procedure_codes)])
     ds.PerformedProcedureStepEndDate = ""
     ds.PerformedProcedureStepEndTime = ""
     ds.Modality = "DX"
     ds.StudyID = item.requested_procedure_id if item else ""
-    ds.PerformedProtocolCodeSequence = Sequence([code_item(c.value, c.scheme, c.meaning)
-                                                 for c in (item.protocol_codes if item else ())])
+    ds.PerformedProtocolCodeSequence = Sequence([code_item(c.value, c.scheme, c.meaning) for c in dict.fromkeys(
+        c for order in orders if order is not None for c in order.protocol_codes)])
     ds.PerformedSeriesSequence = Sequence()
     return ds
 
 
+def _scheduled(item: WorklistItem | None, study_uid: str) -> Dataset:
+    sched = Dataset()
+    sched.StudyInstanceUID = item.study_instance_uid if item is not None and item.study_instance_uid else study_uid
+    ref = Dataset()
+    if item is not None and item.referenced_study_sop_instance_uid:
+        ref.ReferencedSOPClassUID = item.referenced_study_sop_class_uid or DETACHED_STUDY_MANAGEMENT
+        ref.ReferencedSOPInstanceUID = item.referenced_study_sop_instance_uid
+        sched.ReferencedStudySequence = Sequence([ref])
+    else:
+        sched.ReferencedStudySequence = Sequence()
+    sched.AccessionNumber = item.accession_number if item else ""
+    sched.RequestedProcedureID = item.requested_procedure_id if item else ""
+    sched.RequestedProcedureDescription = item.requested_procedure_description if item else ""
+    sched.ScheduledProcedureStepID = item.sps_id if item else ""
+    sched.ScheduledProcedureStepDescription = item.sps_description if item else ""
+    sched.ScheduledProtocolCodeSequence = Sequence([code_item(c.value, c.scheme, c.meaning)
+                                                    for c in (item.protocol_codes if item else ())])
+    return sched
+
+
 def completed(step: Performed, images: Seq[PerformedImage], end: datetime, *, exposures: Seq[Exposure],
-              discontinued: str | None = None) -> Dataset:
+              discontinued: str | None = None, non_images: Seq[PerformedImage] = ()) -> Dataset:
     """The final N-SET: COMPLETED, or DISCONTINUED with `discontinued` (a key of
     DISCONTINUATION_REASONS). Lists the images kept as clinical (rejected ones are not) and
-    the dose of every exposure given (`exposures`: one per pulse, whether or not its image was made)."""
+    the dose of every exposure given (`exposures`: one per pulse, whether or not its image was made).
+    `non_images` (the dose report, PS3.3 C.7.4 / IHE REM) go under Referenced Non-Image Composite
+    SOP Instance Sequence, in their own series."""
     ds = Dataset()
     ds.SpecificCharacterSet = CHARSET
     ds.PerformedProcedureStepStatus = "COMPLETED" if discontinued is None else "DISCONTINUED"
@@ -121,11 +129,12 @@ def completed(step: Performed, images: Seq[PerformedImage], end: datetime, *, ex
         reason = DISCONTINUATION_REASONS.get(discontinued, DISCONTINUATION_REASONS["unspecified"])
         ds.PerformedProcedureStepDiscontinuationReasonCodeSequence = Sequence(
             [code_item(reason.value, reason.scheme_designator, reason.meaning)])
-    by_series: dict[str, list[PerformedImage]] = {}
-    for img in images:
-        by_series.setdefault(img.series_uid, []).append(img)
+    by_series: dict[str, list[tuple[PerformedImage, bool]]] = {}
+    for img, is_image in [*((i, True) for i in images), *((n, False) for n in non_images)]:
+        by_series.setdefault(img.series_uid, []).append((img, is_image))
     series = []
-    for series_uid, members in by_series.items():
+    for series_uid, entries in by_series.items():
+        members = [m for m, _ in entries]
         s = Dataset()
         s.PerformingPhysicianName = ""
         s.OperatorsName = step.operator
@@ -133,20 +142,20 @@ def completed(step: Performed, images: Seq[PerformedImage], end: datetime, *, ex
         s.SeriesInstanceUID = series_uid
         s.SeriesDescription = step.description or (step.item.sps_description if step.item else "")
         s.RetrieveAETitle = ""
-        refs = []
-        for m in members:
-            if m.rejected:
-                continue
-            r = Dataset()
-            r.ReferencedSOPClassUID = m.sop_class_uid
-            r.ReferencedSOPInstanceUID = m.sop_instance_uid
-            refs.append(r)
-        s.ReferencedImageSequence = Sequence(refs)
-        s.ReferencedNonImageCompositeSOPInstanceSequence = Sequence()
+        s.ReferencedImageSequence = Sequence([_ref(m) for m, is_image in entries if is_image and not m.rejected])
+        s.ReferencedNonImageCompositeSOPInstanceSequence = Sequence(
+            [_ref(m) for m, is_image in entries if not is_image and not m.rejected])
         series.append(s)
     ds.PerformedSeriesSequence = Sequence(series)
     _dose(ds, exposures)
     return ds
+
+
+def _ref(m: PerformedImage) -> Dataset:
+    r = Dataset()
+    r.ReferencedSOPClassUID = m.sop_class_uid
+    r.ReferencedSOPInstanceUID = m.sop_instance_uid
+    return r
 
 
 def _dose(ds: Dataset, exposures: Seq[Exposure]) -> None:

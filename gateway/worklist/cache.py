@@ -101,6 +101,9 @@ def text_problem(item: WorklistItem) -> str:
                 check_text(value)
             except UndecodableText as exc:
                 return f"{exc} in {name}"
+    for i, other in enumerate(item.grouped):
+        if problem := text_problem(other):
+            return f"{problem} of grouped[{i}]"
     return ""
 
 
@@ -110,6 +113,7 @@ def encode_item(item: WorklistItem) -> dict[str, Any]:
     d["sps_start"] = item.sps_start.isoformat() if item.sps_start else None
     d["protocol_codes"] = [dataclasses.asdict(c) for c in item.protocol_codes]
     d["procedure_codes"] = [dataclasses.asdict(c) for c in item.procedure_codes]
+    d["grouped"] = [encode_item(g) for g in item.grouped]
     return d
 
 
@@ -125,8 +129,9 @@ def decode_item(d: dict[str, Any]) -> WorklistItem:
     d["sps_start"] = datetime.fromisoformat(d["sps_start"]) if d.get("sps_start") else None
     for seq in ("protocol_codes", "procedure_codes"):
         d[seq] = tuple(ProtocolCode(**c) for c in d.get(seq, ()))
+    d["grouped"] = tuple(decode_item(g) for g in d.get("grouped", ()))
     for name, value in d.items():
-        if name not in ("patient_birth_date", "sps_start", "protocol_codes", "procedure_codes") \
+        if name not in ("patient_birth_date", "sps_start", "protocol_codes", "procedure_codes", "grouped") \
                 and not isinstance(value, str):
             raise TypeError(f"item key {name} is not a string")
     return WorklistItem(**d)
