@@ -1,7 +1,9 @@
 """Store-and-forward: send what the spool holds to every destination, retrying as data.
 
 Each destination has its own worker thread (`run`), so an archive that hangs delays only
-its own backlog. Per destination, the due backlog goes over one association. A delivery is
+its own backlog. Per destination, the due backlog goes over up to `associations` associations
+at once (gateway.forward.pdata sends each file straight from disk), each taking the next image
+from the shared batch, so every image goes over exactly one. A delivery is
 marked sent on a success or warning status (the warning recorded); a permanent failure
 quarantines it with the reason.
 
@@ -20,12 +22,15 @@ import random
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from pynetdicom._validators import validate_ae
 from pynetdicom.events import EventHandlerType
+from pynetdicom.presentation import PresentationContext
 
 from gateway.alarms import Alarms
 from gateway.audit import messages as audit_msg
@@ -76,6 +81,49 @@ class _Worker:
     stop: threading.Event = field(default_factory=threading.Event)
     attempt: scu.Attempt = field(default_factory=scu.Attempt)
     thread: threading.Thread | None = None
+
+
+class _Backlog:
+    """A batch shared by a destination's parallel associations: each image is taken once."""
+
+    def __init__(self, rows: Sequence[tuple[Delivery, str]]) -> None:
+        self._lock = threading.Lock()
+        self._rows = deque(rows)
+        self.results: list[DeliveryResult] = []
+        self.go_on = True
+        self.error: Exception | None = None
+        self._answered = False
+
+    @property
+    def empty(self) -> bool:
+        with self._lock:
+            return not self._rows
+
+    def take(self) -> tuple[Delivery, str] | None:
+        with self._lock:
+            return self._rows.popleft() if self._rows else None
+
+    def drain(self) -> list[tuple[Delivery, str]]:
+        """Take everything left (the destination failed: it all backs off)."""
+        with self._lock:
+            rest = list(self._rows)
+            self._rows.clear()
+            return rest
+
+    def add(self, result: DeliveryResult) -> None:
+        with self._lock:
+            self.results.append(result)
+
+    def fail(self, results: list[DeliveryResult]) -> None:
+        with self._lock:
+            self.results += results
+            self.go_on = False
+
+    def first_answer(self) -> bool:
+        """True once: for the first image the archive answered."""
+        with self._lock:
+            first, self._answered = not self._answered, True
+            return first
 
 
 class Forwarder:
@@ -381,8 +429,10 @@ class Forwarder:
 
     def _forward_batch(self, dest: DestinationConfig, batch: list[Delivery], stop: threading.Event | None,
                        attempt: scu.Attempt | None) -> tuple[list[DeliveryResult], bool]:
-        """One association for a batch. Returns the results, and whether the pass may go on
-        (False once the destination failed or `stop` is set)."""
+        """A batch over the destination's associations: one is opened first (a down archive
+        sees one attempt), then up to `associations - 1` more, each taking the next image from
+        the shared backlog, so every image goes over exactly one. Returns the results, and
+        whether the pass may go on (False once the destination failed or `stop` is set)."""
         results: list[DeliveryResult] = []
         ready: list[tuple[Delivery, str]] = []
         for row in batch:
@@ -411,40 +461,115 @@ class Forwarder:
                                                 exc.verdict.reason), False
             return results + [self._settle(row, exc.verdict, None) for row, _ in ready], True
         self._tls_works(dest)
-        answered = False
         uids = [row.sop_instance_uid for row, _ in ready]
+        backlog = _Backlog(ready)
         try:
             self._spool.mark_sending(dest.name, uids, self._clock())
-            for i, (row, ts) in enumerate(ready):
+            # with commitment, the request goes on the association that stored the batch: one
+            extra = 0 if dest.commitment else min(dest.associations, len(ready)) - 1
+            helpers = [threading.Thread(target=self._helper, args=(dest, contexts, handlers, backlog, stop, attempt),
+                                        name=f"dxgate-forward-{dest.name}-{i + 2}", daemon=True)
+                       for i in range(extra)]
+            for t in helpers:
+                t.start()
+            try:
+                self._send_share(session, dest, contexts, handlers, backlog, stop, attempt, commit=dest.commitment)
+            finally:
+                for t in helpers:
+                    t.join()
+            if backlog.error is not None:
+                raise backlog.error
+        finally:
+            self._spool.unsend(dest.name, uids)  # what was never answered is pending again
+        return results + backlog.results, backlog.go_on
+
+    def _helper(self, dest: DestinationConfig, contexts: list[PresentationContext], handlers: list[EventHandlerType],
+                backlog: _Backlog, stop: threading.Event | None, attempt: scu.Attempt | None) -> None:
+        """A further association taking its share of the backlog; one the archive refuses
+        leaves the backlog to the others."""
+        try:
+            if backlog.empty or (stop is not None and stop.is_set()):
+                return
+            try:
+                session = scu.open_session(dest, self._calling_ae, contexts, handlers, attempt)
+            except scu.AssociationFailed as exc:
+                LOGGER.info("%s: a further association was not opened (%s); the others send its share",
+                            dest.name, exc.verdict.reason)
+                return
+            self._send_share(session, dest, contexts, handlers, backlog, stop, attempt, commit=False)
+        except Exception as exc:  # handed to the pass, which records it
+            backlog.error = exc
+
+    def _send_share(self, session: scu.Session, dest: DestinationConfig, contexts: list[PresentationContext],
+                    handlers: list[EventHandlerType], backlog: _Backlog, stop: threading.Event | None,
+                    attempt: scu.Attempt | None, *, commit: bool) -> None:
+        """Send images from the shared backlog over one association until none is left, the
+        destination fails (the rest of the backlog backs off) or `stop` is set; release it.
+
+        An image's outcome is recorded (a durable transaction) on a second thread while the
+        next image goes out, one record at a time and in order; every record is done before
+        a failure is recorded, and before this returns."""
+        sent: list[str] = []
+        recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"dxgate-record-{dest.name}")
+        recording: list[Future[None]] = []
+
+        def recorded() -> None:  # wait for the record in flight (and raise its error)
+            while recording:
+                recording.pop().result()
+
+        def record(row: Delivery, verdict: Verdict, status: int | None) -> None:
+            result = self._settle(row, verdict, status)
+            backlog.add(result)
+            if result.outcome is Outcome.SENT:
+                sent.append(result.uid)
+            if backlog.first_answer():  # the archive answers: its backlog need wait no longer
+                self._spool.release_destination(dest.name, self._clock())
+
+        try:
+            while True:
                 if stop is not None and stop.is_set():
-                    return results, False  # shutting down: the rest stays pending, untouched
+                    backlog.go_on = False  # shutting down: the rest stays pending, untouched
+                    return
+                item = backlog.take()
+                if item is None:
+                    break
+                row, ts = item
+                if not session.established and session.refused_last:
+                    # the association was aborted to keep a corrupt file from completing: a new one
+                    session.release()
+                    try:
+                        session = scu.open_session(dest, self._calling_ae, contexts, handlers, attempt)
+                    except scu.AssociationFailed:
+                        pass  # handled as a lost association just below
                 if not session.established:
                     why = "association lost before sending"
-                    return results + self._back_off(dest, [(r, None, why) for r, _ in ready[i:]], why), False
+                    recorded()
+                    backlog.fail(self._back_off(dest, [(r, None, why) for r, _ in [item, *backlog.drain()]], why))
+                    return
                 verdict, status = self._send_one(session, row, ts)
+                recorded()
                 if verdict.outcome is Outcome.RETRY and verdict.scope is Scope.DESTINATION:
                     if status is None and stop is not None and stop.is_set():
-                        return results, False  # cut at shutdown: outcome unknown, the row stays due
+                        backlog.go_on = False  # cut at shutdown: outcome unknown, the row stays due
+                        return
                     deferred = f"deferred: {dest.name} failed transiently on an earlier object"
-                    items = [(row, status, verdict.reason)] + [(r, None, deferred) for r, _ in ready[i + 1:]]
-                    return results + self._back_off(dest, items, verdict.reason), False
-                results.append(self._settle(row, verdict, status))
-                if not answered:
-                    answered = True  # the archive answers: its backlog need wait no longer
-                    self._spool.release_destination(dest.name, self._clock())
-            if dest.commitment and session.established and (stop is None or not stop.is_set()):
-                self.committer.request(session, dest, [r.uid for r in results if r.outcome is Outcome.SENT])
+                    items = [(row, status, verdict.reason)] + [(r, None, deferred) for r, _ in backlog.drain()]
+                    backlog.fail(self._back_off(dest, items, verdict.reason))
+                    return
+                recording.append(recorder.submit(record, row, verdict, status))
+            recorded()
+            if commit and session.established and (stop is None or not stop.is_set()):
+                self.committer.request(session, dest, sent)
         finally:
             try:
-                session.release()
+                recorded()
             finally:
-                self._spool.unsend(dest.name, uids)  # what was never answered is pending again
-        return results, True
+                recorder.shutdown(wait=True)
+                session.release()
 
     def _send_one(self, session: scu.Session, row: Delivery, transfer_syntax: str) -> tuple[Verdict, int | None]:
         try:
-            scu.verify(row)
-            reply = session.store(row, transfer_syntax)
+            reply = session.store(row, transfer_syntax)  # checks the file against the spool's sha256 first
         except scu.ObjectRefused as exc:
             return Verdict(Outcome.QUARANTINED, str(exc)), None
         if reply.status is None:

@@ -7,6 +7,10 @@ destination with a lossless `transfer_syntax` also gets, per SOP class, a contex
 that syntax: when the archive accepts it, each image is compressed in memory at send time
 (the spool keeps the original; the SOP Instance UID stays), else it goes uncompressed.
 
+A file sent in its stored transfer syntax goes straight from disk to the socket
+(gateway.forward.pdata), pynetdicom still negotiating and reading the responses; under TLS,
+and for compressed or converted images, pynetdicom sends it.
+
 With `tls`, the association runs over TLS 1.2+ (gateway.forward.tls); a failed handshake
 is an AssociationFailed naming it (`tls_error`), retried with the destination's backoff.
 """
@@ -42,7 +46,7 @@ from pynetdicom.presentation import PresentationContext
 
 from gateway.config import DestinationConfig
 from gateway.errors import ForwardError
-from gateway.forward import tls
+from gateway.forward import pdata, tls
 from gateway.forward.status import Verdict, classify_rejection, classify_transport
 from gateway.netopts import ApplicationEntity, nodelay_handlers, socket_nodelay
 from gateway.spool import Delivery
@@ -119,33 +123,38 @@ def build_contexts(pairs: Iterable[tuple[str, str]], compress: str | None = None
 
 
 class Attempt:
-    """The association one destination's worker has open or is opening, so that another
-    thread can cut it short (shutdown): the socket is shut down, which makes pynetdicom
-    end a wait for A-ASSOCIATE-AC or for a C-STORE response at once, as an abort.
+    """The associations one destination's worker has open or is opening (one per parallel
+    association), so that another thread can cut them short (shutdown): each socket is shut
+    down, which makes pynetdicom end a wait for A-ASSOCIATE-AC or for a C-STORE response at
+    once, as an abort.
 
     A TCP connect still in progress is not interrupted; the connection timeout bounds it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._assoc: Association | None = None
+        self._assocs: set[Association] = set()
         self.cancelled = False
 
     def handlers(self) -> list[EventHandlerType]:
-        return [(evt.EVT_CONN_OPEN, self._opened)]
+        return [(evt.EVT_CONN_OPEN, self._opened), (evt.EVT_CONN_CLOSE, self._closed)]
 
     def _opened(self, event: evt.Event) -> None:
         with self._lock:
-            self._assoc = event.assoc
+            self._assocs.add(event.assoc)
             cancelled = self.cancelled
         if cancelled:
             _shut(event.assoc)
 
+    def _closed(self, event: evt.Event) -> None:
+        with self._lock:
+            self._assocs.discard(event.assoc)
+
     def cancel(self) -> None:
-        """Cut the association short, now and as soon as it opens (idempotent)."""
+        """Cut every association short, now and as soon as one opens (idempotent)."""
         with self._lock:
             self.cancelled = True
-            assoc = self._assoc
-        if assoc is not None:
+            assocs = list(self._assocs)
+        for assoc in assocs:
             _shut(assoc)
 
 
@@ -173,24 +182,48 @@ class Session:
         self.destination = destination
         self.nodelay = socket_nodelay(assoc)
         self._msg_id = 0
-        # (SOP class, transfer syntax) pairs the archive accepted: fixed for the association
-        self._accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
+        # (SOP class, transfer syntax) -> presentation context ID the archive accepted: fixed for the association
+        self._contexts = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])): int(cx.context_id or 0)
+                          for cx in assoc.accepted_contexts}
+        self._accepted = set(self._contexts)
+        self._pdata = fast_sender(assoc, destination)
+        self.refused_last = False  # the last store refused its file and aborted the association to do so
 
     @property
     def established(self) -> bool:
         return bool(self._assoc.is_established)
 
+    @property
+    def fast(self) -> bool:
+        """Whether stored files go straight from disk to the socket (gateway.forward.pdata)."""
+        return self._pdata is not None
+
     def store(self, delivery: Delivery, transfer_syntax: str) -> StoreReply:
-        """Send a verified spool file: compressed in memory when the destination asks for a
-        lossless syntax the archive accepted; else streamed from disk as it is stored when the
-        archive accepted its transfer syntax (no decode, no re-encode), else decoded and converted."""
+        """Check a spool file against what the spool committed (ObjectRefused if it does not
+        match) and send it: compressed in memory when the destination asks for a lossless
+        syntax the archive accepted; else, when the archive accepted its transfer syntax, as it
+        is stored (no decode, no re-encode), straight from disk over the socket when the
+        association allows it (gateway.forward.pdata: not under TLS), else through pynetdicom;
+        else decoded and converted."""
         self._msg_id = self._msg_id % 0xFFFF + 1
-        item: Path | Dataset = Path(delivery.path)
         target = wanted_syntax(self.destination)
-        if (target is not None and transfer_syntax in UNCOMPRESSED
-                and (delivery.sop_class_uid, target) in self._accepted):
+        compress = (target is not None and transfer_syntax in UNCOMPRESSED
+                    and (delivery.sop_class_uid, target) in self._accepted)
+        context_id = self._contexts.get((delivery.sop_class_uid, transfer_syntax))
+        if self._pdata is not None and not compress and context_id is not None:
+            expected = pdata.Expected(delivery.size, delivery.sha256, delivery.sop_instance_uid)
+            self.refused_last = False
+            try:
+                status = self._pdata.store(delivery.path, expected, context_id, self._msg_id, delivery.sop_class_uid)
+            except pdata.FileMismatch as exc:
+                self.refused_last = not self.established
+                raise ObjectRefused(str(exc)) from exc
+            return StoreReply(status)
+        verify(delivery)
+        item: Path | Dataset = Path(delivery.path)
+        if compress and target is not None:
             item = compressed(delivery, target, self.destination.name)
-        elif (delivery.sop_class_uid, transfer_syntax) not in self._accepted:
+        elif context_id is None:
             item = dcmread(delivery.path)
         try:
             rsp = self._assoc.send_c_store(item, msg_id=self._msg_id)
@@ -205,6 +238,8 @@ class Session:
     def n_action(self, dataset: Dataset, action_type: int, sop_class: str, sop_instance: str) -> int | None:
         """Send an N-ACTION; its response status, None without one (or without a context for it)."""
         self._msg_id = self._msg_id % 0xFFFF + 1
+        if self._pdata is not None:
+            self._pdata.resume()
         try:
             status, _reply = self._assoc.send_n_action(dataset, action_type, sop_class, sop_instance,
                                                        msg_id=self._msg_id)
@@ -215,8 +250,21 @@ class Session:
         return None if value is None else int(value)
 
     def release(self) -> None:
+        if self._pdata is not None:
+            self._pdata.resume()
         if self._assoc.is_established:
             self._assoc.release()
+
+
+def fast_sender(assoc: Association, destination: DestinationConfig) -> pdata.PDataSender | None:
+    """The direct P-DATA sender for an association, None where pynetdicom's path stays: under
+    TLS (the socket is shared with pynetdicom's reading thread, which an SSL socket does not
+    allow)."""
+    transport = assoc.dul.socket
+    sock = None if transport is None else transport.socket
+    if destination.tls or sock is None or isinstance(sock, ssl.SSLSocket):
+        return None
+    return pdata.PDataSender(assoc, sock, destination.timeout_s)
 
 
 def compressed(delivery: Delivery, syntax: str, destination: str) -> Path | Dataset:

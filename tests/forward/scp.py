@@ -33,6 +33,7 @@ class ScriptedSCP:
     aet: str = "TESTSCP"
     require_called_aet: bool = False
     transfer_syntaxes: list[str] = field(default_factory=lambda: list(ALL_TRANSFER_SYNTAXES))
+    max_associations: int = 10  # more at once are rejected (transient, local limit exceeded)
     associations: int = 0
     stores: int = 0
     stored: list[str] = field(default_factory=list)  # SOP Instance UIDs answered with success/warning
@@ -45,6 +46,7 @@ class ScriptedSCP:
         ae = AE(ae_title=self.aet)
         ae.require_called_aet = self.require_called_aet
         ae.maximum_pdu_size = 131072
+        ae.maximum_associations = self.max_associations
         for sop in (DigitalXRayImageStorageForPresentation, SecondaryCaptureImageStorage):
             ae.add_supported_context(sop, self.transfer_syntaxes)
         handlers = nodelay_handlers() + [(evt.EVT_C_STORE, self._on_store), (evt.EVT_REQUESTED, self._on_request)]
