@@ -23,8 +23,9 @@ import numpy as np
 from gateway.acquisition.raw_store import RawStoreError
 from gateway.alarms import Alarms
 from gateway.config import Config, ProtocolConfig
-from gateway.correction import Corrector
-from gateway.dicom import IrradiationEvent, check_anatomy, new_uid
+from gateway.correction import Corrector, check_validity
+from gateway.dicom import XRAY_RADIATION_DOSE_SR, IrradiationEvent, check_anatomy, irradiation_event_uid, new_uid
+from gateway.dicom.dx import DX_FOR_PRESENTATION, DX_FOR_PROCESSING
 from gateway.dicom.preview import preview_png
 from gateway.errors import ConfigError, DxgateError, ExposureRefused, FrameKeptError
 from gateway.events import EventBus
@@ -32,6 +33,8 @@ from gateway.hardware import Hardware
 from gateway.imaging import ImageContext, ImagePipeline
 from gateway.mpps import DISCONTINUATION_REASONS, MppsQueue, Performed, PerformedImage, in_progress
 from gateway.mpps import completed as mpps_final
+from gateway.rejection import apply_verdict
+from gateway.review_stats import ReviewLog, record_of
 from gateway.types import (
     Anatomy,
     CorrectedFrame,
@@ -85,6 +88,7 @@ class AcquiredImage:
     stage_seconds: dict[str, float]  # acquire, keep, correct, present, build, spool: where the latency goes
     kept_id: str = ""  # the raw record kept through the image's making ("" if it could not be written)
     display: np.ndarray | None = None  # the processed For Presentation pixels, when processing is on
+    processing_uid: str = ""  # the exposure's DX For Processing image, when one was saved
 
 
 @dataclass(frozen=True)
@@ -110,9 +114,11 @@ class ReviewedImage:
     preview: bytes | None = None
     status: str = "new"  # new, accepted, rejected
     reason: str = ""
+    processing_uid: str = ""  # the same exposure's For Processing image: the verdict is the exposure's
 
 
 PREVIEWS_KEPT = 32
+DOSE_REPORT_PROTOCOL = "X-Ray Radiation Dose Report"  # the dose report's series in the MPPS (Protocol Name, Type 1)
 RECHECK_S = 5.0  # how often a release waiting for the hand switch re-checks that its image can be kept
 
 
@@ -135,10 +141,16 @@ class ExamWorkflow:
         self._corrector = corrector
         self._on_saved = on_saved
         self._mpps = mpps
+        self._kos_made: set[str] = set()  # images a rejection note was made for (one note per image)
+        self.review_log = ReviewLog(config.path(config.spool.database).parent / "reviews.db")  # reject analysis
+        if config.review.hold_s > 0:  # clinical images wait for the technologist's verdict
+            pipeline.spool.hold_for_review(config.review.hold_s, frozenset({DX_FOR_PRESENTATION, DX_FOR_PROCESSING}))
         self._lock = threading.Lock()
         # Frames read after a dose whose raw record could not be written: held here, retried
         # before the next exposure, which is refused while any is left.
         self._unkept: list[tuple[RawFrame, Exposure, dict[str, Any]]] = []
+        # Exams closed since start-up, by Study Instance UID: (order, last series number), to reopen.
+        self._closed: dict[str, tuple[WorklistItem | None, int]] = {}
 
         self.current: Exam | None = None
         self.view: ViewChoice | None = None
@@ -168,6 +180,37 @@ class ExamWorkflow:
         self._events.publish("exam", state="open", study_uid=self.current.study_uid)
         return self.current
 
+    def start_group(self, items: list[WorklistItem], operator: str = "") -> Exam:
+        """The group case (PS3.17 Annex J, IHE SWF): several requested procedures of one patient
+        acquired in one exam. The images go into the first order's study, name every requested
+        procedure (Request Attributes Sequence) and one procedure step reports them all."""
+        if len(items) < 2:
+            raise DxgateError("a group needs at least two requested procedures")
+        first = items[0]
+        if any((i.patient_id, i.issuer_of_patient_id) != (first.patient_id, first.issuer_of_patient_id)
+               for i in items[1:]):
+            raise DxgateError("grouped procedures must be of one patient (the same Patient ID and issuer)")
+        if len({(i.accession_number, i.requested_procedure_id, i.sps_id) for i in items}) != len(items):
+            raise DxgateError("a requested procedure is in the group twice")
+        return self.start(dataclasses.replace(first, grouped=tuple(dataclasses.replace(i, grouped=())
+                                                                   for i in items[1:])), operator)
+
+    def reopen(self, study_uid: str, operator: str = "") -> Exam:
+        """The append case (IHE SWF): open again an exam closed since start-up, to add views to
+        its study: the same Study Instance UID and order, a new series (the next series number),
+        a new procedure step (its own MPPS) and, for its exposures, a new dose report."""
+        with self._lock:
+            if self.current is not None:
+                raise DxgateError("an exam is already open: close it first")
+            if study_uid not in self._closed:
+                raise DxgateError("no exam of that study was closed here since start-up: start it from the worklist")
+            item, last_series = self._closed[study_uid]
+            self.current = self.open_exam(item, operator, study_uid=study_uid, series_number=last_series + 1)
+            self.view, self.reviewed = None, []
+            self._set_armed(False)
+        self._events.publish("exam", state="open", study_uid=study_uid)
+        return self.current
+
     def choose_view(self, anatomy: Anatomy, technique: Technique, target_ei: float, protocol: str = ""
                     ) -> ViewChoice:
         """Select body part, view, laterality and technique for the next exposures; checked now,
@@ -193,7 +236,8 @@ class ExamWorkflow:
         cur = self.current
         if cur is None or cur.item is None:
             return []
-        keys = {f"{c.scheme}:{c.value}" for c in (*cur.item.protocol_codes, *cur.item.procedure_codes)}
+        keys = {f"{c.scheme}:{c.value}" for order in (cur.item, *cur.item.grouped)
+                for c in (*order.protocol_codes, *order.procedure_codes)}
         return [p for p in self._config.protocols if keys.intersection(p.codes)]
 
     def choose_protocol(self, name: str, *, laterality: str | None = None, kvp: float | None = None,
@@ -278,7 +322,8 @@ class ExamWorkflow:
             png = None
         with self._lock:
             self.reviewed.append(ReviewedImage(instance=image.instance, exposure=image.exposure,
-                                               exposure_index=image.exposure_index, view=view, preview=png))
+                                               exposure_index=image.exposure_index, view=view, preview=png,
+                                               processing_uid=image.processing_uid))
             for older in self.reviewed[:-PREVIEWS_KEPT]:
                 older.preview = None
 
@@ -295,8 +340,34 @@ class ExamWorkflow:
                     break
             else:
                 raise DxgateError(f"no image {sop_instance_uid} in the open exam")
+            operator = self.current.operator if self.current else ""
+        self._apply_verdict(r, operator)
         self._events.publish("image", sop_instance_uid=sop_instance_uid, state=status)
         return r
+
+    def _apply_verdict(self, r: ReviewedImage, operator: str, *, reviewed: bool = True) -> None:
+        """Record the verdict for reject analysis, then release (accepted) or withhold (rejected)
+        the image's deliveries; a failure is alarmed, the verdict stands."""
+        sop_instance_uid, status = r.instance.sop_instance_uid, "accepted" if r.status == "new" else r.status
+        try:
+            self.review_log.record(record_of(
+                sop_instance_uid, r.exposure, r.exposure_index, r.view.anatomy, protocol=r.view.protocol,
+                technologist=operator, status=status, reviewed=reviewed, reason=r.reason,
+                judged_at=self._clock().timestamp()))
+        except Exception as exc:  # statistics only: the verdict itself stands
+            LOGGER.error("verdict on %s not recorded for reject analysis: %s: %s", sop_instance_uid,
+                         type(exc).__name__, exc)
+        try:
+            apply_verdict(self._pipeline.spool, self._config, sop_instance_uid, status, self._clock(),
+                          self._kos_made)
+            if r.processing_uid:  # not clinical itself, but a rejected exposure's raw image is no research data
+                apply_verdict(self._pipeline.spool, self._config, r.processing_uid, status, self._clock(),
+                              self._kos_made)
+        except Exception as exc:
+            LOGGER.error("verdict %s on %s not applied to its deliveries: %s: %s", status, sop_instance_uid,
+                         type(exc).__name__, exc)
+            self._alarms.raise_("verdict-not-applied", f"an image was {status}, but its deliveries could not be "
+                               f"changed: {type(exc).__name__}: {exc}", key=sop_instance_uid)
 
     def finish(self, *, completed: bool = True, reason: str = "") -> Exam:
         """Close the open exam (completed, or discontinued with a reason)."""
@@ -308,17 +379,21 @@ class ExamWorkflow:
                 raise DxgateError("a discontinued exam needs a reason")
             self.current, self.view = None, None
             self._set_armed(False)
+            self._closed[exam.study_uid] = (exam.item, exam.series_number)  # to reopen (append case)
             rejected = {r.instance.sop_instance_uid: r.reason for r in self.reviewed if r.status == "rejected"}
-        if exam.irradiations and self._config.dose_report.enabled:
-            self._report_dose(exam, rejected)
-        self._report_step_ended(exam, set(rejected), completed=completed, reason=reason.strip())
+            unreviewed = [r for r in self.reviewed if r.status == "new"]
+        for image in unreviewed:  # closing the exam accepts what was not judged: held images go now
+            self._apply_verdict(image, exam.operator, reviewed=False)
+        dose_report = bool(exam.irradiations) and self._config.dose_report.enabled and self._report_dose(exam, rejected)
+        self._report_step_ended(exam, set(rejected), completed=completed, reason=reason.strip(),
+                                dose_report=dose_report)
         self._events.publish("exam", state="completed" if completed else "discontinued",
                              study_uid=exam.study_uid, images=len(exam.images))
         return exam
 
-    def _report_dose(self, exam: Exam, rejected: dict[str, str]) -> None:
+    def _report_dose(self, exam: Exam, rejected: dict[str, str]) -> bool:
         """The study's dose report, one event per exposure given (rejected ones too); a failure is
-        logged and alarmed, never stops the exam from closing."""
+        logged and alarmed, never stops the exam from closing. True when it is spooled."""
         events = [dataclasses.replace(e, rejected_reason=rejected.get(e.image_uid)) for e in exam.irradiations]
         try:
             assert exam.detector is not None and exam.pps_start is not None  # set at the first exposure
@@ -331,8 +406,9 @@ class ExamWorkflow:
             LOGGER.error("dose report %s not made: %s: %s", exam.dose_report_uid, type(exc).__name__, exc)
             self._alarms.raise_("dose-report-not-made", f"the dose report of an exam ({len(events)} exposures) could "
                                f"not be made: {type(exc).__name__}: {exc}", key=exam.dose_report_uid)
-            return
+            return False
         self._alarms.clear("dose-report-not-made", exam.dose_report_uid)
+        return True
 
     # --- MPPS: the step is reported at its first image and when the exam is closed ---------------
 
@@ -348,19 +424,26 @@ class ExamWorkflow:
         self._mpps.add(exam.mpps_uid, "create", in_progress(self._step(exam)), time.time())
         exam.mpps_created = True
 
-    def _report_step_ended(self, exam: Exam, rejected: set[str], *, completed: bool, reason: str) -> None:
-        """No image, no step: an exam closed before any exposure reports nothing."""
+    def _report_step_ended(self, exam: Exam, rejected: set[str], *, completed: bool, reason: str,
+                           dose_report: bool = False) -> None:
+        """No image, no step: an exam closed before any exposure reports nothing. With
+        `dose_report` the step lists the study's dose report too (IHE REM)."""
         if self._mpps is None or not exam.mpps_created:
             return
         images = [dataclasses.replace(p, rejected=p.sop_instance_uid in rejected) for p in exam.performed]
         key = None if completed else (reason if reason in DISCONTINUATION_REASONS else "unspecified")
         exposures = [e.exposure for e in exam.irradiations]  # every pulse given, an image made of it or not
+        reports = [PerformedImage(series_uid=exam.dose_series_uid, sop_class_uid=XRAY_RADIATION_DOSE_SR,
+                                  sop_instance_uid=exam.dose_report_uid, protocol_name=DOSE_REPORT_PROTOCOL)
+                   ] if dose_report else []
         self._mpps.add(exam.mpps_uid, "set", mpps_final(self._step(exam), images, self._clock(), discontinued=key,
-                                                        exposures=exposures),
+                                                        exposures=exposures, non_images=reports),
                        time.time())
 
-    def open_exam(self, item: WorklistItem | None, operator: str = "") -> Exam:
-        """Start an exam; the Study Instance UID comes from the worklist whenever it gives one."""
+    def open_exam(self, item: WorklistItem | None, operator: str = "", *, study_uid: str = "",
+                  series_number: int = 1) -> Exam:
+        """Start an exam; the Study Instance UID comes from the worklist whenever it gives one
+        (`study_uid`: an earlier exam's, when one is reopened to append to its study)."""
         if item is not None and (problem := text_problem(item)):
             raise DxgateError(f"this patient or order cannot be written into an image: {problem}")
         try:
@@ -368,11 +451,12 @@ class ExamWorkflow:
         except UndecodableText as exc:
             raise DxgateError(f"the operator's name cannot be written into an image: {exc}") from None
         root = self._config.site.uid_root
-        study_uid = item.study_instance_uid if item and item.study_instance_uid else new_uid(root)
+        study_uid = study_uid or (item.study_instance_uid if item and item.study_instance_uid else new_uid(root))
         opened = self._clock()
         # SH, 16 characters: unique per room (one exam at a time), readable as its opening time.
         pps_id = "P" + opened.astimezone(UTC).strftime("%y%m%d%H%M%S%f")[:14]
-        return Exam(item=item, study_uid=study_uid, series_uid=new_uid(root), operator=operator[:64], pps_id=pps_id,
+        return Exam(item=item, study_uid=study_uid, series_uid=new_uid(root), series_number=series_number,
+                    operator=operator[:64], pps_id=pps_id,
                     mpps_uid=new_uid(root) if self._mpps is not None else "", dose_series_uid=new_uid(root),
                     dose_report_uid=new_uid(root))
 
@@ -390,6 +474,8 @@ class ExamWorkflow:
             if item is not None and (problem := text_problem(item)):
                 raise DxgateError(f"the exam's patient or order data cannot be written into the image: {problem}")
             corrector = self._corrector()
+            check_validity(corrector.cal, self._config.calibration, now=self._clock(),
+                           temperature_c=self._hw.detector.status().temperature_c)  # age and drift: warn or block
             check_anatomy(body_part, view_position, laterality)
             self._pipeline.check_routable(body_part)
             self._pipeline.check_storage(self._hw.mode.rows, self._hw.mode.columns)
@@ -448,7 +534,7 @@ class ExamWorkflow:
         laps = {"acquire": time.perf_counter() - t0}
         exam.detector = ctx.detector
         exam.irradiations.append(IrradiationEvent(  # X-rays were given: the dose report lists it, image or not
-            event_uid=new_uid(root), exposure=exposure, body_part=anatomy.body_part,
+            event_uid=irradiation_event_uid(root, raw.meta), exposure=exposure, body_part=anatomy.body_part,
             view_position=anatomy.view_position, laterality=laterality, image_uid=ctx.sop_instance_uid,
             protocol=self.view.protocol if self.view else ""))
         t0 = time.perf_counter()
@@ -483,8 +569,11 @@ class ExamWorkflow:
         LOGGER.info("saved %s (frame %d, %s)", made.instance.sop_instance_uid, raw.meta.frame_number,
                     f"EI {ei.ei:.0f}, DI {ei.deviation_index:+.1f}" if ei else "no EI")
         self._on_saved(made.instance)
+        processing_uid = ctx.processing_uid if ctx.processing_uid and self._pipeline.spool.instance(
+            ctx.processing_uid) is not None else ""
         return AcquiredImage(instance=made.instance, exposure=exposure, exposure_index=ei, frame=made.frame,
-                             stage_seconds=made.stage_seconds, kept_id=kept_id, display=made.display)
+                             stage_seconds=made.stage_seconds, kept_id=kept_id, display=made.display,
+                             processing_uid=processing_uid)
 
     def _keep(self, raw: RawFrame, exposure: Exposure, context: dict[str, Any]) -> str:
         """Write the raw frame durably; on failure hold it in memory and raise an alarm."""
@@ -532,6 +621,7 @@ class ExamWorkflow:
         if self._unkept:
             LOGGER.error("%d frame(s) held in memory are lost at shutdown: their raw record could never be "
                          "written", len(self._unkept))
+        self.review_log.close()
 
 
 def _check_technique(technique: Technique, target_ei: float) -> None:

@@ -11,6 +11,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class DeliveryState(enum.StrEnum):
     SENT = "sent"  # stored; for a destination with commitment, awaiting its commitment report
     COMMITTED = "committed"  # the archive committed to keep it (storage commitment)
     QUARANTINED = "quarantined"  # parked with a reason until an operator releases it
+    WITHHELD = "withheld"  # rejected at the console before it left: never sent, the file kept
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,8 @@ class Queue:
             }, pk="name", not_null={"failures", "retry_at", "updated_at"}, if_not_exists=True)
             # Storage commitment and retention (added within schema version 1: older code ignores them)
             for table, column, kind in (("deliveries", "sent_at", float), ("deliveries", "commit_txn", str),
-                                        ("deliveries", "commit_failures", int), ("instances", "removed_at", float)):
+                                        ("deliveries", "commit_failures", int), ("instances", "removed_at", float),
+                                        ("deliveries", "held_until", float), ("instances", "rejected_at", float)):
                 if column not in self._db.table(table).columns_dict:
                     self._db.table(table).add_column(column, kind)
             self._db.table("commitments").create({
@@ -196,23 +199,63 @@ class Queue:
             rows = list(self._db.query("select * from instances where sop_instance_uid = ?", [uid]))
         return rows[0] if rows else None
 
-    def insert_instance(self, row: dict[str, Any], destinations: Sequence[str], now: float) -> None:
-        """Insert an instance and its delivery rows in ONE transaction."""
+    def insert_instance(self, row: dict[str, Any], destinations: Sequence[str], now: float,
+                        held_until: float | None = None) -> None:
+        """Insert an instance and its delivery rows in ONE transaction (`held_until`: held for review)."""
         with self._write():
             self._db.table("instances").insert(row)
-            self._insert_deliveries(row["sop_instance_uid"], destinations, now)
+            self._insert_deliveries(row["sop_instance_uid"], destinations, now, held_until)
 
     def add_deliveries(self, uid: str, destinations: Sequence[str], now: float) -> None:
         """Add delivery rows for destinations the instance does not have yet."""
         with self._write():
             self._insert_deliveries(uid, destinations, now)
 
-    def _insert_deliveries(self, uid: str, destinations: Iterable[str], now: float) -> None:
-        """New rows join their destination's backoff: due at its retry time, not at once."""
+    def _insert_deliveries(self, uid: str, destinations: Iterable[str], now: float,
+                           held_until: float | None = None) -> None:
+        """New rows join their destination's backoff: due at its retry time, not at once; a row
+        held for review is due no earlier than `held_until`."""
         self._db.table("deliveries").insert_all(
             ({"sop_instance_uid": uid, "destination": d, "state": DeliveryState.PENDING.value,
-              "attempts": 0, "next_attempt_at": max(now, self._retry_at(d)), "last_status": None,
-              "last_error": None, "updated_at": now} for d in destinations), ignore=True)
+              "attempts": 0, "next_attempt_at": max(now, self._retry_at(d), held_until or now), "last_status": None,
+              "last_error": None, "updated_at": now, "held_until": held_until} for d in destinations), ignore=True)
+
+    def release_held(self, uid: str, now: float) -> list[str]:
+        """The instance was accepted: its rows still held for review are due now (or at their
+        destination's retry time). Returns the destinations released."""
+        with self._write():
+            dests = [r[0] for r in self._db.execute(
+                "select destination from deliveries where sop_instance_uid = ? and state = 'pending' "
+                "and held_until > ?", [uid, now])]
+            self._db.execute(
+                "update deliveries set held_until = null, updated_at = :now, next_attempt_at = max(:now, "
+                "coalesce((select retry_at from destinations where name = deliveries.destination), :now)) "
+                "where sop_instance_uid = :uid and state = 'pending' and held_until > :now", {"uid": uid, "now": now})
+        return dests
+
+    def withhold(self, uid: str, reason: str, now: float) -> tuple[list[str], list[str]]:
+        """The instance was rejected, in ONE transaction: every row that has not left (pending,
+        quarantined) becomes 'withheld'. Returns (destinations withheld, destinations it left
+        for or may have: sending, sent, committed)."""
+        with self._write():
+            rows = list(self._db.execute("select destination, state from deliveries where sop_instance_uid = ?",
+                                         [uid]))
+            self._db.execute("update deliveries set state = 'withheld', last_error = ?, updated_at = ? "
+                             "where sop_instance_uid = ? and state in ('pending', 'quarantined')", [reason, now, uid])
+            self._db.execute("update instances set rejected_at = coalesce(rejected_at, ?) where sop_instance_uid = ?",
+                             [now, uid])
+        held = [d for d, s in rows if s in ("pending", "quarantined", "withheld")]
+        left = [d for d, s in rows if s in ("sending", "sent", "committed")]
+        return held, left
+
+    def _withhold_rejected(self, now: float) -> None:
+        """Inside a write: rows of rejected instances that came back to pending or quarantined
+        (a send in flight at the rejection failed, a crash left it 'sending', an operator's
+        release) are withheld: a rejected image never leaves after its rejection."""
+        self._db.execute(
+            "update deliveries set state = 'withheld', last_error = 'rejected at review', updated_at = ? "
+            "where state in ('pending', 'quarantined') and sop_instance_uid in "
+            "(select sop_instance_uid from instances where rejected_at is not null)", [now])
 
     def _retry_at(self, destination: str) -> float:
         row = self._db.execute("select retry_at from destinations where name = ?", [destination]).fetchone()
@@ -268,7 +311,7 @@ class Queue:
                 "select destination, state, count(*) from deliveries group by destination, state")}
 
     def counts(self) -> dict[str, int]:
-        out = {s.value: 0 for s in DeliveryState}
+        out = {s.value: 0 for s in DeliveryState if s is not DeliveryState.WITHHELD}  # withheld: only when some are
         with self._lock:
             for state, n in self._db.execute("select state, count(*) from deliveries group by state"):
                 out[state] = n
@@ -288,6 +331,8 @@ class Queue:
             params.update({f"s{i}": s.value for i, s in enumerate(expect)})
         with self._write():
             changed = self._db.execute(sql, params).rowcount
+            if values.get("state") in ("pending", "quarantined"):
+                self._withhold_rejected(float(values.get("updated_at", time.time())))
         if changed != 1:
             states = "any state" if expect is None else "/".join(s.value for s in expect)
             raise SpoolError(f"no delivery of {uid} to {destination!r} in {states}")
@@ -326,6 +371,7 @@ class Queue:
                 "on conflict(name) do update set failures = failures + 1, retry_at = excluded.retry_at, "
                 "last_error = excluded.last_error, updated_at = excluded.updated_at",
                 [destination, retry_at, error, now])
+            self._withhold_rejected(now)
         return updated
 
     def release_destination(self, destination: str, now: float) -> int:
@@ -339,8 +385,8 @@ class Queue:
             released = self._db.execute(
                 "update deliveries set next_attempt_at = ?, updated_at = ? where destination = ? "
                 "and state = 'pending' and next_attempt_at > ? and next_attempt_at <= "
-                "(select retry_at from destinations where name = ?)",
-                [now, now, destination, now, destination]).rowcount
+                "(select retry_at from destinations where name = ?) and coalesce(held_until, ?) <= ?",
+                [now, now, destination, now, destination, now, now]).rowcount
             self._db.execute("delete from destinations where name = ?", [destination])
         return int(released)
 
@@ -372,9 +418,12 @@ class Queue:
                 if destination is not None:
                     sql += " and destination = ?"
                     args.append(destination)
-                return int(self._db.execute(sql, args).rowcount)
-            sql += " and destination = ? and sop_instance_uid = ?"
-            return sum(int(self._db.execute(sql, [destination, uid]).rowcount) for uid in uids)
+                changed = int(self._db.execute(sql, args).rowcount)
+            else:
+                sql += " and destination = ? and sop_instance_uid = ?"
+                changed = sum(int(self._db.execute(sql, [destination, uid]).rowcount) for uid in uids)
+            self._withhold_rejected(time.time())
+            return changed
 
     def close(self) -> None:
         with self._lock:

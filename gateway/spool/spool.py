@@ -55,6 +55,7 @@ class Spool:
         self.database = Path(database)
         self._queue = Queue(self.database, self.directory, busy_timeout_s=busy_timeout_s)
         self.commitments = CommitmentBook(self._queue)  # storage commitment transactions
+        self._review_hold: tuple[float, frozenset[str]] = (0.0, frozenset())
         self.recovery = self._recover()
 
     # --- the durability point --------------------------------------------------------------
@@ -96,13 +97,37 @@ class Spool:
             row = {"sop_instance_uid": sop_instance_uid, "sop_class_uid": sop_class_uid,
                    "study_instance_uid": study_instance_uid, "accession_number": accession_number,
                    "path": rel.as_posix(), "sha256": digest, "size": len(data), "created_at": now}
+            hold_s, held_classes = self._review_hold
+            held_until = now + hold_s if hold_s > 0 and sop_class_uid in held_classes else None
             try:
-                self._queue.insert_instance(row, dests, now)
+                self._queue.insert_instance(row, dests, now, held_until)
             except sqlite3.Error as exc:
                 path.unlink(missing_ok=True)  # no row refers to it: it was never saved
                 raise SpoolError(f"{sop_instance_uid}: queue commit failed, NOT saved: {exc}") from exc
         LOGGER.info("spooled %s (%d bytes) for %s", sop_instance_uid, len(data), ", ".join(dests))
         return self._spooled(row)
+
+    # --- review: held until accepted, withheld when rejected ----------------------------------
+
+    def hold_for_review(self, hold_s: float, sop_classes: frozenset[str]) -> None:
+        """From now on, new instances of `sop_classes` are held `hold_s` seconds (0: not held) for
+        the technologist's verdict before any destination gets them; then they go as accepted."""
+        if hold_s < 0:
+            raise SpoolError(f"hold_s must be >= 0, got {hold_s}")
+        self._review_hold = (float(hold_s), frozenset(sop_classes))
+
+    def release_held(self, uid: str, now: float | None = None) -> list[str]:
+        """Accepted: the instance's deliveries still held are due now; returns their destinations."""
+        return self._queue.release_held(uid, self._clock() if now is None else now)
+
+    def withhold(self, uid: str, reason: str, now: float | None = None) -> tuple[list[str], list[str]]:
+        """Rejected: every delivery of the instance that has not left is withheld for good (the
+        file is kept: retention never removes it). Returns (destinations withheld, destinations it
+        already left for or is leaving for — only a rejection note can reach those)."""
+        held, left = self._queue.withhold(uid, reason, self._clock() if now is None else now)
+        LOGGER.info("%s rejected: withheld from %s; already left for %s", uid, ", ".join(held) or "none",
+                    ", ".join(left) or "none")
+        return held, left
 
     def check_room(self, size: int) -> None:
         """Raise SpoolError unless an object of `size` bytes fits above the free-space minimum."""
@@ -225,7 +250,7 @@ class Spool:
         return self._queue.next_attempt_at(destination)
 
     def counts(self) -> dict[str, int]:
-        """Number of deliveries per state (every state present, zero included)."""
+        """Number of deliveries per state (every state present, zero included; "withheld" once any is)."""
         return self._queue.counts()
 
     def instance(self, uid: str) -> SpooledInstance | None:

@@ -155,3 +155,27 @@ def test_recovery_removes_temp_files_and_reports_unreferenced_ones(tmp_path: Pat
         assert spool.instance(orphan.sop_instance_uid) is not None
     finally:
         spool.close()
+
+
+@pytest.mark.parametrize("comes_back", ["failed send", "crash while sending", "refused, then released"])
+def test_an_image_rejected_while_it_was_being_sent_never_leaves_after_all(spool: Spool, comes_back: str) -> None:
+    """The technologist rejects an image the forwarder is sending: it counts as gone (only a
+    rejection note can follow it). If that send fails, the crash leaves it 'sending', or the
+    archive refuses it and an operator releases it, the row must not become due again."""
+    a = make_object(seed=21)
+    put(spool, a)
+    uid = a.sop_instance_uid
+    spool.mark_sending("pacs", [uid], now=1000.0)
+    held, left = spool.withhold(uid, "positioning", now=1001.0)
+    assert (held, left) == ([], ["pacs"])
+    if comes_back == "failed send":
+        spool.back_off("pacs", [(uid, None, "connection reset")], retry_at=1010.0, error="reset", now=1002.0)
+    elif comes_back == "crash while sending":
+        spool.unsend()
+    else:
+        spool.quarantine(uid, "pacs", 0xA900, "archive refused the object", now=1002.0)
+        with pytest.raises(SpoolError, match="no delivery"):  # withheld at once, nothing to release
+            spool.release(uid, "pacs", now=1003.0)
+    assert spool.due("pacs", 2000.0, 10) == []
+    [row] = spool.deliveries(uid)
+    assert row.state is DeliveryState.WITHHELD
