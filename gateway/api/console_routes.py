@@ -11,12 +11,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fastapi import APIRouter, Depends
+import pydicom
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import Response
+from pydicom.errors import InvalidDicomError
 
 from gateway import anatomy
 from gateway.api.routes import ApiContext, _delivery_json
 from gateway.calibration_workflow import dark_instruction, flat_instruction
 from gateway.errors import DxgateError
+from gateway.review_stats import ReviewRecord, records_csv, summary, summary_csv
 
 # Reject reason categories after AAPM TG-305's schema (the reason is stored as the label).
 REJECT_REASONS = (
@@ -51,6 +55,34 @@ DI_BANDS = (
     DiBand("review", 3.0, "yellow", "over- or underexposed: check the image and the technique"),
     DiBand("action", None, "red", "excessive over- or underexposure: investigate; repeat only if not diagnostic"),
 )
+
+
+SECRET_WORDS = ("password", "passphrase", "secret", "token", "key", "credential")
+REDACTED = "(redacted)"
+
+
+def redact(value: Any, name: str = "") -> Any:
+    """A copy of a configuration tree with every value whose name speaks of a secret (key files,
+    passwords, tokens...) replaced by REDACTED when it is set; empty ones stay empty."""
+    if isinstance(value, dict):
+        return {k: redact(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, name) for v in value]
+    lowered = name.lower()
+    if value not in ("", None) and any(w in lowered for w in SECRET_WORDS) and not isinstance(value, bool):
+        return REDACTED
+    if isinstance(value, str) and value.startswith("credential:"):
+        return REDACTED
+    return value
+
+
+def _finite_dict(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in d.items()}
+
+
+def _csv(body: str, filename: str) -> Response:
+    return Response(body, media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"})
 
 
 def di_band(di: float) -> DiBand:
@@ -101,10 +133,58 @@ def build_console_router(ctx: ApiContext, require: Callable[[str], Any]) -> APIR
         uids = [i.instance.sop_instance_uid for i in list(gw.exams.reviewed)]
         return {uid: [_delivery_json(d) for d in gw.spool.deliveries(uid)] for uid in uids}
 
+    @r.get("/api/console/images/{uid}/collimation", dependencies=[Depends(tech)])
+    def collimation(uid: str) -> dict[str, Any]:
+        """The X-Ray Collimator edges the DX image of the open exam carries, with its size (the
+        page scales them to the preview); `shape` "" when the image has none."""
+        if uid not in {i.instance.sop_instance_uid for i in list(gw.exams.reviewed)}:
+            raise HTTPException(404, detail="no such image in the open exam")
+        instance = gw.spool.instance(uid)
+        if instance is None:
+            raise HTTPException(404, detail="no such image in the spool")
+        try:
+            ds = pydicom.dcmread(instance.path, stop_before_pixels=True)
+        except (OSError, InvalidDicomError) as exc:
+            raise HTTPException(410, detail=f"the image's file cannot be read: {type(exc).__name__}") from None
+        edges = ("CollimatorLeftVerticalEdge", "CollimatorRightVerticalEdge", "CollimatorUpperHorizontalEdge",
+                 "CollimatorLowerHorizontalEdge")
+        shape = str(ds.get("CollimatorShape", ""))
+        if shape != "RECTANGULAR" or any(e not in ds for e in edges):
+            return {"shape": "", "columns": int(ds.Columns), "rows": int(ds.Rows)}
+        left, right, upper, lower = (int(ds[e].value) for e in edges)
+        return {"shape": shape, "columns": int(ds.Columns), "rows": int(ds.Rows), "left": left, "right": right,
+                "upper": upper, "lower": lower}
+
     @r.get("/api/console/calibration-steps", dependencies=[Depends(engineer)])
     def calibration_steps() -> list[dict[str, str]]:
         """What the engineer does before a calibration (the steps of `dxgate calibrate`)."""
         return [{"step": "dark", "instruction": dark_instruction()},
                 {"step": "flat", "instruction": flat_instruction(gw.config)}]
+
+    def _records(since: float | None, until: float | None) -> list[ReviewRecord]:
+        return gw.exams.review_log.records(since, until)
+
+    @r.get("/api/console/review-stats", dependencies=[Depends(engineer)])
+    def review_stats(since: float | None = Query(None, description="From this time (epoch s) on."),
+                     until: float | None = Query(None, description="Before this time (epoch s).")) -> dict[str, Any]:
+        """Reject analysis (TG-305) and EI/DI statistics (TG-151) per body part and view."""
+        return {"reasons": [{"code": c, "label": label} for c, label in REJECT_REASONS],
+                "stats": [_finite_dict(asdict(s)) for s in summary(_records(since, until))]}
+
+    @r.get("/api/console/review-stats.csv", dependencies=[Depends(engineer)])
+    def review_stats_csv(since: float | None = None, until: float | None = None) -> Response:
+        body = summary_csv(summary(_records(since, until)), [c for c, _ in REJECT_REASONS])
+        return _csv(body, "review-stats.csv")
+
+    @r.get("/api/console/reviews.csv", dependencies=[Depends(engineer)])
+    def reviews_csv(since: float | None = None, until: float | None = None) -> Response:
+        """One row per judged image (TG-305 per-image export; no patient data)."""
+        return _csv(records_csv(_records(since, until)), "reviews.csv")
+
+    @r.get("/api/console/config", dependencies=[Depends(engineer)])
+    def config_view() -> dict[str, Any]:
+        """The running configuration, read-only, secrets redacted (engineers and admins)."""
+        redacted: dict[str, Any] = redact(gw.config.model_dump(mode="json"))
+        return redacted
 
     return r

@@ -30,6 +30,7 @@ from gateway.errors import DxgateError, ExposureRefused, FrameKeptError
 from gateway.events import EventBus
 from gateway.exam_workflow import ReviewedImage
 from gateway.metrics import CONTENT_TYPE, Metrics
+from gateway.qa.pictures import MAPS, checks_png, map_png
 from gateway.spool import Delivery
 from gateway.types import Anatomy, Technique, WorklistItem
 from gateway.users import User
@@ -109,6 +110,17 @@ class ReviewRequest(_Model):
 class CloseRequest(_Model):
     completed: bool = True
     reason: str = Field("", max_length=200)
+
+
+class CalibrationStart(_Model):
+    pending: bool = Field(False, description="Keep the new set pending (QA figures taken) until accepted; "
+                                            "else it is used at once, as `dxgate calibrate` does.")
+
+
+class CalibrationDecision(_Model):
+    """Accept or discard this pending set (named, so the set decided on is the one shown)."""
+
+    calibration_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 ExamOpen.model_rebuild()
@@ -299,9 +311,11 @@ def build_router(ctx: ApiContext, require: Require) -> APIRouter:
     @r.post("/api/exam/images/{uid}/review", dependencies=[Depends(tech)])
     def exam_review(uid: str, body: ReviewRequest) -> dict[str, Any]:
         try:
-            return _reviewed_json(gw.exams.review(uid, body.status, body.reason))
+            reviewed = gw.exams.review(uid, body.status, body.reason)
         except DxgateError as exc:
             raise _fail(exc) from None
+        gw.wake_forwarder()  # an accepted image held for review, or a rejection note, goes now
+        return _reviewed_json(reviewed)
 
     @r.post("/api/exam/close", dependencies=[Depends(tech)])
     def exam_close(body: CloseRequest) -> dict[str, Any]:
@@ -309,18 +323,23 @@ def build_router(ctx: ApiContext, require: Require) -> APIRouter:
             done = gw.exams.finish(completed=body.completed, reason=body.reason)
         except DxgateError as exc:
             raise _fail(exc) from None
+        gw.wake_forwarder()  # images still held for review are released by the close
         return {"study_uid": done.study_uid, "images": len(done.images)}
 
     # --- calibration (engineer) -----------------------------------------------------------
 
     @r.get("/api/calibration", dependencies=[Depends(engineer)])
     def calibration() -> dict[str, Any]:
+        """The run (state, progress) and the pending set with its QA figures, read from disk (a
+        set left pending before a restart is still shown)."""
         job = ctx.calibration
         return {"state": job.state, "step": job.step, "done": job.done, "total": job.total,
-                "calibration_id": job.calibration_id, "error": job.error}
+                "calibration_id": job.calibration_id, "error": job.error, "pending": _pending_json(gw)}
 
     @r.post("/api/calibration")
-    def calibration_start(user: User = Depends(engineer)) -> dict[str, Any]:  # noqa: B008
+    def calibration_start(body: CalibrationStart | None = None,
+                          user: User = Depends(engineer)) -> dict[str, Any]:  # noqa: B008
+        pending = body is not None and body.pending
         job = ctx.calibration
         if not job.lock.acquire(blocking=False):
             raise HTTPException(409, detail="a calibration is already running")
@@ -331,7 +350,7 @@ def build_router(ctx: ApiContext, require: Require) -> APIRouter:
 
         def run() -> None:
             try:
-                cal = gw.calibrate(operator=user.name, progress=progress)
+                cal = gw.calibration.calibrate(user.name, progress, pending=pending)
                 job.state, job.calibration_id = "done", cal.calibration_id
             except Exception as exc:  # shown to the engineer; the room stays usable
                 job.state, job.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -341,6 +360,53 @@ def build_router(ctx: ApiContext, require: Require) -> APIRouter:
 
         threading.Thread(target=run, name="dxgate-calibration", daemon=True).start()
         return {"state": "running"}
+
+    pictures: dict[tuple[str, str], bytes] = {}  # (calibration_id, picture): PNG, of the pending set only
+
+    @r.post("/api/calibration/accept")
+    def calibration_accept(body: CalibrationDecision, user: User = Depends(engineer)) -> dict[str, Any]:  # noqa: B008
+        """The pending set becomes the one in use: the next exposure is corrected with it."""
+        if ctx.calibration.lock.locked():
+            raise HTTPException(409, detail="a calibration is running")
+        try:
+            cal = gw.calibration.accept(body.calibration_id, user.name)
+        except DxgateError as exc:
+            raise HTTPException(409, detail=str(exc)) from None
+        pictures.clear()
+        return {"calibration_id": cal.calibration_id, "state": "accepted"}
+
+    @r.post("/api/calibration/discard")
+    def calibration_discard(body: CalibrationDecision, user: User = Depends(engineer)) -> dict[str, Any]:  # noqa: B008
+        """The pending set is deleted; the set in use stays."""
+        if ctx.calibration.lock.locked():
+            raise HTTPException(409, detail="a calibration is running")
+        try:
+            gw.calibration.discard(body.calibration_id, user.name)
+        except DxgateError as exc:
+            raise HTTPException(409, detail=str(exc)) from None
+        pictures.clear()
+        return {"calibration_id": body.calibration_id, "state": "discarded"}
+
+    @r.get("/api/calibration/pending/{calibration_id}/{name}.png", dependencies=[Depends(engineer)])
+    def calibration_picture(calibration_id: str, name: str) -> Response:
+        """The pending set's offset, gain or defect map, or its QA chart ("qa"), as a small PNG."""
+        if name not in (*MAPS, "qa"):
+            raise HTTPException(404, detail=f"no picture {name!r}")
+        if (calibration_id, name) not in pictures:
+            key = gw.calibration_key
+            try:
+                cal = gw.calibration.pending.get(key)
+            except DxgateError as exc:
+                raise HTTPException(500, detail=str(exc)) from None
+            if cal is None or cal.calibration_id != calibration_id:
+                raise HTTPException(404, detail="no such pending calibration")
+            qa = gw.calibration.pending.qa(key, calibration_id) or {}
+            pictures.clear()
+            for m in MAPS:
+                pictures[(calibration_id, m)] = map_png(cal, m)
+            pictures[(calibration_id, "qa")] = checks_png(qa.get("checks", []), qa.get("defect_counts", {}))
+        return Response(pictures[(calibration_id, name)], media_type="image/png",
+                        headers={"Cache-Control": "no-store"})
 
     @r.get("/api/kept", dependencies=[Depends(engineer)])
     def kept() -> list[dict[str, Any]]:
@@ -413,6 +479,19 @@ def build_router(ctx: ApiContext, require: Require) -> APIRouter:
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
     return r
+
+
+def _pending_json(gw: Gateway) -> dict[str, Any] | None:
+    """The pending calibration set and its QA figures (None when none is pending)."""
+    key = gw.calibration_key
+    pending_id = gw.calibration.pending.pending_id(key)
+    if pending_id is None:
+        return None
+    qa = gw.calibration.pending.qa(key, pending_id)
+    return {"calibration_id": pending_id,
+            "pictures": {n: f"/api/calibration/pending/{pending_id}/{n}.png" for n in (*MAPS, "qa")},
+            "qa": None if qa is None else {k: qa.get(k) for k in ("passed", "checks", "defect_counts", "flats",
+                                                                   "largest_cluster", "defect_fraction", "method")}}
 
 
 def _finite(x: Any) -> Any:

@@ -384,7 +384,8 @@ def test_engineer_retries_a_delivery_from_the_queue_view(room: Room, browser: An
 
 
 def test_engineer_calibrates_from_the_service_page(room: Room, browser: Any) -> None:
-    """The calibration wizard: instructions, start, progress, the new set in use; the panel's
+    """The calibration wizard: instructions, start, progress, then the new set pending (not used)
+    with its maps and QA figures as pictures, accepted: then it is the set in use. The panel's
     flat fields are X-ray pulses the simulator counts (its own truth)."""
     e = expect()
     context = browser.new_context(viewport={"width": 1366, "height": 768})
@@ -402,19 +403,175 @@ def test_engineer_calibrates_from_the_service_page(room: Room, browser: Any) -> 
         try:
             page.check("#cal-ready")
             page.click("#cal-start")
-            # the result of this run (the page may first show the one before)
-            e(page.locator("#cal-result")).to_have_text(
-                re.compile(rf"^New calibration (?!{re.escape(before_id)} )\S+ is in use\.$"), timeout=30_000)
+            e(page.locator("#cal-pending-id")).to_have_text(
+                re.compile(rf"^(?!{re.escape(before_id)}$)\S+$"), timeout=30_000)
         finally:
             room.sim.call("place", scene="chest")
-        e(page.locator("#cal-state")).to_have_text("done")
-        new_id = api_json(page, room, "/api/status")["calibration"]["calibration_id"]
-        assert new_id and new_id != before_id
-        e(page.locator("#cal-result")).to_have_text(f"New calibration {new_id} is in use.")
+        job = api_json(page, room, "/api/calibration")
+        new_id = job["pending"]["calibration_id"]
+        assert new_id == job["calibration_id"] and new_id != before_id
+        assert api_json(page, room, "/api/status")["calibration"]["calibration_id"] == before_id  # not yet used
+        e(page.locator("#cal-result")).to_contain_text(f"New calibration {new_id} is pending")
+        for img, width in (("#cal-map-offset", 384), ("#cal-map-gain", 384), ("#cal-map-defects", 384),
+                           ("#cal-qa-chart", 720)):  # the PNGs loaded: small maps, the QA chart
+            e(page.locator(img)).to_be_visible()
+            e(page.locator(img)).to_have_js_property("naturalWidth", width)
+        checks = job["pending"]["qa"]["checks"]
+        e(page.locator("#cal-qa tr")).to_have_count(len(checks))
+        for c in checks:
+            e(page.locator(f"#cal-qa tr[data-check='{c['name']}'] td").nth(3)).to_have_text(
+                "pass" if c["value"] <= c["limit"] else "FAIL")
+        e(page.locator("#cal-qa-result")).to_have_text("PASS" if all(c["value"] <= c["limit"] for c in checks)
+                                                       else "FAIL")
         assert room.sim.call("status")["pulses"] - pulses >= 4  # the flat fields were exposed
+        room.shot(page, "calibration-pending")
+        page.click("#cal-accept")
+        e(page.locator("#cal-result")).to_have_text(f"New calibration {new_id} is in use.")
+        e(page.locator("#cal-pending")).to_be_hidden()
+        assert api_json(page, room, "/api/status")["calibration"]["calibration_id"] == new_id
+        assert api_json(page, room, "/api/calibration")["pending"] is None
+        page.locator("#calibration-panel").scroll_into_view_if_needed()
         room.shot(page, "calibration-done")
     finally:
         context.close()
+
+
+def _exposures_for_statistics(room: Room) -> tuple[float, list[tuple[str, str, str, str]]]:
+    """As an engineer over the API: CHEST PA x3 (two rejected with TG-305 reasons, one accepted)
+    and CHEST LL x1 left unjudged (counted accepted when the exam closes; the exam is left open).
+    Returns the start time and (uid, view, verdict, reason) per image."""
+    since = time.time() - 1
+    made: list[tuple[str, str, str, str]] = []
+    with room.daemon.client() as c:
+        csrf = login(c, "eric")
+        assert c.post("/api/exam", headers=csrf, json={"unscheduled": {"patient_name": "Stats^Phantom"}}) \
+            .status_code == 200
+        for view, verdicts in (("PA", (("rejected", "positioning"), ("rejected", "motion"), ("accepted", ""))),
+                               ("LL", (("", ""),))):
+            r = c.post("/api/exam/view", headers=csrf, json={"body_part": "CHEST", "view_position": view,
+                                                             "kvp": 80.0, "mas": 1.2, "target_ei": 400.0})
+            assert r.status_code == 200, r.text
+            for status, reason in verdicts:
+                assert c.post("/api/exam/arm", headers=csrf, json={"armed": True}).status_code == 200
+                r = c.post("/api/exam/expose", headers=csrf)
+                assert r.status_code == 200, r.text
+                uid = r.json()["sop_instance_uid"]
+                if status:
+                    assert c.post(f"/api/exam/images/{uid}/review", headers=csrf,
+                                  json={"status": status, "reason": reason}).status_code == 200
+                made.append((uid, view, status or "accepted", reason))
+    return since, made
+
+
+def _close_exam(room: Room) -> None:
+    with room.daemon.client() as c:
+        csrf = login(c, "eric")
+        assert c.post("/api/exam/close", headers=csrf, json={"completed": True}).status_code == 200
+
+
+def _collimation_overlay_is_the_archived_images(room: Room, browser: Any, uid: str) -> None:
+    """The preview's overlay is the X-Ray Collimator field the archived image carries, scaled
+    from the image's size to the preview's."""
+    tags = wait_archived(room.orthanc, uid)
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    page = context.new_page()
+    try:
+        log_in(page, room, "tina")
+        canvas = page.locator(f"#preview[data-uid='{uid}']")
+        expect()(canvas).to_be_visible(timeout=10_000)
+        room.shot(page, "preview-collimation")
+        if tags.get("CollimatorShape") != "RECTANGULAR":
+            assert canvas.get_attribute("data-collimation") is None
+            pytest.fail("the archived image carries no rectangular collimator: nothing to overlay")
+        width, height = page.evaluate("() => { const c = document.getElementById('preview'); "
+                                      "return [c.width, c.height]; }")
+        sx, sy = width / int(tags["Columns"]), height / int(tags["Rows"])
+        left, upper = int(tags["CollimatorLeftVerticalEdge"]), int(tags["CollimatorUpperHorizontalEdge"])
+        want = [(left - 1) * sx, (upper - 1) * sy,
+                int(tags["CollimatorRightVerticalEdge"]) * sx, int(tags["CollimatorLowerHorizontalEdge"]) * sy]
+        got = [float(v) for v in (canvas.get_attribute("data-collimation") or "").split(",")]
+        assert got == pytest.approx(want, abs=0.06)
+        # drawn: the overlay's colour is on the canvas, on the field's edge
+        x, y, span = round(want[0]), max(0, round(want[1]) - 1), max(1, round(want[2] - want[0]))
+        pixels = page.evaluate(f"() => Array.from(document.getElementById('preview').getContext('2d')"
+                               f".getImageData({x}, {y}, {span}, 3).data)")
+        assert any(pixels[i] > 200 and pixels[i + 2] < 120 for i in range(0, len(pixels), 4))  # yellow, not grey
+    finally:
+        context.close()
+
+
+def test_engineer_sees_reject_analysis_and_exports_it_as_csv(room: Room, browser: Any) -> None:
+    """TG-305 / TG-151 figures per body part and view, checked against the archive's own EI and DI
+    of the exposures made here (independent of the console's arithmetic); the configuration
+    view redacts secrets and a technologist reaches neither."""
+    import csv
+    import io
+    import statistics
+
+    since, made = _exposures_for_statistics(room)
+    try:
+        _collimation_overlay_is_the_archived_images(room, browser, made[-1][0])
+    finally:
+        _close_exam(room)
+    truth: dict[str, dict[str, Any]] = {}
+    for uid, view, status, reason in made:
+        tags = wait_archived(room.orthanc, uid)  # hold_s = 0 in this room: every image reaches the archive
+        t = truth.setdefault(view, {"images": 0, "rejected": 0, "reasons": {}, "ei": [], "di": []})
+        t["images"] += 1
+        t["rejected"] += status == "rejected"
+        if status == "rejected":
+            t["reasons"][reason] = t["reasons"].get(reason, 0) + 1
+        t["ei"].append(float(tags["ExposureIndex"]))
+        t["di"].append(float(tags["DeviationIndex"]))
+    e = expect()
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    page = context.new_page()
+    try:
+        log_in(page, room, "eric")
+        page.click("#admin-link")
+        page.wait_for_selector("body[data-ready='1']")
+        r = page.request.get(room.base + f"/api/console/review-stats.csv?since={since}")
+        assert r.status == 200 and r.headers["content-type"].startswith("text/csv")
+        rows = {row["view_position"]: row for row in csv.DictReader(io.StringIO(r.text()))}
+        assert set(rows) == {"PA", "LL"}
+        for view, t in truth.items():
+            row = rows[view]
+            assert row["body_part"] == "CHEST"
+            assert (int(row["images"]), int(row["rejected"])) == (t["images"], t["rejected"])
+            assert float(row["reject_rate_pct"]) == pytest.approx(100 * t["rejected"] / t["images"], abs=1e-3)
+            for reason in ("positioning", "motion", "artifact"):
+                assert int(row[f"rejected_{reason}"]) == t["reasons"].get(reason, 0)
+            assert float(row["ei_median"]) == pytest.approx(statistics.median(t["ei"]), rel=1e-3)
+            assert float(row["di_mean"]) == pytest.approx(statistics.fmean(t["di"]), abs=1e-2)
+            within = 100 * sum(abs(d) <= 1 for d in t["di"]) / len(t["di"])
+            assert float(row["di_within_1_pct"]) == pytest.approx(within, abs=1e-3)
+        per_image = page.request.get(room.base + f"/api/console/reviews.csv?since={since}")
+        assert per_image.status == 200
+        got = {(x["sop_instance_uid"], x["status"], x["reason"], x["reviewed"])
+               for x in csv.DictReader(io.StringIO(per_image.text()))}
+        assert got == {(u, s, rsn, "no" if v == "LL" else "yes") for u, v, s, rsn in made}
+        assert "Stats" not in per_image.text()  # no patient data in the export
+        # the page shows the same figures (LL: only this test makes lateral chests)
+        lateral = page.locator("#stats tr[data-view='CHEST LL'] td")
+        e(lateral.nth(2)).to_have_text(str(truth["LL"]["images"]))
+        e(lateral.nth(4)).to_have_text("0.0 %")
+        e(lateral.nth(6)).to_have_text(f"{statistics.median(truth['LL']['ei']):.0f}")
+        page.locator("#stats-panel").scroll_into_view_if_needed()
+        room.shot(page, "service-reject-analysis")
+        # the configuration, read-only and redacted
+        shown = page.locator("#config").text_content() or ""
+        assert '"destinations"' in shown and '"called_ae": "ORTHANC"' in shown
+        config = api_json(page, room, "/api/console/config")
+        assert config["review"] == {"hold_s": 0.0, "send_rejection_kos": False}
+        page.locator("#config-panel").scroll_into_view_if_needed()
+        room.shot(page, "service-configuration")
+    finally:
+        context.close()
+    with room.daemon.client() as c:
+        login(c, "tina")
+        for path in ("/api/console/review-stats", "/api/console/review-stats.csv", "/api/console/reviews.csv",
+                     "/api/console/config"):
+            assert c.get(path).status_code == 403, path
 
 
 def test_ris_down_shows_the_saved_worklist_and_its_age(room: Room, browser: Any) -> None:

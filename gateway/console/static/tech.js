@@ -204,6 +204,11 @@
     setBadges(img);
     try {
       await viewer.show(`/api/exam/images/${encodeURIComponent(img.sop_instance_uid)}/preview.png`);
+      try {  // the collimation overlay: before data-uid, so a shown image has its field drawn
+        viewer.setField(await api(`/api/console/images/${encodeURIComponent(img.sop_instance_uid)}/collimation`));
+      } catch (exc) {
+        viewer.setField(null);
+      }
       viewer.canvas.dataset.uid = img.sop_instance_uid;
     } catch (exc) {
       viewer.clear();

@@ -8,6 +8,7 @@ const viewer = (() => {
   let grey = null; // Uint8ClampedArray of the PNG's grey values
   let out = null;
   let level = 128, width = 256, zoom = 1, panX = 0, panY = 0;
+  let field = null; // X-Ray Collimator edges of the shown image (1-based columns/rows of the image)
 
   function render() {
     if (!grey) return;
@@ -22,11 +23,35 @@ const viewer = (() => {
       d[p + 3] = 255;
     }
     ctx.putImageData(out, 0, 0);
+    if (field) {  // the collimated field the image carries, scaled from its size to the preview's
+      const sx = canvas.width / field.columns, sy = canvas.height / field.rows;
+      ctx.strokeStyle = "#ffd24d";
+      ctx.lineWidth = Math.max(1, Math.round(canvas.width / 256));
+      ctx.setLineDash([6 * ctx.lineWidth, 4 * ctx.lineWidth]);
+      ctx.strokeRect((field.left - 1) * sx, (field.upper - 1) * sy, (field.right - field.left + 1) * sx,
+        (field.lower - field.upper + 1) * sy);
+    }
     canvas.style.transform = `translate(${panX}px, ${panY}px) scale(${zoom})`;
     dx.$("wl-readout").textContent = `W ${Math.round(width)} L ${Math.round(level)} · ${Math.round(zoom * 100)} %`;
   }
 
+  // The collimated field of the image (null: none), drawn over the preview; the canvas carries it
+  // as data-collimation (preview pixels: left,top,right,bottom) for tests and assistive tools.
+  function setField(f) {
+    field = f && f.shape === "RECTANGULAR" ? f : null;
+    if (field) {
+      const sx = canvas.width / field.columns, sy = canvas.height / field.rows;
+      canvas.dataset.collimation = [(field.left - 1) * sx, (field.upper - 1) * sy, field.right * sx, field.lower * sy]
+        .map((v) => v.toFixed(1)).join(",");
+    } else {
+      delete canvas.dataset.collimation;
+    }
+    render();
+  }
+
   async function show(url) {
+    field = null;
+    delete canvas.dataset.collimation;
     const r = await fetch(url, { credentials: "same-origin", cache: "no-store" });
     if (!r.ok) throw new Error(r.status === 410 ? "this image's preview is no longer held" : `preview: ${r.status}`);
     const bitmap = await createImageBitmap(await r.blob());
@@ -44,6 +69,8 @@ const viewer = (() => {
 
   function clear() {
     grey = null;
+    field = null;
+    delete canvas.dataset.collimation;
     canvas.classList.add("hidden");
     canvas.removeAttribute("data-uid");
     dx.$("viewer-empty").classList.remove("hidden");
@@ -74,5 +101,5 @@ const viewer = (() => {
   dx.$("zoom-out").addEventListener("click", () => zoomBy(0.8));
   dx.$("zoom-fit").addEventListener("click", reset);
 
-  return { show, clear, reset, zoomBy, canvas };
+  return { show, clear, reset, zoomBy, setField, canvas };
 })();
