@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--home", type=Path, help="keep everything the run makes under this directory")
     demo.add_argument("--json", action="store_true", help="print the result as JSON")
     demo.add_argument("-n", "--exposures", type=int, default=3, help="number of exposures (default 3)")
+    demo.add_argument("--once", action="store_true",
+                      help="exit after the exposures (default: then serve the console until Ctrl-C)")
+    demo.add_argument("--port", type=int, default=0, help="the console's port (default: any free port)")
 
     check = sub.add_parser("check-config", help="validate a configuration file and print it resolved")
     check.add_argument("file", type=Path)
@@ -98,6 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _serve_demo_console(config_path: Path, usb_backend: Any, on_ready: Callable[[Any], None]) -> int:
+    """`dxgate demo`'s console: the daemon in this process, on the demo's simulator (gateway.demo
+    sits below gateway.service, so the daemon is handed to it from here)."""
+    from gateway.service.daemon import Daemon
+
+    return Daemon(config_path, usb_backend=usb_backend, on_ready=on_ready).run()
+
+
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "sim":
         # A separate program, run in its place: the gateway never imports the simulator.
@@ -109,7 +121,15 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error("--exposures must be at least 1")
         if args.home is not None and args.home.exists() and not args.home.is_dir():
             raise DxgateError(f"--home {args.home} is not a directory")
-        return run_demo(home=args.home, exposures=args.exposures, as_json=args.json, out=sys.stdout)
+        if not 0 <= args.port <= 65535:
+            parser.error("--port must be 0-65535")
+        serve = None if args.once or args.json else _serve_demo_console  # --json: the summary is the output
+        try:
+            return run_demo(home=args.home, exposures=args.exposures, as_json=args.json, out=sys.stdout,
+                            serve=serve, api_port=args.port)
+        except KeyboardInterrupt:  # Ctrl-C before the console is up: everything is stopped already
+            print("dxgate: demo interrupted", file=sys.stderr)
+            return 130
     if args.command == "check-config":
         cfg = load(args.file)
         check_state_dir(cfg)

@@ -44,15 +44,16 @@ def test_demo_acquires_forwards_and_keeps_everything_under_home(
         for value in (str(ds.PatientName), *str(ds.PatientName).split("^"), ds.PatientID, ds.PatientBirthDate):
             assert value not in out.stderr, f"patient data {value!r} in the logs"
 
-    again = run_demo("--home", str(home), "-n", "1")  # a second run reuses the calibration
+    again = run_demo("--home", str(home), "-n", "1", "--once")  # a second run reuses the calibration
     assert again.returncode == 0, again.stderr
     assert "calibration reused" in again.stdout
     assert len(list((home / "pacs").glob("*.dcm"))) == 3
 
 
 def test_demo_without_home_prints_where_it_left_everything(tmp_path: Path) -> None:
-    out = subprocess.run([str(Path(sys.executable).parent / "dxgate"), "demo", "-n", "1"], capture_output=True,
-                         text=True, timeout=120, env={"TMPDIR": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    out = subprocess.run([str(Path(sys.executable).parent / "dxgate"), "demo", "-n", "1", "--once"],
+                         capture_output=True, text=True, timeout=120,
+                         env={"TMPDIR": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith("everything this run made is under ")
