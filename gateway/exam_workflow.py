@@ -195,6 +195,11 @@ class ExamWorkflow:
         return self.start(dataclasses.replace(first, grouped=tuple(dataclasses.replace(i, grouped=())
                                                                    for i in items[1:])), operator)
 
+    def closed_exams(self) -> dict[str, tuple[WorklistItem | None, int]]:
+        """Study UID -> (order, last series number) of the exams closed since start-up, oldest first."""
+        with self._lock:
+            return dict(self._closed)
+
     def reopen(self, study_uid: str, operator: str = "") -> Exam:
         """The append case (IHE SWF): open again an exam closed since start-up, to add views to
         its study: the same Study Instance UID and order, a new series (the next series number),

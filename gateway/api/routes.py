@@ -67,10 +67,19 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+class WorklistPick(_Model):
+    accession_number: str = Field(max_length=16)
+    sps_id: str | None = Field(None, max_length=16)
+
+
 class ExamOpen(_Model):
     accession_number: str | None = Field(None, max_length=16, description="Pick the worklist entry by accession.")
     sps_id: str | None = Field(None, max_length=16, description="... and scheduled procedure step ID.")
     unscheduled: UnscheduledPatient | None = None
+    group: list[WorklistPick] | None = Field(None, min_length=2, max_length=20, description=(
+        "The group case: several requested procedures of one patient in one exam (the first's study)."))
+    reopen_study_uid: str | None = Field(None, max_length=64, description=(
+        "The append case: reopen an exam closed since start-up to add views to its study."))
 
 
 class UnscheduledPatient(_Model):
@@ -241,9 +250,32 @@ def build_router(ctx: ApiContext, require: Require) -> APIRouter:
                 "images": [_reviewed_json(i) for i in ex.reviewed],
                 "protocols": [{**p.model_dump(), "suggested": p in suggested} for p in ex.protocols()]}
 
+    def pick(p: WorklistPick) -> WorklistItem:
+        view = gw.worklists.last or gw.worklist()
+        found = [i for i in view.items if i.accession_number == p.accession_number
+                 and (p.sps_id is None or i.sps_id == p.sps_id)]
+        if len(found) != 1:
+            raise HTTPException(404, detail=f"{len(found)} worklist entries match that accession")
+        return found[0]
+
+    @r.get("/api/exam/closed", dependencies=[Depends(tech)])
+    def exams_closed() -> list[dict[str, Any]]:
+        """Exams closed since start-up, newest first: what the append case can reopen."""
+        return [{"study_uid": uid, "series_number": series, "item": _item_json(item)}
+                for uid, (item, series) in reversed(gw.exams.closed_exams().items())]
+
     @r.post("/api/exam")
     def exam_open(body: ExamOpen, user: User = Depends(tech)) -> dict[str, Any]:  # noqa: B008
+        chosen = [x is not None for x in (body.unscheduled, body.accession_number, body.group, body.reopen_study_uid)]
+        if sum(chosen) > 1:
+            raise HTTPException(422, detail="choose one of accession_number, unscheduled, group and reopen_study_uid")
         try:
+            if body.group is not None:
+                cur = gw.exams.start_group([pick(p) for p in body.group], operator=user.name)
+                return {"study_uid": cur.study_uid, "series_uid": cur.series_uid}
+            if body.reopen_study_uid is not None:
+                cur = gw.exams.reopen(body.reopen_study_uid, operator=user.name)
+                return {"study_uid": cur.study_uid, "series_uid": cur.series_uid}
             if body.unscheduled is not None:
                 u = body.unscheduled
                 item: WorklistItem | None = WorklistItem(
@@ -252,12 +284,7 @@ def build_router(ctx: ApiContext, require: Require) -> APIRouter:
                     requested_procedure_description="", sps_id="", sps_description="", sps_start=None,
                     modality="DX", scheduled_station_ae="")
             elif body.accession_number is not None:
-                view = gw.worklists.last or gw.worklist()
-                found = [i for i in view.items if i.accession_number == body.accession_number
-                         and (body.sps_id is None or i.sps_id == body.sps_id)]
-                if len(found) != 1:
-                    raise HTTPException(404, detail=f"{len(found)} worklist entries match that accession")
-                item = found[0]
+                item = pick(WorklistPick(accession_number=body.accession_number, sps_id=body.sps_id))
             else:
                 item = None
             cur = gw.exams.start(item, operator=user.name)  # Operators' Name: who opened the exam
