@@ -384,6 +384,7 @@ class ExamWorkflow:
                 raise DxgateError("a discontinued exam needs a reason")
             self.current, self.view = None, None
             self._set_armed(False)
+            self._closed.pop(exam.study_uid, None)  # re-closed: newest again
             self._closed[exam.study_uid] = (exam.item, exam.series_number)  # to reopen (append case)
             rejected = {r.instance.sop_instance_uid: r.reason for r in self.reviewed if r.status == "rejected"}
             unreviewed = [r for r in self.reviewed if r.status == "new"]

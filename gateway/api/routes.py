@@ -244,7 +244,7 @@ def build_router(ctx: ApiContext, require: Require) -> APIRouter:
         suggested = ex.suggested_protocols()
         return {"open": cur is not None, "armed": ex.armed,
                 "exam": None if cur is None else {"study_uid": cur.study_uid, "series_uid": cur.series_uid,
-                                                  "item": _item_json(cur.item)},
+                                                  "series_number": cur.series_number, "item": _item_json(cur.item)},
                 "view": None if ex.view is None else {**asdict(ex.view.anatomy), **asdict(ex.view.technique),
                                                       "target_ei": ex.view.target_ei},
                 "images": [_reviewed_json(i) for i in ex.reviewed],

@@ -14,6 +14,8 @@
   let forwardTimer = 0;
   let slowPolls = 0;
   let appliedView = "null"; // the exam's view as last shown in the fields
+  let picked = []; // worklist entries ticked to open together, in the order ticked (the group case)
+  let closed = []; // GET /api/exam/closed: exams closed since start-up, newest first (the append case)
 
   // --- choices -----------------------------------------------------------------------------
   const bodyParts = new Map(options.body_parts.map((b) => [b.term, b]));
@@ -87,19 +89,26 @@
       : `RIS not reachable — saved list from ${when} (${dx.age(view.as_of)})`;
     src.title = view.error || "";
     const list = $("worklist");
+    const current = orders(exam?.exam?.item);
     list.replaceChildren(...view.items.map((item) => {
-      const current = exam?.exam?.item;
-      const selected = current && current.accession_number === item.accession_number && current.sps_id === item.sps_id;
-      return el("button", {
-        type: "button", class: "worklist-item" + (selected ? " selected" : ""),
-        "data-accession": item.accession_number, onclick: () => openExam(item),
-      },
-      el("div", { class: "name" }, dx.personName(item.patient_name)),
-      el("div", { class: "muted" }, `ID ${item.patient_id} · ${item.patient_sex || "?"} · born ${item.patient_birth_date || "?"}`),
-      el("div", {}, `${item.sps_description || item.requested_procedure_description || "procedure"}`),
-      el("div", { class: "muted" }, `Acc ${item.accession_number}` + (item.sps_start ? ` · ${new Date(item.sps_start).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}` : "")));
+      const selected = current.some((o) => sameOrder(o, item));
+      const box = el("input", { type: "checkbox", class: "pick", "data-accession": item.accession_number,
+        "aria-label": `Select accession ${item.accession_number} to open together with other orders of this patient`,
+        onchange: (e) => togglePick(item, e.target.checked) });
+      box.item = item;
+      return el("div", { class: "worklist-row" },
+        el("label", { class: "pick", title: "Select to open with other orders of this patient as one exam" }, box),
+        el("button", {
+          type: "button", class: "worklist-item" + (selected ? " selected" : ""),
+          "data-accession": item.accession_number, onclick: () => openExam(item),
+        },
+        el("div", { class: "name" }, dx.personName(item.patient_name)),
+        el("div", { class: "muted" }, `ID ${item.patient_id} · ${item.patient_sex || "?"} · born ${item.patient_birth_date || "?"}`),
+        el("div", {}, `${item.sps_description || item.requested_procedure_description || "procedure"}`),
+        el("div", { class: "muted" }, `Acc ${item.accession_number}` + (item.sps_start ? ` · ${new Date(item.sps_start).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}` : ""))));
     }));
     if (!view.items.length) list.append(el("p", { class: "muted" }, q ? "No entry matches." : "No entries for today."));
+    updatePicks();
   }
   $("search").addEventListener("input", () => { clearTimeout(searchTimer); searchTimer = setTimeout(loadWorklist, 250); });
   $("refresh").addEventListener("click", async () => {
@@ -115,19 +124,99 @@
     }
   });
 
-  async function openExam(item) {
+  // One exam, opened from a worklist entry, a group of them, or a closed exam's study.
+  async function postExam(body, failure) {
     if (exam?.open) {
       toast("An exam is open: close or discontinue it first.");
-      return;
+      return false;
     }
+    let ok = true;
     try {
-      await api("/api/exam", { method: "POST", body: { accession_number: item.accession_number, sps_id: item.sps_id || null } });
+      await api("/api/exam", { method: "POST", body });
+      picked = [];
     } catch (exc) {
-      toast("Cannot open the exam: " + exc.message);
+      toast(failure + exc.message);
+      ok = false;
     }
     await loadExam();
     await loadWorklist();
+    return ok;
   }
+
+  function pickOf(item) { return { accession_number: item.accession_number, sps_id: item.sps_id || null }; }
+
+  async function openExam(item) {
+    await postExam(pickOf(item), "Cannot open the exam: ");
+  }
+
+  // --- the group case (IHE SWF): several orders of one patient, one exam ---------------------
+  const MAX_GROUP = 20; // as the API allows
+  function orders(item) { return item ? [item, ...(item.grouped || [])] : []; }
+  function sameOrder(a, b) { return a.accession_number === b.accession_number && (a.sps_id || "") === (b.sps_id || ""); }
+  function samePatient(a, b) {
+    return a.patient_id === b.patient_id && (a.issuer_of_patient_id || "") === (b.issuer_of_patient_id || "");
+  }
+  function isPicked(item) { return picked.some((p) => sameOrder(p, item)); }
+
+  function togglePick(item, on) {
+    picked = picked.filter((p) => !sameOrder(p, item));
+    if (on && (!picked.length || samePatient(picked[0], item)) && picked.length < MAX_GROUP) picked.push(item);
+    updatePicks();
+  }
+
+  // Tickable: any entry while none is ticked; then only the first ticked patient's entries.
+  function updatePicks() {
+    for (const box of document.querySelectorAll("#worklist input.pick")) {
+      const on = isPicked(box.item);
+      box.checked = on;
+      box.disabled = !on && picked.length > 0 && (!samePatient(picked[0], box.item) || picked.length >= MAX_GROUP);
+      box.closest(".worklist-row").classList.toggle("picked", on);
+    }
+    $("group-bar").classList.toggle("hidden", !picked.length);
+    $("open-together").disabled = picked.length < 2;
+    $("open-together").textContent = picked.length > 1 ? `Open ${picked.length} together` : "Open together";
+    $("group-state").textContent = picked.length < 2 ? "Tick another order of this patient"
+      : `${dx.personName(picked[0].patient_name)}: ${picked.map((p) => p.accession_number).join(", ")}`;
+  }
+
+  $("open-together").addEventListener("click", async () => {
+    if (picked.length < 2) return;
+    await postExam({ group: picked.map(pickOf) }, "Cannot open these orders together: ");
+  });
+  $("clear-picks").addEventListener("click", () => { picked = []; updatePicks(); });
+
+  // --- the append case (IHE SWF): reopen an exam closed since start-up to add views -----------
+  async function loadClosed() {
+    const list = $("closed-exams");
+    try {
+      closed = await api("/api/exam/closed");
+    } catch (exc) {
+      list.replaceChildren(el("p", { class: "muted" }, "Closed exams unavailable: " + exc.message));
+      return;
+    }
+    $("closed-count").textContent = closed.length ? `(${closed.length})` : "";
+    list.replaceChildren(...closed.map((c) => {
+      const it = c.item;
+      return el("div", { class: "closed-row", "data-study-uid": c.study_uid },
+        el("div", { class: "name" }, it ? dx.personName(it.patient_name) || "Unnamed patient" : "Exam without patient"),
+        it ? el("div", { class: "muted" }, `ID ${it.patient_id || "?"} · born ${it.patient_birth_date || "?"}`) : null,
+        ...orders(it).map((o) => el("div", { class: "muted" }, o.accession_number
+          ? `Acc ${o.accession_number} · ${o.sps_description || o.requested_procedure_description || "procedure"}`
+          : "unscheduled")),
+        el("div", { class: "row" },
+          el("span", { class: "muted" }, c.series_number === 1 ? "1 series" : `${c.series_number} series`),
+          el("button", { type: "button", class: "reopen-button", "data-study-uid": c.study_uid,
+            title: "Open this exam again: same study, a new series", onclick: () => reopen(c) }, "Reopen")));
+    }));
+    if (!closed.length) list.append(el("p", { class: "muted" }, "No exam closed since the gateway started."));
+    if (exam?.open) renderBanner();
+  }
+
+  async function reopen(c) {
+    sessionStorage.setItem("dx-reopened", c.study_uid);
+    if (await postExam({ reopen_study_uid: c.study_uid }, "Cannot reopen the exam: ")) $("reopen").open = false;
+  }
+  $("reopen").addEventListener("toggle", () => { if ($("reopen").open) loadClosed(); });
 
   $("unscheduled-form").addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -146,23 +235,40 @@
   });
 
   // --- exam --------------------------------------------------------------------------------
-  async function loadExam() {
-    exam = await api("/api/exam");
+  // The open exam's patient and every order it acquires (several in the group case); a reopened
+  // exam (its study closed here before) says that its images go into a new series of that study.
+  function renderBanner() {
     const banner = $("banner");
-    if (!exam.open) {
+    if (!exam?.open) {
       banner.replaceChildren(el("span", { class: "muted" }, "No exam open: pick a worklist entry."));
+      return;
+    }
+    const it = exam.exam.item;
+    const again = sessionStorage.getItem("dx-reopened") === exam.exam.study_uid; // reopened from this console
+    const before = again && closed.find((c) => c.study_uid === exam.exam.study_uid);
+    banner.replaceChildren(...(it ? [
+      el("span", { class: "name", id: "patient-name" }, dx.personName(it.patient_name)),
+      el("span", {}, `ID ${it.patient_id}`),
+      el("span", {}, `born ${it.patient_birth_date || "?"}`), el("span", {}, it.patient_sex || ""),
+      el("span", { class: "orders", id: "exam-orders" }, ...orders(it).map((o) => el("span", {
+        class: "order muted", "data-accession": o.accession_number },
+      o.accession_number ? `Acc ${o.accession_number}` : "unscheduled",
+      (o.sps_description || o.requested_procedure_description) ? ` · ${o.sps_description || o.requested_procedure_description}` : ""))),
+    ] : [el("span", { class: "name" }, "Exam without patient")]),
+    before ? el("span", { class: "reopened", id: "reopened" }, `Reopened: adds series ${before.series_number + 1}`) : null);
+  }
+
+  async function loadExam() {
+    const wasOpen = Boolean(exam?.open);
+    exam = await api("/api/exam");
+    renderBanner();
+    if (wasOpen && !exam.open) loadClosed();
+    if (!exam.open) {
+      sessionStorage.removeItem("dx-reopened");
       viewer.clear();
       shownUid = "";
       setBadges(null);
     } else {
-      const it = exam.exam.item;
-      banner.replaceChildren(...(it ? [
-        el("span", { class: "name", id: "patient-name" }, dx.personName(it.patient_name)),
-        el("span", {}, `ID ${it.patient_id}`),
-        el("span", {}, `born ${it.patient_birth_date || "?"}`), el("span", {}, it.patient_sex || ""),
-        el("span", { class: "muted" }, it.accession_number ? `Acc ${it.accession_number}` : "unscheduled"),
-        el("span", { class: "muted" }, it.sps_description || it.requested_procedure_description || ""),
-      ] : [el("span", { class: "name" }, "Exam without patient")]));
       const serverView = JSON.stringify(exam.view);
       if (exam.view && serverView !== appliedView) setFields(exam.view); // never overwrite edits in progress
       appliedView = serverView;
@@ -397,7 +503,7 @@
 
   // --- keyboard: the expose side without the mouse -------------------------------------------
   addEventListener("keydown", (e) => {
-    const typing = ["INPUT", "SELECT", "TEXTAREA"].includes(e.target.tagName);
+    const typing = ["INPUT", "SELECT", "TEXTAREA"].includes(e.target.tagName) && e.target.type !== "checkbox";
     if (e.key === "Escape" && typing) { e.target.blur(); return; }
     if (typing || e.ctrlKey || e.altKey || e.metaKey) return;
     const action = {
@@ -409,7 +515,7 @@
     if (action) { e.preventDefault(); action(); }
   });
 
-  await Promise.all([loadWorklist(), loadExam(), loadRoom()]);
+  await Promise.all([loadWorklist(), loadExam(), loadRoom(), loadClosed()]);
   connect();
   setInterval(() => loadRoom().catch(() => {}), 20000); // temperature and calibration age drift slowly
   document.body.dataset.ready = "1";
