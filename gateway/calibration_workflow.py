@@ -19,6 +19,7 @@ from gateway.audit.messages import SOFTWARE_CONFIGURATION, AuditEvent, Outcome, 
 from gateway.config import Config
 from gateway.correction import CalibrationBuilder, CalibrationLimits, CalibrationSet, Corrector, refresh_offset
 from gateway.correction.store import PendingCalibrations
+from gateway.durable import fsync_dir, write_new_file
 from gateway.errors import CalibrationError
 from gateway.events import EventBus
 from gateway.hardware import Hardware
@@ -250,10 +251,13 @@ class CalibrationWorkflow:
         before = history.earlier(kept, cal.key.detector_serial, cal.key.mode)
         report = dataclasses.replace(report, trend=history.trend(report.to_dict()["checks"], before))
         path = history.save(kept, report.to_dict())
+        page = render(report, cal, images[0]).encode("utf-8")
+        write_new_file(path.with_suffix(".html"), page, mode=0o644)  # the console's QA viewer shows it
+        fsync_dir(path.parent)
         self._events.publish("qa", calibration_id=cal.calibration_id, passed=report.passed)
         LOGGER.info("QA report %s: %s", path, "pass" if report.passed else "FAIL")
         if html_path is not None:
-            html_path.write_text(render(report, cal, images[0]), encoding="utf-8")
+            html_path.write_bytes(page)
         if dicom_dir is not None:
             save_qa_flats(dicom_dir, flats, config=self._config, detector=self._hw.detector.info,
                           pixel_spacing_mm=self._hw.mode.pixel_spacing_mm, now=self._clock())

@@ -13,13 +13,15 @@ from typing import Any
 
 import pydicom
 from fastapi import APIRouter, Depends, HTTPException, Query
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 from pydicom.errors import InvalidDicomError
 
 from gateway import anatomy
 from gateway.api.routes import ApiContext, _delivery_json
 from gateway.calibration_workflow import dark_instruction, flat_instruction
+from gateway.correction.store import calibrated_at
 from gateway.errors import DxgateError
+from gateway.qa import history
 from gateway.review_stats import ReviewRecord, records_csv, summary, summary_csv
 
 # Reject reason categories after AAPM TG-305's schema (the reason is stored as the label).
@@ -83,6 +85,31 @@ def _finite_dict(d: dict[str, Any]) -> dict[str, Any]:
 def _csv(body: str, filename: str) -> Response:
     return Response(body, media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"})
+
+
+# A kept QA page is shown as it was written: its inline styles and data: pictures, never a
+# script, a request to anywhere, a form or a plug-in; sandboxed even when opened in its own tab.
+QA_PAGE_HEADERS = {
+    "Content-Security-Policy": ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'none'; "
+                                "connect-src 'none'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+                                "frame-ancestors 'self'; sandbox"),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+QA_FIGURES = ("mean_signal", "mean_noise", "mean_snr")  # the uniformity figures the list shows
+
+
+def qa_summary(report_id: str, doc: dict[str, Any], has_page: bool) -> dict[str, Any]:
+    """One kept QA report as the console lists it: identity, result, the main figures, its checks."""
+    uniformity = doc.get("uniformity") or {}
+    return {"id": report_id, "made_at": doc["made_at"], "detector_serial": doc.get("detector_serial"),
+            "mode": doc.get("mode"), "calibration_id": doc.get("calibration_id"), "passed": bool(doc.get("passed")),
+            "flats": doc.get("flats"), "figures": {k: uniformity.get(k) for k in QA_FIGURES},
+            "defect_fraction": doc.get("defect_fraction"), "largest_cluster": doc.get("largest_cluster"),
+            "defect_counts": doc.get("defect_counts") or {},
+            "checks": [{k: c.get(k) for k in ("name", "value", "limit", "passed")} for c in doc.get("checks", [])],
+            "page": f"/api/console/qa/{report_id}.html" if has_page else None}
 
 
 def di_band(di: float) -> DiBand:
@@ -186,5 +213,86 @@ def build_console_router(ctx: ApiContext, require: Callable[[str], Any]) -> APIR
         """The running configuration, read-only, secrets redacted (engineers and admins)."""
         redacted: dict[str, Any] = redact(gw.config.model_dump(mode="json"))
         return redacted
+
+    def qa_directory() -> Any:
+        return gw.config.path(gw.config.calibration.qa_directory)
+
+    @r.get("/api/console/qa", dependencies=[Depends(engineer)])
+    def qa_reports() -> dict[str, Any]:
+        """The kept QA reports (`dxgate qa`) of the room's panels, newest first."""
+        directory = qa_directory()
+        reports = []
+        for report_id, doc in history.kept(directory):
+            serial, mode, name = report_id.split("/")
+            reports.append(qa_summary(report_id, doc, history.page(directory, serial, mode, name) is not None))
+        return {"detector_serial": gw.detector.info.serial, "mode": gw.mode.name, "reports": reports}
+
+    @r.get("/api/console/qa/trend", dependencies=[Depends(engineer)])
+    def qa_trend(serial: str = Query("", max_length=64), mode: str = Query("", max_length=64)) -> dict[str, Any]:
+        """Each check's value over the kept reports of one panel and mode (default: the room's), oldest
+        first, with the limit and result of each report."""
+        serial, mode = serial or gw.detector.info.serial, mode or gw.mode.name
+        try:
+            docs = history.earlier(qa_directory(), serial, mode)
+        except ValueError as exc:
+            raise HTTPException(422, detail=str(exc)) from None
+        return {"detector_serial": serial, "mode": mode, "reports": len(docs),
+                "checks": [{"name": name, "limit": points[-1]["limit"], "points": points}
+                           for name, points in history.series(docs).items()]}
+
+    @r.get("/api/console/qa/{serial}/{mode}/{name}.html", dependencies=[Depends(engineer)])
+    def qa_page(serial: str, mode: str, name: str) -> FileResponse:
+        """One report's self-contained page, exactly as kept, under a policy that runs no script."""
+        try:
+            path = history.page(qa_directory(), serial, mode, name)
+        except ValueError:
+            raise HTTPException(404, detail="no such QA report") from None
+        if path is None:
+            raise HTTPException(404, detail="no page was kept for this QA report")
+        return FileResponse(path, media_type="text/html; charset=utf-8", headers=QA_PAGE_HEADERS)
+
+    @r.get("/api/console/diagnostics", dependencies=[Depends(engineer)])
+    def diagnostics() -> dict[str, Any]:
+        """What a field engineer checks of the panel: identity, state and temperature, the calibration
+        set in use (age, temperature then and drift now, defects by class, last offset refresh), and
+        the frame counters the driver and the pipeline keep."""
+        info, cfg = gw.detector.info, gw.config.calibration
+        panel = gw.detector.status()
+        temperature = panel.temperature_c
+        if temperature is None:
+            temperature = ctx.metrics.levels.detector_temperature_c()
+        calibration: dict[str, Any]
+        try:
+            cal = gw.corrector().cal
+        except DxgateError as exc:
+            calibration = {"valid": False, "problem": str(exc)}
+        else:
+            prov = cal.provenance
+            gain_at = calibrated_at(cal)
+            refreshed = "offset_refreshed_from" in prov
+            calibration = {
+                "valid": True, "problem": "", "calibration_id": cal.calibration_id,
+                "calibrated_at": gain_at.isoformat(), "age_s": round((gw.now() - gain_at).total_seconds(), 1),
+                "temperature_c": round(cal.temperature_c, 2),
+                "drift_c": None if temperature is None else round(temperature - cal.temperature_c, 2),
+                "warn_drift_c": cfg.warn_temperature_drift_c, "max_drift_c": cfg.max_temperature_drift_c or None,
+                "defect_counts": dict(prov.get("defect_counts") or {}),  # type: ignore[call-overload]
+                "counts_per_ugy": round(cal.counts_per_ugy, 3), "operator": prov.get("operator", ""),
+                "offset_refreshed_at": cal.created_at.isoformat() if refreshed else None,
+                "offset_refresh_every_h": cfg.offset_refresh_h or None}
+        recovered = getattr(gw.detector, "recovered", None)
+        replugs = getattr(gw.detector, "replugs", None)
+        dropped = ctx.metrics.registry.get_sample_value("dxgate_frames_dropped_total")
+        return {"detector": {"vendor": info.vendor, "model": info.model, "serial": info.serial,
+                             "firmware": panel.firmware or info.firmware, "mode": gw.mode.name,
+                             "state": panel.state, "exposure_state": gw.sequence.state.value,
+                             "temperature_c": temperature, "over_temperature": panel.over_temperature,
+                             "frames_held": panel.frames_held, "battery_percent": panel.battery_percent,
+                             "link_quality_percent": panel.link_quality_percent, "error": panel.error},
+                "calibration": calibration,
+                "counters": {"frames_dropped": None if dropped is None else int(dropped),
+                             "frames_recovered": None if recovered is None else len(recovered),
+                             "replugs": replugs if isinstance(replugs, int) else None,
+                             "kept_frames": len(gw.raw_store.pending())}}
 
     return r

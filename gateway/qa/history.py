@@ -54,3 +54,45 @@ def trend(checks: list[dict[str, Any]], earlier_docs: list[dict[str, Any]]) -> d
             if c.get("name") in out:
                 out[c["name"]].append((str(doc["made_at"]), float(c["value"])))
     return out
+
+
+# --- readers for the console: every kept report, one report's page, the trend with limits ---------------
+
+PAGE_SUFFIX = ".html"  # a report's self-contained page, kept beside its JSON under the same name
+
+
+def report_name(doc: dict[str, Any]) -> str:
+    """The file name (without suffix) `save` gives a report."""
+    return str(doc["made_at"]).replace(":", "").replace("+", "p")
+
+
+def kept(directory: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Every kept report of every panel and mode under `directory`, as (serial/mode/name, doc),
+    newest first; unreadable files and directories that cannot be a panel's are skipped."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for serial in sorted(p for p in directory.iterdir() if p.is_dir() and _SAFE.match(p.name)):
+        for mode in sorted(p for p in serial.iterdir() if p.is_dir() and _SAFE.match(p.name)):
+            for doc in earlier(directory, serial.name, mode.name):
+                found.append((f"{serial.name}/{mode.name}/{report_name(doc)}", doc))
+    return sorted(found, key=lambda item: str(item[1]["made_at"]), reverse=True)
+
+
+def page(directory: Path, serial: str, mode: str, name: str) -> Path | None:
+    """The kept page of one report, if one was kept; ValueError for a name that cannot be a report's."""
+    if not _SAFE.match(name):
+        raise ValueError(f"report {name!r} cannot name a file")
+    path = _dir(directory, serial, mode) / (name + PAGE_SUFFIX)
+    return path if path.is_file() else None
+
+
+def series(docs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Each check's value over `docs` (oldest first), with the limit and result it had in each report."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for doc in sorted(docs, key=lambda d: str(d["made_at"])):
+        for c in doc.get("checks", []):
+            out.setdefault(str(c["name"]), []).append(
+                {"made_at": str(doc["made_at"]), "value": float(c["value"]), "limit": float(c["limit"]),
+                 "passed": bool(c["passed"])})
+    return out

@@ -137,6 +137,106 @@
   $("stats-period").addEventListener("change", loadStats);
   $("stats-reload").addEventListener("click", loadStats);
   await loadStats();
+
+  // detector diagnostics: the panel, the calibration set in use, the frame counters
+  const age = (s) => (s === null || s === undefined ? "—" : s < 3600 ? `${(s / 60).toFixed(0)} min`
+    : s < 172800 ? `${(s / 3600).toFixed(1)} h` : `${(s / 86400).toFixed(1)} days`);
+  const when = (iso) => (iso ? new Date(iso).toLocaleString() : "—");
+  const shown = (v) => (v === null || v === undefined || v === "" ? "—" : String(v));
+  function pairs(id, rows) {
+    $(id).replaceChildren(...rows.flatMap(([label, value, key, tone]) => [
+      el("dt", {}, label), el("dd", { "data-key": key, "data-tone": tone }, shown(value))]));
+  }
+  async function loadDiagnostics() {
+    const d = await api("/api/console/diagnostics");
+    const det = d.detector;
+    pairs("diag-detector", [
+      ["Model", `${det.vendor} ${det.model}`, "model"], ["Serial", det.serial, "serial"],
+      ["Firmware", det.firmware, "firmware"], ["Mode", det.mode, "mode"],
+      ["Panel state", det.state + (det.error ? ` (${det.error})` : ""), "state", det.error ? "bad" : undefined],
+      ["Exposure", det.exposure_state, "exposure-state"],
+      ["Temperature", det.temperature_c === null ? null : `${det.temperature_c.toFixed(1)} °C`, "temperature",
+        det.over_temperature ? "bad" : undefined],
+      ["Battery", det.battery_percent === null ? null : `${det.battery_percent} %`, "battery"],
+      ["Link quality", det.link_quality_percent === null ? null : `${det.link_quality_percent} %`, "link"]]);
+    const cal = d.calibration;
+    const drift = cal.drift_c;
+    const driftTone = drift === null || drift === undefined ? undefined
+      : cal.max_drift_c && Math.abs(drift) >= cal.max_drift_c ? "bad"
+        : cal.warn_drift_c && Math.abs(drift) >= cal.warn_drift_c ? "warn" : undefined;
+    pairs("diag-calibration", cal.valid ? [
+      ["Calibration", cal.calibration_id, "calibration-id"], ["Calibrated", when(cal.calibrated_at), "calibrated-at"],
+      ["Age", age(cal.age_s), "age"], ["At temperature", `${cal.temperature_c.toFixed(1)} °C`, "cal-temperature"],
+      ["Drift now", drift === null ? null : `${drift >= 0 ? "+" : ""}${drift.toFixed(1)} °C (warns at ±${cal.warn_drift_c} °C)`,
+        "drift", driftTone],
+      ["Sensitivity", `${cal.counts_per_ugy} counts/µGy`, "sensitivity"],
+      ["Last offset refresh", cal.offset_refreshed_at ? when(cal.offset_refreshed_at) : "none since calibration",
+        "offset-refresh"],
+      ["Offset refresh", cal.offset_refresh_every_h ? `every ${cal.offset_refresh_every_h} h when idle` : "off",
+        "offset-refresh-every"]]
+      : [["Calibration", `none usable: ${cal.problem}`, "calibration-id", "bad"]]);
+    const n = d.counters;
+    pairs("diag-counters", [["Frames dropped", n.frames_dropped, "frames-dropped", n.frames_dropped ? "bad" : undefined],
+      ["Frames recovered at start-up", n.frames_recovered, "frames-recovered"],
+      ["Panel re-plugs", n.replugs, "replugs"], ["Raw frames kept", n.kept_frames, "kept-frames"]]);
+    const counts = Object.entries(cal.defect_counts || {});
+    $("diag-defects").replaceChildren(...counts.map(([k, v]) => el("tr", { "data-class": k }, el("td", {}, k), el("td", {}, v))));
+    if (!counts.length) $("diag-defects").append(el("tr", {}, el("td", { colspan: 2, class: "muted" }, "—")));
+  }
+  $("diag-reload").addEventListener("click", loadDiagnostics);
+  await loadDiagnostics();
+
+  // QA reports (`dxgate qa`): the list, each page in a new tab, and each check's trend
+  const isFraction = (name) => /nonuniformity|deviation|fraction/.test(name);
+  const figure = (name, v) => (v === null || v === undefined ? "—"
+    : isFraction(name) ? (100 * v).toFixed(3) + " %" : String(Number(v.toPrecision(5))));
+  const SVG = $("svg-ns").namespaceURI;  // the page's own inline <svg> names the namespace
+  function svg(tag, attrs = {}) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+    return node;
+  }
+  // value / limit of each report as a line; the dashed line is the limit (1), red dots failed
+  function sparkline(points) {
+    const w = 220, h = 44, pad = 5;
+    const ratios = points.map((p) => (p.limit > 0 ? p.value / p.limit : p.value > 0 ? 2 : 0));
+    const top = Math.max(1.2, ...ratios);
+    const x = (i) => pad + (points.length < 2 ? (w - 2 * pad) / 2 : (i * (w - 2 * pad)) / (points.length - 1));
+    const y = (r) => h - pad - (r / top) * (h - 2 * pad);
+    const chart = svg("svg", { width: w, height: h, viewBox: `0 0 ${w} ${h}`, role: "img",
+      "aria-label": "value / limit over the reports" });
+    chart.append(svg("line", { x1: pad, x2: w - pad, y1: y(1), y2: y(1), stroke: "#d9a400", "stroke-dasharray": "4 3" }));
+    chart.append(svg("polyline", { points: ratios.map((r, i) => `${x(i)},${y(r)}`).join(" "), fill: "none",
+      stroke: "#6fb3ff", "stroke-width": 1.5 }));
+    ratios.forEach((r, i) => chart.append(svg("circle", { cx: x(i), cy: y(r), r: 2.5,
+      fill: points[i].passed ? "#7ee08a" : "#ff5c5c", "data-passed": points[i].passed })));
+    return chart;
+  }
+  async function loadQa() {
+    const data = await api("/api/console/qa");
+    $("qa-reports").replaceChildren(...data.reports.map((r) => {
+      const failed = r.checks.filter((c) => !c.passed).map((c) => c.name);
+      return el("tr", { "data-report": r.id, "data-passed": r.passed },
+        el("td", {}, when(r.made_at)), el("td", {}, r.detector_serial), el("td", {}, r.mode),
+        el("td", {}, r.calibration_id), el("td", { class: r.passed ? "pass result" : "error result" }, r.passed ? "PASS" : "FAIL"),
+        el("td", {}, figure("", r.figures.mean_signal)), el("td", {}, figure("", r.figures.mean_noise)),
+        el("td", {}, figure("", r.figures.mean_snr)), el("td", {}, figure("defect fraction", r.defect_fraction)),
+        el("td", {}, r.largest_cluster), el("td", {}, failed.join(", ") || "—"),
+        el("td", {}, r.page ? el("a", { href: r.page, target: "_blank", rel: "noopener noreferrer", class: "button open-report" },
+          "Open") : el("span", { class: "muted" }, "no page kept")));
+    }));
+    if (!data.reports.length) $("qa-reports").append(el("tr", {}, el("td", { colspan: 12, class: "muted" }, "No QA reports kept yet.")));
+    const trend = await api(`/api/console/qa/trend?serial=${encodeURIComponent(data.detector_serial)}&mode=${encodeURIComponent(data.mode)}`);
+    $("qa-trend-of").textContent = `${trend.detector_serial}, mode ${trend.mode}: ${trend.reports} report(s)`;
+    $("qa-trend").replaceChildren(...trend.checks.map((t) => {
+      const last = t.points[t.points.length - 1];
+      return el("tr", { "data-check": t.name }, el("td", {}, t.name), el("td", { class: "limit" }, figure(t.name, t.limit)),
+        el("td", { class: "values" }, t.points.map((p) => figure(t.name, p.value)).join(" → ")),
+        el("td", { class: last.passed ? "pass" : "error" }, last.passed ? "pass" : "FAIL"), el("td", {}, sparkline(t.points)));
+    }));
+  }
+  $("qa-reload").addEventListener("click", loadQa);
+  await loadQa();
   $("config").textContent = JSON.stringify(await api("/api/console/config"), null, 2);
 
   $("queue-state").addEventListener("change", loadQueue);
