@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     queue = sub.add_parser("queue", help="the delivery queue, through the running daemon (or --offline)")
     queue.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=f"configuration (default {DEFAULT_CONFIG})")
-    queue.add_argument("action", choices=("list", "show", "retry", "release"))
-    queue.add_argument("uid", nargs="?", default="", help="SOP Instance UID (show, retry, release)")
+    queue.add_argument("action", choices=("list", "show", "retry", "release", "purge"))
+    queue.add_argument("uid", nargs="?", default="", help="SOP Instance UID (show, retry, release, purge)")
+    queue.add_argument("--reason", default="", help="purge: why the delivery is given up (kept with it)")
     queue.add_argument("--state", help="list only this state (pending, sent, quarantined, ...)")
     queue.add_argument("--destination", help="only this destination")
     queue.add_argument("--limit", type=int, default=100)
@@ -222,10 +223,18 @@ def _queue(args: argparse.Namespace) -> int:
             raise DxgateError(f"queue {args.action}: give the SOP Instance UID")
         elif args.action == "show":
             rows = client.get(f"/api/queue/{args.uid}")
+        elif args.action == "purge":
+            rows = client.post(f"/api/queue/{args.uid}/purge", destination=args.destination, reason=_reason(args))
         else:
             rows = client.post(f"/api/queue/{args.uid}/{args.action}", destination=args.destination)
     _print_deliveries(rows, args.json)
     return 0
+
+
+def _reason(args: argparse.Namespace) -> str:
+    if not args.reason.strip():
+        raise DxgateError("queue purge: say why with --reason (it is kept with the delivery)")
+    return str(args.reason.strip())
 
 
 def _print_deliveries(rows: list[dict[str, Any]], as_json: bool) -> None:
@@ -258,13 +267,18 @@ def _queue_offline(args: argparse.Namespace) -> int:
             rows = [d for d in spool.deliveries(args.uid) if not args.destination or d.destination == args.destination]
             if not rows:
                 raise DxgateError(f"no delivery of {args.uid} in the queue")
-            wanted = {"retry": "pending", "release": "quarantined"}.get(args.action)
+            wanted = {"retry": "pending", "release": "quarantined", "purge": "quarantined"}.get(args.action)
             if wanted is not None:
                 todo = [d for d in rows if d.state.value == wanted]
                 if not todo:
                     raise DxgateError(f"queue {args.action}: no {wanted} delivery of {args.uid}")
+                why = _reason(args) if args.action == "purge" else ""
                 for d in todo:
-                    (spool.retry_now if args.action == "retry" else spool.release)(d.sop_instance_uid, d.destination)
+                    if args.action == "purge":
+                        spool.purge(d.sop_instance_uid, d.destination, why)
+                    else:
+                        (spool.retry_now if args.action == "retry" else spool.release)(d.sop_instance_uid,
+                                                                                       d.destination)
                 rows = spool.deliveries(args.uid)
     finally:
         spool.close()

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Respons
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.users import AuthError, LockedOut, User, UserStore, role_allows
+from gateway.users import ROLES, AuthError, LockedOut, User, UserStore, role_allows
 
 COOKIE = "dxgate_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -137,6 +137,7 @@ def install_auth(app: FastAPI, *, users: UserStore, sessions: Sessions, tls: boo
             session = sessions.get(request.cookies.get(COOKIE))
             if session is None:
                 raise HTTPException(401, detail="not logged in")
+            _note(request, session.user, role)
             if not role_allows(session.user.role, role):
                 raise HTTPException(403, detail=f"needs the {role} role")
             return session.user
@@ -158,8 +159,9 @@ def install_local(app: FastAPI, *, role: str) -> Callable[[str], Any]:
     cookies and no CSRF: a browser cannot reach a Unix socket."""
     local = User(name="local-operator", role=role)
 
-    def require(needed: str) -> Callable[[], User]:
-        def dependency() -> User:
+    def require(needed: str) -> Callable[[Request], User]:
+        def dependency(request: Request) -> User:
+            _note(request, local, needed)
             if not role_allows(role, needed):
                 raise HTTPException(403, detail=f"needs the {needed} role; the socket gives {role}")
             return local
@@ -170,6 +172,13 @@ def install_local(app: FastAPI, *, role: str) -> Callable[[str], Any]:
         return {"user": local.name, "role": role, "csrf_token": "", "expires_in_s": None}
 
     return require
+
+
+def _note(request: Request, user: User, needed: str) -> None:
+    """Who made the request and the highest role it needed (the privileged-action audit reads them)."""
+    request.state.user = user
+    if ROLES.index(needed) > ROLES.index(getattr(request.state, "needed_role", ROLES[0])):
+        request.state.needed_role = needed
 
 
 def _me(sessions: Sessions, s: Session) -> dict[str, Any]:

@@ -469,6 +469,13 @@ def build_router(ctx: ApiContext, require: Require) -> APIRouter:
     def queue_release(uid: str, destination: str | None = None) -> list[dict[str, Any]]:
         return _each_delivery(gw, uid, destination, "quarantined", gw.spool.release)
 
+    @r.post("/api/queue/{uid}/purge", dependencies=[Depends(admin)])
+    def queue_purge(uid: str, reason: str = Query(min_length=1, max_length=200),
+                    destination: str | None = None) -> list[dict[str, Any]]:
+        """Give up the quarantined deliveries of an instance for good (the file stays)."""
+        return _each_delivery(gw, uid, destination, "quarantined",
+                              lambda u, d: gw.spool.purge(u, d, reason))
+
     # --- alarms, audit, events ------------------------------------------------------------
 
     @r.get("/api/alarms", dependencies=[Depends(tech)])

@@ -13,6 +13,7 @@ one of them is up; WATCHDOG=1 only while every stage's heartbeat is fresh.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import queue
@@ -175,7 +176,8 @@ class Daemon:
     def _start_api(self, gw: Gateway) -> None:
         api = self.config.api
         kwargs: dict[str, Any] = dict(metrics=self.metrics, events=self.events, heartbeats=self.heartbeats,
-                                      on_auth=self._audit_auth, audit_query=self.audit.query)
+                                      on_auth=self._audit_auth, audit_query=self.audit.query,
+                                      on_action=self._audit_action)
         ssl: dict[str, Any] = {}
         if api.tls_cert and api.tls_key:
             ssl = {"ssl_certfile": api.tls_cert, "ssl_keyfile": api.tls_key}
@@ -276,6 +278,8 @@ class Daemon:
         assert self.gateway is not None
         gw = self.gateway
         presentation.warm_up()  # here, not before READY: it only spares the first frame the kernel's load
+        gc.collect()
+        gc.freeze()  # the start-up objects (modules, config, app) leave the collector: full passes stay short
         while True:
             release_compiler_pages()  # kernels compiled or loaded since (a new calibration) leave LLVM paged in
             if self._stop.wait(self.config.service.heartbeat_s):
@@ -374,6 +378,12 @@ class Daemon:
             self._audit(audit_msg.security_alert(audit_msg.USER_SECURITY_ATTRIBUTES_CHANGED, who=user,
                                                  outcome=Outcome.SERIOUS_FAILURE, when=self._now(), address=address,
                                                  description="log-in refused: user locked out"), user)
+
+    def _audit_action(self, user: str, action: str, status: int) -> None:
+        outcome = Outcome.SUCCESS if status < 400 else Outcome.MINOR_FAILURE if status < 500 else \
+            Outcome.SERIOUS_FAILURE
+        self._audit(audit_msg.security_alert(audit_msg.USE_OF_RESTRICTED_FUNCTION, who=user, outcome=outcome,
+                                             when=self._now(), description=f"{action}: {status}"), user)
 
     def _audit_query(self, ok: bool, error: str) -> None:
         wl = self.config.worklist

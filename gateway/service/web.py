@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
 from gateway.api.auth import AuthEvent, Sessions, install_auth, install_local
@@ -19,13 +20,49 @@ from gateway.heartbeat import Heartbeats
 from gateway.metrics import Metrics
 from gateway.users import UserStore
 
+PrivilegedAction = Callable[[str, str, int], None]
+
+
+class PrivilegedActionAudit:
+    """ASGI middleware reporting each state-changing request that needed more than the
+    technologist role, with its user and outcome (a refused one too: a technologist trying to
+    calibrate is audited). Plain ASGI, so the event stream's responses pass through untouched."""
+
+    def __init__(self, app: ASGIApp, on_action: PrivilegedAction) -> None:
+        self.app, self.on_action = app, on_action
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            state = scope.get("state") or {}
+            user = state.get("user")
+            if user is not None and state.get("needed_role", "technologist") != "technologist":
+                self.on_action(user.name, f"POST {scope['path']}", status)
+
 
 def build_app(api: ApiConfig, gw: Gateway, users: UserStore, *, metrics: Metrics, events: EventBus,
               heartbeats: Heartbeats, on_auth: AuthEvent | None = None,
               audit_query: Callable[..., list[dict[str, Any]]] | None = None,
-              local_role: str | None = None) -> FastAPI:
-    """The API over TCP with log-ins, or (`local_role`) the same API for the Unix socket."""
+              on_action: PrivilegedAction | None = None, local_role: str | None = None) -> FastAPI:
+    """The API over TCP with log-ins, or (`local_role`) the same API for the Unix socket.
+
+    `on_action(user, action, status)` hears every POST that needed the engineer or admin role,
+    done or refused (the audit trail's "Use of Restricted Function")."""
     app = FastAPI(title="dxgate", version=__version__, docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+    if on_action is not None:
+        app.add_middleware(PrivilegedActionAudit, on_action=on_action)
     if local_role is not None:
         require = install_local(app, role=local_role)
     else:

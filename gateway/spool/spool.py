@@ -215,6 +215,17 @@ class Spool:
                            state=DeliveryState.PENDING.value, next_attempt_at=t, updated_at=t)
         LOGGER.info("released %s for %s from quarantine", uid, destination)
 
+    def purge(self, uid: str, destination: str, reason: str, now: float | None = None) -> None:
+        """Operator: a quarantined or pending delivery is given up for good (state 'withheld',
+        the reason kept); the file stays in the spool, where retention never removes it."""
+        if not reason.strip():
+            raise SpoolError("purging a delivery needs a reason")
+        t = self._clock() if now is None else now
+        self._queue.update(uid, destination, expect=(DeliveryState.QUARANTINED, DeliveryState.PENDING),
+                           count_attempt=False, state=DeliveryState.WITHHELD.value,
+                           last_error=f"purged by the operator: {reason.strip()}", updated_at=t)
+        LOGGER.warning("purged %s for %s: it will not be sent there", uid, destination)
+
     def retry_now(self, uid: str, destination: str, now: float | None = None) -> None:
         """Operator retry: a pending delivery waiting out a backoff becomes due at once."""
         t = self._clock() if now is None else now

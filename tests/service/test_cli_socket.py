@@ -38,9 +38,10 @@ def test_status_and_queue_release_act_through_the_running_daemon(tmp_path: Path,
     state = Path(cfg.state_dir)
     state.mkdir(mode=0o700, parents=True)
     spool = Spool(cfg.path(cfg.spool.directory), cfg.path(cfg.spool.database), min_free_bytes=0)
-    held = make_object(seed=7)
-    put(spool, held, destinations=("dcmtk",))
-    spool.quarantine(held.sop_instance_uid, "dcmtk", 0xA700, "refused by the archive", now=1.0)
+    held, given_up = make_object(seed=7), make_object(seed=8)
+    for obj in (held, given_up):
+        put(spool, obj, destinations=("dcmtk",))
+        spool.quarantine(obj.sop_instance_uid, "dcmtk", 0xA700, "refused by the archive", now=1.0)
     spool.close()
 
     run = start(path, room)
@@ -52,10 +53,17 @@ def test_status_and_queue_release_act_through_the_running_daemon(tmp_path: Path,
         assert st.returncode in (0, 1), st.stderr  # 1: an alarm is up (no calibration yet)
         status = json.loads(st.stdout)
         assert status["detector"]["serial"] == room.serial  # the simulator's own identity
-        assert {"destination": "dcmtk", "state": "quarantined", "count": 1} in status["queue"]
+        assert {"destination": "dcmtk", "state": "quarantined", "count": 2} in status["queue"]
         human = dxgate("status", "--config", str(path))
-        assert "detector     " in human.stdout and room.serial in human.stdout and "quarantined 1" in human.stdout
+        assert "detector     " in human.stdout and room.serial in human.stdout and "quarantined 2" in human.stdout
 
+        no_reason = dxgate("queue", "--config", str(path), "purge", given_up.sop_instance_uid)
+        assert no_reason.returncode == 2 and "--reason" in no_reason.stderr
+        purged = dxgate("queue", "--config", str(path), "purge", given_up.sop_instance_uid, "--reason",
+                        "duplicate of an image the archive holds", "--json")
+        assert purged.returncode == 0, purged.stderr
+        [row] = json.loads(purged.stdout)
+        assert row["state"] == "withheld" and "duplicate of an image" in row["last_error"]
         listed = dxgate("queue", "--config", str(path), "list", "--state", "quarantined", "--json")
         assert listed.returncode == 0, listed.stderr
         assert [r["sop_instance_uid"] for r in json.loads(listed.stdout)] == [held.sop_instance_uid]
@@ -65,7 +73,7 @@ def test_status_and_queue_release_act_through_the_running_daemon(tmp_path: Path,
         released = dxgate("queue", "--config", str(path), "release", held.sop_instance_uid)
         assert released.returncode == 0, released.stderr
         [stored] = wait_for_files(storescp.files, 1)  # the archive's own view: the daemon sent it at once
-        assert pydicom.dcmread(stored).SOPInstanceUID == held.sop_instance_uid
+        assert pydicom.dcmread(stored).SOPInstanceUID == held.sop_instance_uid  # and not the purged one
         again = dxgate("queue", "--config", str(path), "release", held.sop_instance_uid)
         assert again.returncode == 2 and "no quarantined delivery" in again.stderr
     finally:

@@ -120,11 +120,15 @@ def test_roles_sessions_and_csrf(tmp_path: Path, room: SimRoom, storescp: StoreS
             assert r.status_code == 423 and "locked" in r.json()["detail"]
             assert mallory.post("/api/login", json={"user": "eric", "password": PASSWORD}).status_code == 423
         with run.client() as admin:
-            login(admin, "ada")
+            admin_csrf = login(admin, "ada")
+            assert admin.post("/api/kept/reprocess", headers=admin_csrf).status_code == 200  # a privileged action
             trail = admin.get("/api/audit").json()  # the audit trail: newest first
             seen = {(r["event"], r["user"], r["outcome"]) for r in trail}
             assert {("Application Start", "", 0), ("Login", "tina", 0), ("Login", "eric", 4), ("Login", "eric", 8),
                     ("User Security Attributes Changed", "eric", 8), ("Login", "ada", 0)} <= seen, seen
+            # privileged actions, done and refused, are audited; a technologist's own work is not one
+            restricted = {(r["user"], r["outcome"]) for r in trail if r["event"] == "Use of Restricted Function"}
+            assert restricted == {("tina", 4), ("ada", 0)}, restricted
         with run.client() as tech:
             login(tech, "tina")
             assert tech.get("/api/audit").status_code == 403  # only admins read the audit trail
