@@ -600,6 +600,9 @@ class ServiceConfig(_Section):
     heartbeat_s: Number = Field(5.0, ge=0.1, le=300, description="How often each stage reports it is alive.")
 
 
+RELOADABLE_SECTIONS = ("destinations", "worklist", "service")  # what SIGHUP applies; the rest needs a restart
+
+
 class Config(_Section):
     state_dir: StatePath = Field("/var/lib/dxgate", description="Root of all local state.")
     site: SiteConfig = Field(default_factory=SiteConfig, description="Who this gateway is.")

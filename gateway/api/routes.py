@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -61,6 +62,9 @@ class ApiContext:
     extra_status: Callable[[], dict[str, Any]] = dict
     audit_query: Callable[..., list[dict[str, Any]]] | None = None
     calibration: CalibrationJob = field(default_factory=CalibrationJob)
+    config_path: Path | None = None  # the configuration file admins may change (None: not over this API)
+    reload_config: Callable[[], str] | None = None  # what SIGHUP does, waited for: the daemon's outcome
+    on_config_change: Callable[[str, bool, str], None] | None = None  # (admin, done, description): audit
 
 
 class _Model(BaseModel):

@@ -181,7 +181,9 @@ class Daemon:
         ssl: dict[str, Any] = {}
         if api.tls_cert and api.tls_key:
             ssl = {"ssl_certfile": api.tls_cert, "ssl_keyfile": api.tls_key}
-        server = self._serve(build_app(api, gw, self.users, **kwargs), "api",
+        editing: dict[str, Any] = dict(config_path=self.config_path, reload_config=self._reload_and_wait,
+                                       on_config_change=self._audit_config_change)  # not over the socket
+        server = self._serve(build_app(api, gw, self.users, **kwargs, **editing), "api",
                              uvicorn_args={"host": api.host, "port": api.port, **ssl},
                              where=f"{api.host}:{api.port}")
         self.api_port = server.servers[0].sockets[0].getsockname()[1]
@@ -302,7 +304,7 @@ class Daemon:
             return
         assert self.gateway is not None
         changed = [name for name in type(new).model_fields if getattr(new, name) != getattr(self.config, name)]
-        restart = [n for n in changed if n not in ("destinations", "worklist", "service")]
+        restart = [n for n in changed if n not in config_module.RELOADABLE_SECTIONS]
         self.gateway.reconfigure(new)
         logging.getLogger().setLevel(new.service.log_level.upper())
         self.config = self.config.model_copy(update={"destinations": new.destinations, "worklist": new.worklist,
@@ -316,6 +318,12 @@ class Daemon:
                                              description="reload applied: " + (", ".join(changed) or "nothing")))
         self.last_reload = "applied: " + (", ".join(n for n in changed if n not in restart) or "nothing changed")
         self.reloaded.set()
+
+    def _reload_and_wait(self, timeout_s: float = 30.0) -> str:
+        """Request a reload as SIGHUP does and wait for the main loop's outcome (console edits)."""
+        self.reloaded.clear()
+        self.request("reload")
+        return self.last_reload if self.reloaded.wait(timeout_s) else "requested; not confirmed yet"
 
     def _shutdown(self) -> None:
         deadline = time.monotonic() + self.config.service.stop_timeout_s
@@ -384,6 +392,11 @@ class Daemon:
             Outcome.SERIOUS_FAILURE
         self._audit(audit_msg.security_alert(audit_msg.USE_OF_RESTRICTED_FUNCTION, who=user, outcome=outcome,
                                              when=self._now(), description=f"{action}: {status}"), user)
+
+    def _audit_config_change(self, user: str, done: bool, description: str) -> None:
+        self._audit(audit_msg.security_alert(audit_msg.SOFTWARE_CONFIGURATION, who=user,
+                                             outcome=Outcome.SUCCESS if done else Outcome.MINOR_FAILURE,
+                                             when=self._now(), description=description[:500]), user)
 
     def _audit_query(self, ok: bool, error: str) -> None:
         wl = self.config.worklist

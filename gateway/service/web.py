@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -10,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
 from gateway.api.auth import AuthEvent, Sessions, install_auth, install_local
+from gateway.api.config_routes import build_config_router
 from gateway.api.console_routes import build_console_router
 from gateway.api.routes import ApiContext, build_router
 from gateway.app import Gateway
@@ -55,7 +57,9 @@ class PrivilegedActionAudit:
 def build_app(api: ApiConfig, gw: Gateway, users: UserStore, *, metrics: Metrics, events: EventBus,
               heartbeats: Heartbeats, on_auth: AuthEvent | None = None,
               audit_query: Callable[..., list[dict[str, Any]]] | None = None,
-              on_action: PrivilegedAction | None = None, local_role: str | None = None) -> FastAPI:
+              on_action: PrivilegedAction | None = None, local_role: str | None = None,
+              config_path: Path | None = None, reload_config: Callable[[], str] | None = None,
+              on_config_change: Callable[[str, bool, str], None] | None = None) -> FastAPI:
     """The API over TCP with log-ins, or (`local_role`) the same API for the Unix socket.
 
     `on_action(user, action, status)` hears every POST that needed the engineer or admin role,
@@ -72,9 +76,11 @@ def build_app(api: ApiConfig, gw: Gateway, users: UserStore, *, metrics: Metrics
                      extra_status=lambda: {"stages": {k: round(v, 1) for k, v in heartbeats.ages().items()},
                                            "stale": heartbeats.stale(),
                                            "detector_temperature_c": metrics.levels.detector_temperature_c()},
-                     audit_query=audit_query)
+                     audit_query=audit_query, config_path=config_path, reload_config=reload_config,
+                     on_config_change=on_config_change)
     app.include_router(build_router(ctx, require))
     if local_role is None:  # the console is for browsers, over TCP with log-ins
         app.include_router(build_console_router(ctx, require))
+        app.include_router(build_config_router(ctx, require))
         mount_console(app)
     return app

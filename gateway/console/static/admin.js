@@ -239,6 +239,40 @@
   await loadQa();
   $("config").textContent = JSON.stringify(await api("/api/console/config"), null, 2);
 
+  // the configuration file: read-only for engineers; admins edit, check and save it (the daemon
+  // reloads it) and see which changes took effect now and which need a restart
+  async function loadConfigFile() {
+    const file = await api("/api/console/config/file");
+    $("config-path").textContent = file.path;
+    $("config-text").value = file.text;
+    $("config-text").readOnly = !file.editable;
+    $("config-mode").textContent = file.editable ? "editable (administrator)" : "read-only";
+    $("config-actions").classList.toggle("hidden", !file.editable);
+  }
+  async function saveConfigFile() {
+    const out = $("config-result");
+    out.className = "";
+    try {
+      const r = await api("/api/console/config/file", { method: "POST", body: { text: $("config-text").value } });
+      const list = (xs) => (xs.length ? xs.join(", ") : "none");
+      out.className = r.needs_restart.length ? "warn" : "ok";
+      out.replaceChildren(
+        el("p", { id: "config-applied" }, `Saved. Applied now: ${list(r.applied)}.`),
+        el("p", { id: "config-restart" }, `Needs a restart: ${list(r.needs_restart)}.`),
+        el("p", { class: "muted" }, `Daemon reload: ${r.reload}. The old file is kept as ${r.previous}.`));
+      out.scrollIntoView({ block: "nearest" });
+      await loadConfigFile();
+      $("config").textContent = JSON.stringify(await api("/api/console/config"), null, 2);
+    } catch (exc) {
+      out.className = "error";
+      out.replaceChildren(el("p", { id: "config-error" }, `Not saved: ${exc.message}`));
+      out.scrollIntoView({ block: "nearest" });
+    }
+  }
+  $("config-save").addEventListener("click", saveConfigFile);
+  $("config-revert").addEventListener("click", () => { $("config-result").replaceChildren(); loadConfigFile(); });
+  await loadConfigFile();
+
   $("queue-state").addEventListener("change", loadQueue);
   $("queue-reload").addEventListener("click", loadQueue);
   await loadQueue();
