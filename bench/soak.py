@@ -142,6 +142,7 @@ def main() -> int:
     frame_of: dict[str, int] = {}
     sent: dict[str, float] = {}
     saved: dict[str, float] = {}
+    stage_ms: dict[str, list[float]] = {}  # the daemon's own laps of each exposure, readout to saved
     for line in journal.splitlines():
         try:
             rec = json.loads(line)
@@ -153,6 +154,10 @@ def main() -> int:
         elif m := re.match(r"saved (\S+) \(frame (\d+)", msg):
             frame_of[m.group(1)] = int(m.group(2))
             saved[m.group(1)] = rec["ts"]
+            if laps := re.search(r"; ms ([a-z0-9 ]+)\)", msg):
+                words = laps.group(1).split()
+                for stage, ms in zip(words[::2], words[1::2], strict=True):
+                    stage_ms.setdefault(stage, []).append(float(ms) / 1000)
         elif m := re.match(r"sent (\S+) to pacs", msg):
             sent[m.group(1)] = rec["ts"]
     lat = sorted(sent[u] - kept[f] for u, f in frame_of.items() if u in sent and f in kept)
@@ -168,6 +173,7 @@ def main() -> int:
                              "n": len(lat)},
         "readout_to_saved_s": _p50_p95(to_saved),
         "saved_to_ack_s": _p50_p95(to_ack),
+        "stages_s": {k: _p50_p95(v) for k, v in stage_ms.items()},
         "rss_mb_by_mapping_after_drain": where,
         "saved": len(frame_of), "delivered": len(sent),
     }, indent=1))

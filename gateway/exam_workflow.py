@@ -572,8 +572,9 @@ class ExamWorkflow:
                                              protocol_name=view_now.protocol if view_now else ""))
         self._report_step_started(exam)
         ei = made.exposure_index
-        LOGGER.info("saved %s (frame %d, %s)", made.instance.sop_instance_uid, raw.meta.frame_number,
-                    f"EI {ei.ei:.0f}, DI {ei.deviation_index:+.1f}" if ei else "no EI")
+        LOGGER.info("saved %s (frame %d, %s; ms %s)", made.instance.sop_instance_uid, raw.meta.frame_number,
+                    f"EI {ei.ei:.0f}, DI {ei.deviation_index:+.1f}" if ei else "no EI",
+                    " ".join(f"{k} {v * 1000:.0f}" for k, v in made.stage_seconds.items()))
         self._on_saved(made.instance)
         processing_uid = ctx.processing_uid if ctx.processing_uid and self._pipeline.spool.instance(
             ctx.processing_uid) is not None else ""
