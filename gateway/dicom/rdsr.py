@@ -126,8 +126,6 @@ def build_rdsr(
         ref_pps.ReferencedSOPClassUID = MPPS_SOP_CLASS
         ref_pps.ReferencedSOPInstanceUID = mpps_sop_instance_uid
     ds.ReferencedPerformedProcedureStepSequence = Sequence([ref_pps] if mpps_sop_instance_uid else [])
-    if operator:
-        ds.OperatorsName = operator
     _equipment(ds, site, detector)
     if "DeviceSerialNumber" not in ds:  # Type 1 in Enhanced General Equipment: the detector's then
         ds.DeviceSerialNumber = detector.serial
@@ -139,7 +137,7 @@ def build_rdsr(
     template.MappingResource = "DCMR"
     template.TemplateIdentifier = "10001"
     ds.ContentTemplateSequence = Sequence([template])
-    ds.ContentSequence = Sequence(_projection_xray(events, site, detector, study_uid))
+    ds.ContentSequence = Sequence(_projection_xray(events, site, detector, study_uid, operator))
     return ds
 
 
@@ -195,7 +193,7 @@ def _document_general(ds: Dataset, item: WorklistItem | None, study_uid: str, no
 
 
 def _projection_xray(events: Seq[IrradiationEvent], site: SiteConfig, detector: DetectorInfo,
-                     study_uid: str) -> list[Dataset]:
+                     study_uid: str, operator: str = "") -> list[Dataset]:
     """The root's children (TID 10001)."""
     procedure = _item("HAS CONCEPT MOD", "CODE", codes.DCM.ProcedureReported, codes.DCM.ProjectionXRay)
     procedure.ContentSequence = Sequence([_item("HAS CONCEPT MOD", "CODE", codes.SCT.HasIntent,
@@ -209,7 +207,7 @@ def _projection_xray(events: Seq[IrradiationEvent], site: SiteConfig, detector: 
         *_observer(site, detector),
         scope,
         _accumulated(events),
-        *(_event(e) for e in events),
+        *(_event(e, operator) for e in events),
         _item("CONTAINS", "CODE", codes.DCM.SourceOfDoseInformation, codes.CID10021.AutomatedDataCollection),
     ]
 
@@ -241,8 +239,10 @@ def _accumulated(events: Seq[IrradiationEvent]) -> Dataset:
     return container
 
 
-def _event(e: IrradiationEvent) -> Dataset:
-    """TID 10003 with TID 10003B: one exposure, only what the generator confirmed."""
+def _event(e: IrradiationEvent, operator: str = "") -> Dataset:
+    """TID 10003 with TID 10003B: one exposure, only what the generator confirmed; the operator
+    as its TID 1020 Person Participant, Irradiation Administering (the SR IOD has no Operators'
+    Name attribute)."""
     try:
         part = lookup_body_part(e.body_part)
         coded_view = lookup_view(e.view_position) if e.view_position else None
@@ -258,6 +258,11 @@ def _event(e: IrradiationEvent) -> Dataset:
         _item("CONTAINS", "DATETIME", codes.DCM.DatetimeStarted, _sr_dt(e.exposure.started_at)),
         _item("CONTAINS", "CODE", codes.DCM.IrradiationEventType, codes.CID10002.StationaryAcquisition),
     ]
+    if operator:
+        person = _item("CONTAINS", "PNAME", codes.DCM.PersonName, operator)
+        person.ContentSequence = Sequence([_item("HAS PROPERTIES", "CODE", codes.DCM.PersonRoleInProcedure,
+                                                 codes.DCM.IrradiationAdministering)])
+        items.append(person)
     if e.protocol:
         items.append(_item("CONTAINS", "TEXT", codes.DCM.AcquisitionProtocol, _clip(e.protocol, 1024)))
     items.append(target)
@@ -328,6 +333,8 @@ def _item(relationship: str, value_type: str, concept: Code, value: Code | str) 
         c.UID = value
     elif value_type == "DATETIME":
         c.DateTime = value
+    elif value_type == "PNAME":
+        c.PersonName = value
     else:
         c.TextValue = value
     return c

@@ -82,6 +82,11 @@ def test_the_dose_report_passes_dciodvfy_and_dcmtks_sr_reader(
     assert back.SpecificCharacterSet == "ISO_IR 192" and back.Modality == "SR"
     assert (back.CompletionFlag, back.VerificationFlag) == ("COMPLETE", "UNVERIFIED")
     assert back.ContentTemplateSequence[0].TemplateIdentifier == "10001"
+    assert "OperatorsName" not in back  # not in the SR IOD: the operator is each event's participant
+    for event in event_nodes(back):
+        [person] = children(event, "113870")  # TID 1020 Person Participant
+        [role] = children(person, "113875")
+        assert (str(person.PersonName), role.ConceptCodeSequence[0].CodeValue) == ("Meier^Tina", "113851")
 
 
 def test_one_event_per_exposure_with_the_generators_values_in_the_templates_units() -> None:
