@@ -538,14 +538,14 @@ class ExamWorkflow:
                 return None  # the release was withdrawn before the hand switch fired: no X-rays
             raw, exposure = acquired
         laps = {"acquire": time.perf_counter() - t0}
+        t0 = time.perf_counter()
+        kept_id = self._keep(raw, exposure, ctx.to_json())  # first: nothing may stand between the dose and this
+        laps["keep"] = time.perf_counter() - t0
         exam.detector = ctx.detector
         exam.irradiations.append(IrradiationEvent(  # X-rays were given: the dose report lists it, image or not
             event_uid=irradiation_event_uid(root, raw.meta), exposure=exposure, body_part=anatomy.body_part,
             view_position=anatomy.view_position, laterality=laterality, image_uid=ctx.sop_instance_uid,
             protocol=self.view.protocol if self.view else ""))
-        t0 = time.perf_counter()
-        kept_id = self._keep(raw, exposure, ctx.to_json())
-        laps["keep"] = time.perf_counter() - t0
         try:
             made = self._pipeline.make_image(raw, exposure, ctx, corrector, laps)
         except Exception as exc:
@@ -576,17 +576,15 @@ class ExamWorkflow:
                     f"EI {ei.ei:.0f}, DI {ei.deviation_index:+.1f}" if ei else "no EI",
                     " ".join(f"{k} {v * 1000:.0f}" for k, v in made.stage_seconds.items()))
         self._on_saved(made.instance)
-        processing_uid = ctx.processing_uid if ctx.processing_uid and self._pipeline.spool.instance(
-            ctx.processing_uid) is not None else ""
         return AcquiredImage(instance=made.instance, exposure=exposure, exposure_index=ei, frame=made.frame,
                              stage_seconds=made.stage_seconds, kept_id=kept_id, display=made.display,
-                             processing_uid=processing_uid)
+                             processing_uid=made.processing_uid)
 
     def _keep(self, raw: RawFrame, exposure: Exposure, context: dict[str, Any]) -> str:
         """Write the raw frame durably; on failure hold it in memory and raise an alarm."""
         try:
             return self._pipeline.raw_store.keep(raw, exposure, context, now=self._clock())
-        except RawStoreError as exc:
+        except Exception as exc:  # RawStoreError or anything unforeseen: the frame must not be dropped
             self._unkept.append((raw, exposure, context))
             self._alarms.raise_("frame-not-kept", f"frame {raw.meta.frame_number} was read after a dose but could "
                                f"not be written to disk ({exc}); it is held in memory, and exposures are refused "

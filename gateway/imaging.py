@@ -103,6 +103,7 @@ class MadeImage:
     exposure_index: ExposureIndex | None
     stage_seconds: dict[str, float]
     display: np.ndarray | None = None  # the For Presentation pixels when processed (the console's preview)
+    processing_uid: str = ""  # the exposure's DX For Processing image, when the spool holds one
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,10 @@ class ImagePipeline:
             operator=ctx.operator, pps_id=ctx.pps_id, pps_start=ctx.pps_start, mpps_sop_instance_uid=ctx.mpps_uid)
         accession = ctx.item.accession_number if ctx.item else ""
         wanting = [d for d in cfg.destinations if d.for_processing]
-        if ctx.processing_uid and wanting and self.spool.instance(ctx.processing_uid) is None:
+        processing_uid = ""
+        if ctx.processing_uid and wanting and self.spool.instance(ctx.processing_uid) is not None:
+            processing_uid = ctx.processing_uid  # saved before (a reprocess); its record stayed
+        elif ctx.processing_uid and wanting:
             # first, so that the For Presentation image (whose UID marks the exposure saved) comes last
             raw_ds = build_dx(frame, exposure, ctx.item, ei, sop_instance_uid=ctx.processing_uid, for_processing=True,
                               **common)
@@ -204,6 +208,7 @@ class ImagePipeline:
                 self.spool.put(to_bytes(raw_ds), sop_instance_uid=ctx.processing_uid,
                                sop_class_uid=raw_ds.SOPClassUID, study_instance_uid=ctx.study_uid,
                                accession_number=accession, destinations=processing_to)
+                processing_uid = ctx.processing_uid
         ds = build_dx(frame, exposure, ctx.item, ei, sop_instance_uid=ctx.sop_instance_uid, presentation=shown,
                       **common)
         data = to_bytes(ds)
@@ -213,7 +218,7 @@ class ImagePipeline:
                                   destinations=destinations_for(cfg.destinations, ObjectSummary.of(ds)))
         laps["spool"] = time.perf_counter() - t
         return MadeImage(instance=instance, frame=frame, exposure_index=ei, stage_seconds=laps,
-                         display=None if shown is None else shown.pixels)
+                         display=None if shown is None else shown.pixels, processing_uid=processing_uid)
 
     def spool_dose_report(self, events: list[IrradiationEvent], item: WorklistItem | None, *, detector: DetectorInfo,
                           study_uid: str, series_uid: str, sop_instance_uid: str, started: datetime,

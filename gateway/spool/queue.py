@@ -190,6 +190,9 @@ class Queue:
                 if_not_exists=True)
             self._db.table("deliveries").create_index(["commit_txn"], index_name="deliveries_commit_txn",
                                                      if_not_exists=True)
+            # the few rejected instances, looked up at each retry without scanning every instance
+            self._db.execute("create index if not exists instances_rejected on instances (sop_instance_uid) "
+                             "where rejected_at is not null")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # --- instances -------------------------------------------------------------------------
