@@ -185,6 +185,9 @@ def _find(query: Dataset, *, host: str, port: int, called_ae: str, calling_ae: s
     try:
         for status, identifier in assoc.send_c_find(query, ModalityWorklistInformationFind):
             if not status:
+                if time.monotonic() > deadline:  # the bound in all was passed while waiting: say that
+                    raise WorklistError(f"{where}: the query took longer than {max_query_s:g}s in all; ended "
+                                        f"after {len(answers)} answers")
                 raise WorklistError(f"{where}: no answer within {timeout_s:g}s or association aborted")
             code = int(status.Status)
             if code in PENDING:
