@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+
+Chunks = bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview]
 
 TEMP_SUFFIX = ".part"
 
@@ -39,22 +42,23 @@ def makedirs_durable(directory: Path) -> None:
         fsync_dir(d.parent)
 
 
-def write_new_file(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Create `path` (it must not exist) with `data`, fsynced; the caller fsyncs the directory.
-
-    Owner-only by default: spool files and caches hold patient data.
+def write_new_file(path: Path, data: Chunks, mode: int = 0o600) -> None:
+    """Create `path` (it must not exist) with `data` (bytes, or a sequence of buffers written one
+    after the other, so a header and a frame's pixels need not be joined into one copy), fsynced;
+    the caller fsyncs the directory. Owner-only by default: spool files and caches hold patient data.
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        for chunk in ([data] if isinstance(data, bytes | bytearray | memoryview) else data):
+            view = memoryview(chunk).cast("B")
+            while view:
+                view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+def write_atomic(path: Path, data: Chunks, mode: int = 0o600) -> None:
     """Replace `path` with `data` atomically and durably. Raises OSError; leaves no temp file."""
     makedirs_durable(path.parent)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)

@@ -104,7 +104,7 @@ class RawStore:
         """Write the frame durably; returns its id. Raises RawStoreError (the frame is then
         still in the caller's hands, and must be kept some other way)."""
         kept_id = f"{now:%Y%m%dT%H%M%S}-{frame.meta.detector_serial}-{frame.meta.frame_number}-{uuid.uuid4().hex[:8]}"
-        pixels = np.ascontiguousarray(frame.pixels, dtype="<u2").tobytes()
+        pixels = memoryview(np.ascontiguousarray(frame.pixels, dtype="<u2")).cast("B")  # no copy of the frame
         header = {
             "format": FORMAT,
             "kept_id": kept_id,
@@ -117,7 +117,7 @@ class RawStore:
         }
         path = self.directory / f"{kept_id}{SUFFIX}"
         try:
-            write_atomic(path, _record(header, pixels))
+            write_atomic(path, _record_chunks(header, pixels))
         except (OSError, TypeError, ValueError) as exc:
             raise RawStoreError(f"cannot keep raw frame {frame.meta.frame_number} in {self.directory}: {exc}") from exc
         LOGGER.info("kept raw frame %d as %s", frame.meta.frame_number, kept_id)
@@ -129,7 +129,7 @@ class RawStore:
         try:
             header, pixels = _split(path.read_bytes(), path)
             header["reason"] = reason
-            write_atomic(path, _record(header, pixels))
+            write_atomic(path, _record_chunks(header, pixels))
         except (OSError, RawStoreError) as exc:  # the frame itself stays kept; only the note is lost
             LOGGER.error("could not note the failure on kept frame %s: %s", kept_id, exc)
 
@@ -217,9 +217,9 @@ class RawStore:
         return self.directory / f"{kept_id}{SUFFIX}"
 
 
-def _record(header: dict[str, Any], pixels: bytes) -> bytes:
+def _record_chunks(header: dict[str, Any], pixels: bytes | memoryview) -> list[bytes | memoryview]:
     head = json.dumps(header, ensure_ascii=False, allow_nan=False, sort_keys=True).encode("utf-8")
-    return MAGIC + _LEN.pack(len(head)) + head + pixels
+    return [MAGIC + _LEN.pack(len(head)) + head, pixels]
 
 
 def _split(data: bytes, path: Path) -> tuple[dict[str, Any], bytes]:

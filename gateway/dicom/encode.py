@@ -11,9 +11,12 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import struct
 
 from pydicom import dcmwrite
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import Tag
 from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import PersonName
@@ -50,17 +53,42 @@ def to_bytes(ds: Dataset) -> bytes:
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     saved = ds.file_meta if hasattr(ds, "file_meta") else None
     ds.file_meta = meta
+    pixels = _native_pixel_data_last(ds)
+    if pixels is not None:  # written by hand after the rest: one copy of the pixels, not three
+        del ds[_PIXEL_DATA]
     buf = io.BytesIO()
     try:
         dcmwrite(buf, ds, enforce_file_format=True, implicit_vr=False, little_endian=True)
     except (ValueError, TypeError, OverflowError) as exc:
         raise EncodeError(f"instance {ds.SOPInstanceUID}: cannot encode: {exc}") from None
     finally:
+        if pixels is not None:
+            ds[_PIXEL_DATA] = pixels
         if saved is None:
             del ds.file_meta
         else:
             ds.file_meta = saved
-    return buf.getvalue()
+    if pixels is None:
+        return buf.getvalue()
+    value: bytes = pixels.value
+    pad = b"\0" if len(value) % 2 else b""
+    head = _PIXEL_DATA_HEAD.pack(0x7FE0, 0x0010, pixels.VR.encode("ascii"), len(value) + len(pad))
+    return b"".join((buf.getbuffer(), head, value, pad))
+
+
+_PIXEL_DATA = Tag(0x7FE0, 0x0010)
+_PIXEL_DATA_HEAD = struct.Struct("<HH2s2xI")  # explicit VR little endian, OB/OW: tag, VR, reserved, length
+
+
+def _native_pixel_data_last(ds: Dataset) -> DataElement | None:
+    """The Pixel Data element when it is native (bytes of defined length, OB or OW) and the
+    dataset's last element, so that it can be written after the rest without changing a byte."""
+    if _PIXEL_DATA not in ds or max(ds.keys()) != _PIXEL_DATA:
+        return None
+    elem = ds[_PIXEL_DATA]
+    if elem.VR not in ("OB", "OW") or not isinstance(elem.value, bytes) or elem.is_undefined_length:
+        return None
+    return elem
 
 
 def control_text(ds: Dataset) -> str:
