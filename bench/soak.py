@@ -9,7 +9,7 @@ arms, and presses the simulated hand switch N times. Reports (JSON):
   exposure and after the archive has everything; growth from warm-up to the end
   (goal <= 300 MB, growth <= 5 %);
 - exposures_per_min;
-- latency percentiles from the end of readout (the daemon's "kept raw frame" line, written
+- latency percentiles from the end of readout (the daemon's "read frame" line, written
   right after the last byte) to the archive's acknowledgement (its "sent" line) (goal p95 <= 0.4 s);
 - delivered: files the archive holds, against images saved.
 
@@ -37,6 +37,7 @@ from gateway.config import (  # noqa: E402
     DestinationConfig,
     DetectorConfig,
     GeneratorConfig,
+    ReviewConfig,
     SpoolConfig,
     WorklistConfig,
     to_toml,
@@ -96,6 +97,8 @@ def main() -> int:
             calibration=CalibrationConfig(dark_frames=4, flat_frames=4),
             worklist=WorklistConfig(port=free_port(), timeout_s=1.0), spool=SpoolConfig(min_free_mb=0),
             api=ApiConfig(port=api_port),
+            # readout-to-archive latency of a room that sends at once: no review hold (nobody judges here)
+            review=ReviewConfig(hold_s=0),
             destinations=(DestinationConfig(name="pacs", port=pacs.port, called_ae=pacs.aet),))))
         add_user(config, "eric", "engineer")
         daemon = DaemonProcess(config, api_port, root).start()
@@ -149,7 +152,7 @@ def main() -> int:
         except ValueError:
             continue
         msg = rec.get("msg", "")
-        if m := re.match(r"kept raw frame (\d+) as", msg):
+        if m := re.match(r"read frame (\d+)$", msg):
             kept[int(m.group(1))] = rec["ts"]
         elif m := re.match(r"saved (\S+) \(frame (\d+)", msg):
             frame_of[m.group(1)] = int(m.group(2))

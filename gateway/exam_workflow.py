@@ -14,6 +14,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -149,6 +150,9 @@ class ExamWorkflow:
         # Frames read after a dose whose raw record could not be written: held here, retried
         # before the next exposure, which is refused while any is left.
         self._unkept: list[tuple[RawFrame, Exposure, dict[str, Any]]] = []
+        # The raw frame goes to disk on its own thread while its image is made (hashing, writing
+        # and fsyncing 19 MB would otherwise stand between the readout and the archive).
+        self._keeper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dxgate-keep")
         # Exams closed since start-up, by Study Instance UID: (order, last series number), to reopen.
         self._closed: dict[str, tuple[WorklistItem | None, int]] = {}
 
@@ -538,17 +542,19 @@ class ExamWorkflow:
                 return None  # the release was withdrawn before the hand switch fired: no X-rays
             raw, exposure = acquired
         laps = {"acquire": time.perf_counter() - t0}
-        t0 = time.perf_counter()
-        kept_id = self._keep(raw, exposure, ctx.to_json())  # first: nothing may stand between the dose and this
-        laps["keep"] = time.perf_counter() - t0
-        exam.detector = ctx.detector
-        exam.irradiations.append(IrradiationEvent(  # X-rays were given: the dose report lists it, image or not
-            event_uid=irradiation_event_uid(root, raw.meta), exposure=exposure, body_part=anatomy.body_part,
-            view_position=anatomy.view_position, laterality=laterality, image_uid=ctx.sop_instance_uid,
-            protocol=self.view.protocol if self.view else ""))
+        LOGGER.info("read frame %d", raw.meta.frame_number)  # the end of readout: where latency counts from
+        # First: nothing may stand between the dose and keeping its frame. It is written while
+        # the image is made, and waited for on every way out of here.
+        keeping = self._start_keep(raw, exposure, ctx)
         try:
+            exam.detector = ctx.detector
+            exam.irradiations.append(IrradiationEvent(  # X-rays were given: the dose report lists it, image or not
+                event_uid=irradiation_event_uid(root, raw.meta), exposure=exposure, body_part=anatomy.body_part,
+                view_position=anatomy.view_position, laterality=laterality, image_uid=ctx.sop_instance_uid,
+                protocol=self.view.protocol if self.view else ""))
             made = self._pipeline.make_image(raw, exposure, ctx, corrector, laps)
         except Exception as exc:
+            kept_id, _ = keeping.result()
             reason = f"{type(exc).__name__}: {exc}"
             if kept_id:
                 self._pipeline.raw_store.note_failure(kept_id, reason)
@@ -560,6 +566,10 @@ class ExamWorkflow:
             raise FrameKeptError(f"X-rays were given and frame {raw.meta.frame_number} is held in memory only "
                                  f"(its raw record could not be written), and its image could not be made: "
                                  f"{reason}") from exc
+        except BaseException:
+            keeping.result()
+            raise
+        kept_id, laps["keep"] = keeping.result()
         if kept_id:
             self._pipeline.image_made(kept_id)
         else:  # the image is saved: the frame held in memory is no longer needed
@@ -579,6 +589,24 @@ class ExamWorkflow:
         return AcquiredImage(instance=made.instance, exposure=exposure, exposure_index=ei, frame=made.frame,
                              stage_seconds=made.stage_seconds, kept_id=kept_id, display=made.display,
                              processing_uid=made.processing_uid)
+
+    def _start_keep(self, raw: RawFrame, exposure: Exposure, ctx: ImageContext) -> Future[tuple[str, float]]:
+        """Keep the frame on the keeper thread (here, if that thread is gone); the future never
+        raises: a frame that cannot be written is held in memory (see _keep)."""
+        try:
+            return self._keeper.submit(self._keep_timed, raw, exposure, ctx)
+        except RuntimeError:  # shut down under us: keep it on this thread
+            done: Future[tuple[str, float]] = Future()
+            done.set_result(self._keep_timed(raw, exposure, ctx))
+            return done
+
+    def _keep_timed(self, raw: RawFrame, exposure: Exposure, ctx: ImageContext) -> tuple[str, float]:
+        t0 = time.perf_counter()
+        try:
+            context = ctx.to_json()
+        except Exception as exc:  # the frame is kept all the same; reprocess then needs an engineer
+            context = {"context_unavailable": f"{type(exc).__name__}: {exc}"}
+        return self._keep(raw, exposure, context), time.perf_counter() - t0
 
     def _keep(self, raw: RawFrame, exposure: Exposure, context: dict[str, Any]) -> str:
         """Write the raw frame durably; on failure hold it in memory and raise an alarm."""
@@ -623,6 +651,7 @@ class ExamWorkflow:
         return not still
 
     def close(self) -> None:
+        self._keeper.shutdown(wait=True)  # a frame being written is finished first
         if self._unkept:
             LOGGER.error("%d frame(s) held in memory are lost at shutdown: their raw record could never be "
                          "written", len(self._unkept))

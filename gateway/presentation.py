@@ -84,12 +84,12 @@ def present(pixels: np.ndarray, *, pixel_spacing_mm: tuple[float, float],
         scales.append((params.contrast_mm / px, -params.contrast))
     if params.equalize > 0:
         scales.append((params.equalize_mm / px, -params.equalize))
+    spare = None  # a full-size float32 buffer free for reuse (each fresh one costs page faults)
     if scales:
-        smooth = _blend_blurs(img, scales, mean_free=params.equalize > 0)
+        spare = _blend_blurs(img, scales, mean_free=params.equalize > 0)
         if params.contrast > 0:
             img *= 1.0 + params.contrast
-        img += smooth
-        del smooth
+        img += spare
     if params.clahe_clip > 0 and params.clahe_blend > 0:
         np.clip(img, 0.0, _TOP, out=img)
         tiles = max(1, int(params.clahe_tiles))
@@ -99,7 +99,7 @@ def present(pixels: np.ndarray, *, pixel_spacing_mm: tuple[float, float],
         img += params.clahe_blend * local
     out = np.empty(pixels.shape, np.uint16)
     if params.edge_amount > 0:
-        fine = _blend_blurs(img, [(max(0.5, params.edge_sigma_mm / px), 1.0)], mean_free=False)
+        fine = _blend_blurs(img, [(max(0.5, params.edge_sigma_mm / px), 1.0)], mean_free=False, out=spare)
         sample_rows, sample_cols = slice(rows // 8, rows - rows // 8, 4), slice(cols // 8, cols - cols // 8, 4)
         detail = img[sample_rows, sample_cols] - fine[sample_rows, sample_cols]
         t = params.noise_coring * 1.4826 * float(np.median(np.abs(detail)))  # robust SD: mostly noise
@@ -147,11 +147,13 @@ def _levels(sigma_px: float, shape: tuple[int, ...]) -> int:
     return levels
 
 
-def _blend_blurs(img: np.ndarray, scales: list[tuple[float, float]], *, mean_free: bool) -> np.ndarray:
+def _blend_blurs(img: np.ndarray, scales: list[tuple[float, float]], *, mean_free: bool,
+                 out: np.ndarray | None = None) -> np.ndarray:
     """sum(weight * GaussianBlur(img, sigma)) at full size, from one pyramid: down to each
     scale's level, the rest of the variance there, the weighted parts summed on the way back up.
     With `mean_free`, the widest blur has its central mean taken off (equalisation removes
-    the coarse variation, not the overall level)."""
+    the coarse variation, not the overall level). The full-size result goes to `out` when given
+    (float32, img's shape) and the last step is a pyramid step."""
     need = [_levels(sigma, img.shape) for sigma, _ in scales]
     pyramid = [img]
     for _ in range(max(need)):
@@ -171,7 +173,7 @@ def _blend_blurs(img: np.ndarray, scales: list[tuple[float, float]], *, mean_fre
     while level > 0:
         level -= 1
         h, w = pyramid[level].shape
-        acc = cv2.pyrUp(acc, dstsize=(w, h))
+        acc = cv2.pyrUp(acc, dst=out if level == 0 and level not in parts else None, dstsize=(w, h))
         if level in parts:
             acc += parts[level]
     return acc

@@ -104,7 +104,7 @@ class RawStore:
         """Write the frame durably; returns its id. Raises RawStoreError (the frame is then
         still in the caller's hands, and must be kept some other way)."""
         kept_id = f"{now:%Y%m%dT%H%M%S}-{frame.meta.detector_serial}-{frame.meta.frame_number}-{uuid.uuid4().hex[:8]}"
-        pixels = memoryview(np.ascontiguousarray(frame.pixels, dtype="<u2")).cast("B")  # no copy of the frame
+        pixels = np.ascontiguousarray(frame.pixels, dtype="<u2").data.cast("B")  # no copy of the frame
         header = {
             "format": FORMAT,
             "kept_id": kept_id,

@@ -373,7 +373,7 @@ def _detector(ds: Dataset, frame: CorrectedFrame, detector: DetectorInfo, detect
 _last_field: tuple[weakref.ref[CorrectedFrame], CollimatedField | None] | None = None
 
 
-def _field(frame: CorrectedFrame) -> CollimatedField | None:
+def collimated_field(frame: CorrectedFrame) -> CollimatedField | None:
     """The frame's collimated field, found once for both objects of an exposure."""
     global _last_field
     last = _last_field
@@ -387,7 +387,7 @@ def _field(frame: CorrectedFrame) -> CollimatedField | None:
 def _collimator(ds: Dataset, frame: CorrectedFrame) -> None:
     """X-Ray Collimator module (PS3.3 C.8.7.3): the field found in the linear frame (the panel
     does not report the blades); left out when the frame shows no beam."""
-    found = _field(frame)
+    found = collimated_field(frame)
     if found is None:
         return
     left, right, upper, lower = found.dicom_edges()

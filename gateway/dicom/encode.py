@@ -16,8 +16,8 @@ import struct
 from pydicom import dcmwrite
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.tag import Tag
 from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import PersonName
 
