@@ -65,6 +65,14 @@ def make_item(patient_name: str = "Müller^Jürgen", **kw: Any) -> WorklistItem:
     return WorklistItem(**values)
 
 
+def make_typed_in_patient() -> WorklistItem:
+    """An unscheduled patient entered at the console (emergency): patient data, no order."""
+    return make_item(accession_number="", study_instance_uid="", requested_procedure_id="",
+                     requested_procedure_description="", sps_id="", sps_description="", sps_start=None,
+                     scheduled_station_ae="", referring_physician="", protocol_codes=(), procedure_codes=(),
+                     referenced_study_sop_instance_uid="", referenced_study_sop_class_uid="")
+
+
 def build_test_dx(item: WorklistItem | None = None, frame: CorrectedFrame | None = None, **kw: Any) -> Dataset:
     """A DX For Presentation dataset from dxgate's own builder, with test defaults."""
     args: dict[str, Any] = dict(

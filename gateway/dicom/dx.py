@@ -217,7 +217,9 @@ def _series(ds: Dataset, item: WorklistItem | None, series_uid: str, series_numb
         if item.sps_description:
             ds.SeriesDescription = item.sps_description
             ds.PerformedProcedureStepDescription = item.sps_description
-        ds.RequestAttributesSequence = Sequence([_request_attributes(order) for order in requested(item)])
+        orders = [order for order in requested(item) if scheduled(order)]
+        if orders:  # an unscheduled patient (typed in at the console) was not requested: no item
+            ds.RequestAttributesSequence = Sequence([_request_attributes(order) for order in orders])
         protocols = list(dict.fromkeys(c for order in requested(item) for c in order.protocol_codes))
         if protocols:
             ds.PerformedProtocolCodeSequence = Sequence(
@@ -237,6 +239,13 @@ def _series(ds: Dataset, item: WorklistItem | None, series_uid: str, series_numb
 def requested(item: WorklistItem | None) -> list[WorklistItem]:
     """Every requested procedure an exam performs: the order, and those grouped with it."""
     return [] if item is None else [item, *item.grouped]
+
+
+def scheduled(order: WorklistItem) -> bool:
+    """Whether the order came from a worklist: a patient entered at the console has neither a
+    Requested Procedure ID nor a Scheduled Procedure Step ID, and objects then name no request
+    (the IDs are Type 1C there, required once a procedure was scheduled, so never empty)."""
+    return bool(order.requested_procedure_id or order.sps_id)
 
 
 def group_accession(item: WorklistItem | None) -> str:

@@ -40,6 +40,7 @@ from gateway.dicom.dx import (
     _sop_common,
     _study,
     requested,
+    scheduled,
 )
 from gateway.types import DetectorInfo, Exposure, WorklistItem
 from gateway.uids import UUID_ROOT, is_valid_uid
@@ -172,7 +173,8 @@ def _document_general(ds: Dataset, item: WorklistItem | None, study_uid: str, no
          for c in dict.fromkeys(c for order in orders for c in order.procedure_codes)])
     if item is None:
         return
-    ds.ReferencedRequestSequence = Sequence([_request(order, study_uid) for order in orders])
+    if requests := [order for order in orders if scheduled(order)]:  # not for a patient typed in at the console
+        ds.ReferencedRequestSequence = Sequence([_request(order, study_uid) for order in requests])
     if images:  # the instances made for the request (Hierarchical SOP Instance Reference Macro)
         by_series: dict[str, list[Dataset]] = {}
         for series, sop_class, sop_uid in images:

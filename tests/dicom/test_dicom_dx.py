@@ -14,7 +14,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from gateway.dicom import DX_FOR_PRESENTATION, DicomBuildError, new_uid, to_bytes
-from tests.dicom_inputs import DETECTOR, EI, EXPOSURE, MODE, NOW, make_frame, make_item
+from tests.dicom_inputs import DETECTOR, EI, EXPOSURE, MODE, NOW, make_frame, make_item, make_typed_in_patient
 
 NAMES = ["Müller^Jürgen", "Παπαδόπουλος^Νίκος", "山田^太郎", "Yamada^Tarou=山田^太郎=やまだ^たろう"]
 
@@ -47,6 +47,16 @@ def test_unscheduled_image_passes_dciodvfy(build: Callable[..., Dataset], dciodv
                "ReferringPhysicianName"):
         assert kw in back and back[kw].value in ("", None), kw
     assert "RequestAttributesSequence" not in back and "ReferencedStudySequence" not in back
+
+
+@pytest.mark.peers
+def test_a_patient_typed_in_at_the_console_names_no_request(build: Callable[..., Dataset],
+                                                           dciodvfy: Callable[[Path], None], tmp_path: Path) -> None:
+    ds = build(make_typed_in_patient(), study_uid=new_uid("2.25"))
+    dciodvfy(write(ds, tmp_path / "typed-in.dcm"))  # empty Type 1C request IDs would be errors
+    back = reread(ds)
+    assert str(back.PatientName) == "Müller^Jürgen" and back.PatientID == "PAT-0815"
+    assert "RequestAttributesSequence" not in back
 
 
 @pytest.mark.peers

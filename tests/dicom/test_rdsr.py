@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from gateway.config import SiteConfig
 from gateway.dicom import XRAY_RADIATION_DOSE_SR, DicomBuildError, IrradiationEvent, build_rdsr, new_uid, to_bytes
 from gateway.types import Exposure, ExposureReadback, Technique, WorklistItem
-from tests.dicom_inputs import DETECTOR, EXPOSURE, NOW, build_test_dx, make_item
+from tests.dicom_inputs import DETECTOR, EXPOSURE, NOW, build_test_dx, make_item, make_typed_in_patient
 from tests.peers import require
 
 SITE = SiteConfig(station_name="DXROOM1", institution_name="Klinikum Süd", manufacturer="dxgate",
@@ -35,7 +35,7 @@ def events() -> list[IrradiationEvent]:
 
 
 def build(evs: list[IrradiationEvent] | None = None, item: WorklistItem | None = None, **kw: object) -> Dataset:
-    args: dict[str, object] = dict(site=SITE, detector=DETECTOR, study_uid=item.study_instance_uid if item else
+    args: dict[str, object] = dict(site=SITE, detector=DETECTOR, study_uid=item and item.study_instance_uid or
                                    new_uid("2.25"), series_uid=new_uid("2.25"), sop_instance_uid=new_uid("2.25"),
                                    now=NOW, started=NOW - timedelta(seconds=5))
     args.update(kw)
@@ -64,13 +64,13 @@ def dsrdump_errors(path: Path) -> list[str]:
         [f"exit code {out.returncode}"] if out.returncode else [])
 
 
-@pytest.mark.parametrize("scheduled", [True, False], ids=["scheduled", "unscheduled"])
+@pytest.mark.parametrize("scheduled", [True, False, None], ids=["scheduled", "unscheduled", "typed-in"])
 def test_the_dose_report_passes_dciodvfy_and_dcmtks_sr_reader(
-        tmp_path: Path, dciodvfy: Callable[[Path | str], None], scheduled: bool) -> None:
+        tmp_path: Path, dciodvfy: Callable[[Path | str], None], scheduled: bool | None) -> None:
     incomplete = replace(EXPOSURE, actual=ExposureReadback(kvp=None, mas=2.0, exposure_time_ms=None,
                                                            dap_dgy_cm2=None), problems=("kV missing",))
     evs = [*events(), IrradiationEvent(new_uid("2.25"), incomplete, "HAND", "PA", "R")]
-    item = make_item() if scheduled else None
+    item = make_item() if scheduled else None if scheduled is False else make_typed_in_patient()
     ds = build(evs, item, images=[(new_uid("2.25"), "1.2.840.10008.5.1.4.1.1.1.1", new_uid("2.25"))],
                mpps_sop_instance_uid=new_uid("2.25"), operator="Meier^Tina")
     path = tmp_path / "rdsr.dcm"
@@ -83,6 +83,7 @@ def test_the_dose_report_passes_dciodvfy_and_dcmtks_sr_reader(
     assert (back.CompletionFlag, back.VerificationFlag) == ("COMPLETE", "UNVERIFIED")
     assert back.ContentTemplateSequence[0].TemplateIdentifier == "10001"
     assert "OperatorsName" not in back  # not in the SR IOD: the operator is each event's participant
+    assert ("ReferencedRequestSequence" in back) == bool(scheduled)  # a typed-in patient was not requested
     for event in event_nodes(back):
         [person] = children(event, "113870")  # TID 1020 Person Participant
         [role] = children(person, "113875")
