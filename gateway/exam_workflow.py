@@ -153,6 +153,7 @@ class ExamWorkflow:
         # The raw frame goes to disk on its own thread while its image is made (hashing, writing
         # and fsyncing 19 MB would otherwise stand between the readout and the archive).
         self._keeper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dxgate-keep")
+        self._calibration_warned: set[str] = set()  # calibration warnings logged (once each, not per re-check)
         # Exams closed since start-up, by Study Instance UID: (order, last series number), to reopen.
         self._closed: dict[str, tuple[WorklistItem | None, int]] = {}
 
@@ -484,8 +485,8 @@ class ExamWorkflow:
             if item is not None and (problem := text_problem(item)):
                 raise DxgateError(f"the exam's patient or order data cannot be written into the image: {problem}")
             corrector = self._corrector()
-            check_validity(corrector.cal, self._config.calibration, now=self._clock(),
-                           temperature_c=self._hw.detector.status().temperature_c)  # age and drift: warn or block
+            check_validity(corrector.cal, self._config.calibration, now=self._clock(),  # age and drift: warn or block
+                           temperature_c=self._hw.detector.status().temperature_c, logged=self._calibration_warned)
             check_anatomy(body_part, view_position, laterality)
             self._pipeline.check_routable(body_part)
             self._pipeline.check_storage(self._hw.mode.rows, self._hw.mode.columns)

@@ -100,3 +100,30 @@ def test_age_warns_then_blocks(tmp_path: Path, room: SimRoom, caplog: pytest.Log
         with pytest.raises(ExposureRefused, match="61.0 days old, older than the limit of 60 days: recalibrate"):
             gw.expose(exam)
         assert room.pulses == given
+
+
+def test_a_drift_warning_is_logged_once_while_it_lasts(tmp_path: Path, room: SimRoom,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Armed, the release is re-checked every few seconds: the warning is said when it begins,
+    not at every check, and again when it comes back after it ended."""
+    with _gateway(tmp_path, room, Clock()) as gw:
+        cal = gw.calibrate()
+        exam = gw.open_exam(None)
+
+        def drift_lines() -> int:
+            return sum(r.name == "gateway.correction.validity" and "may have drifted" in r.getMessage()
+                       for r in caplog.records)  # the pre-exposure check (each frame also notes it, once)
+
+        with caplog.at_level(logging.WARNING, logger="gateway.correction.validity"):
+            room.set_temperature(cal.temperature_c + 8.0)
+            for _ in range(3):
+                gw.expose(exam)
+            assert drift_lines() == 1
+            room.set_temperature(cal.temperature_c + 8.3)  # still drifted: the same warning
+            gw.expose(exam)
+            assert drift_lines() == 1
+            room.set_temperature(cal.temperature_c)
+            gw.expose(exam)
+            room.set_temperature(cal.temperature_c + 8.0)
+            gw.expose(exam)
+            assert drift_lines() == 2
