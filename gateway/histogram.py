@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 
-def percentiles_u16(a: np.ndarray, qs: tuple[float, ...]) -> tuple[float, ...]:
+def percentiles_u16(a: np.ndarray, qs: tuple[float, ...], of: np.ndarray | None = None) -> tuple[float, ...]:
     """np.percentile(a, qs) (its default linear method) of a uint16 array, exactly, from the
-    histogram: one counting pass instead of a partition (6 ms -> 1 ms on 590,000 pixels)."""
+    histogram: one counting pass instead of a partition (6 ms -> 1 ms on 590,000 pixels).
+    With `of` (a table of 65536 values), the percentiles of of[a] when `of` is increasing:
+    the same order statistics, interpolated between their values in the table."""
     cum = np.cumsum(np.bincount(a.reshape(-1), minlength=1 << 16))
     n = int(cum[-1])
     if n == 0:
@@ -17,5 +19,6 @@ def percentiles_u16(a: np.ndarray, qs: tuple[float, ...]) -> tuple[float, ...]:
         h = (n - 1) * q / 100.0
         lo = int(np.floor(h))
         below, above = np.searchsorted(cum, [lo, min(lo + 1, n - 1)], side="right")
-        out.append(float(below) + (h - lo) * float(int(above) - int(below)))
+        x, y = (float(below), float(above)) if of is None else (float(of[below]), float(of[above]))
+        out.append(x + (h - lo) * (y - x))
     return tuple(out)

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from gateway.errors import DxgateError
+from gateway.histogram import percentiles_u16
 from gateway.jit import compiled
 from gateway.types import Presentation
 
@@ -70,14 +71,13 @@ def present(pixels: np.ndarray, *, pixel_spacing_mm: tuple[float, float],
     if pixels.ndim != 2 or pixels.dtype != np.uint16 or min(pixels.shape) < 16:
         raise DxgateError(f"presentation needs a 2-D uint16 frame of at least 16x16, not {pixels.dtype}{pixels.shape}")
     rows, cols = pixels.shape
-    centre = np.log1p(pixels[rows // 8: rows - rows // 8: 4, cols // 8: cols - cols // 8: 4], dtype=np.float32)
-    lo, hi = (float(v) for v in np.percentile(centre, params.latitude))
+    centre = pixels[rows // 8: rows - rows // 8: 4, cols // 8: cols - cols // 8: 4]
+    lo, hi = percentiles_u16(centre, params.latitude, of=_LOG1P)  # of the log values, from a histogram
     if not hi > lo:  # a flat frame (no object): nothing to stretch
         hi = lo + 1.0
     img = np.empty(pixels.shape, np.float32)
-    np.log1p(pixels, out=img, dtype=np.float32)
-    img -= lo
-    img *= _TOP / (hi - lo)  # not clipped yet: what lies beyond the latitude keeps its order through the steps
+    # not clipped yet: what lies beyond the latitude keeps its order through the steps
+    _look_up(pixels, (_LOG1P - lo) * (_TOP / (hi - lo)), img)
     px = float(min(pixel_spacing_mm))
     scales = []  # (sigma px, weight): img += sum(weight * blur(img, sigma)) after img *= 1 + contrast
     if params.contrast > 0:
@@ -112,6 +112,18 @@ def present(pixels: np.ndarray, *, pixel_spacing_mm: tuple[float, float],
 def warm_up() -> None:
     """Compile (or load from numba's cache) the fused kernel now, not on the first clinical frame."""
     present(np.full((64, 64), 1000, np.uint16), pixel_spacing_mm=(0.15, 0.15))
+
+
+_LOG1P = np.log1p(np.arange(1 << 16, dtype=np.uint16), dtype=np.float32)  # log1p of every pixel value
+
+
+@compiled
+def _look_up(pixels: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
+    """out = table[pixels]: a log and a scaling of each pixel, as one read of a 256 KB table."""
+    rows, cols = pixels.shape
+    for r in range(rows):
+        for c in range(cols):
+            out[r, c] = table[pixels[r, c]]
 
 
 @compiled
