@@ -8,18 +8,17 @@ endpoint are re-read (RESEND), never patched; a panel unplugged in the middle of
 is found again by its serial, re-claimed, and its held frame read again (the frame number
 tells a re-read from a new frame: none lost, none doubled); a panel that stops answering is
 a DeviceError after the control timeout, never a hang.
+
+This module holds the Detector port and the readout's state; the USB handle and its requests
+are in `link`, a frame's transfer and checks in `frames`, finding the panel in `discovery`.
 """
 
 from __future__ import annotations
 
-import array
-import errno
 import logging
 import threading
 import time
-import zlib
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -27,52 +26,20 @@ import usb.core
 import usb.util
 
 from drivers.usb_panel import protocol as p
+from drivers.usb_panel.discovery import find_panel, reattach
+from drivers.usb_panel.frames import DEVICE_YEARS, device_time, read_transmission
+from drivers.usb_panel.link import BadTransmission, PanelGone, PanelLink
+from drivers.usb_panel.status import detector_status, unreachable
 from gateway.errors import DeviceError, DeviceNotFound, FrameError
 from gateway.types import DetectorInfo, DetectorStatus, FrameKind, FrameMeta, RawFrame, ReadoutMode
 
 LOGGER = logging.getLogger(__name__)
 
+__all__ = ["DEVICE_YEARS", "PanelGone", "UsbPanelDetector", "device_time", "open_detector"]
+
 CONTROL_TIMEOUT_MS = 2000
 PAYLOAD_TIMEOUT_FLOOR_S = 2.0  # once the header is in, the payload follows at bus speed
 REPLUG_TIMEOUT_S = 10.0  # how long a panel unplugged in a transfer may take to come back
-_NO_DEVICE = -4  # LIBUSB_ERROR_NO_DEVICE
-
-
-def _buffer(size: int) -> array.array:
-    """A zeroed byte buffer for pyusb to read into, made in one allocation (a frame is megabytes)."""
-    return array.array("B", b"\0") * size
-
-# A device clock outside these years is wrong (unset RTC, a corrupt field that still passed
-# the CRC); the host's receive time stands in, and the frame says so.
-DEVICE_YEARS = (2000, 2999)
-
-
-def device_time(timestamp_us: int) -> tuple[datetime, str]:
-    """The frame's device timestamp as a UTC datetime, or the host's time and the reason."""
-    try:
-        when = datetime.fromtimestamp(timestamp_us / 1e6, tz=UTC)
-    except (OverflowError, OSError, ValueError):
-        when = None
-    if when is None or not DEVICE_YEARS[0] <= when.year <= DEVICE_YEARS[1]:
-        return datetime.now(UTC), f"device timestamp {timestamp_us} us is out of range; host receive time used"
-    return when, ""
-
-
-class PanelGone(DeviceError):
-    """The panel left the bus (unplugged, powered off): 'No such device'."""
-
-
-def _gone(exc: usb.core.USBError) -> bool:
-    return exc.errno == errno.ENODEV or exc.backend_error_code == _NO_DEVICE
-
-
-class _BadTransmission(Exception):
-    """A transmission that a RESEND may cure (bad CRC, short payload, garbled header)."""
-
-    def __init__(self, frame_number: int | None, problem: str) -> None:
-        super().__init__(problem)
-        self.frame_number = frame_number
-        self.problem = problem
 
 
 def open_detector(*, vendor_id: int = p.VENDOR_ID, product_id: int = p.PRODUCT_ID, serial: str = "",
@@ -83,44 +50,20 @@ def open_detector(*, vendor_id: int = p.VENDOR_ID, product_id: int = p.PRODUCT_I
     """Find the panel (by serial when given), claim it, identify it and set ``mode``."""
     if read_attempts < 1:
         raise ValueError(f"read_attempts must be >= 1, got {read_attempts}")
-    chosen, seen = _find(vendor_id, product_id, serial, backend)
+    chosen, seen = find_panel(vendor_id, product_id, serial, backend)
     if chosen is None:
         ident = f"{vendor_id:04x}:{product_id:04x}" + (f" serial {serial!r}" if serial else "")
         found = f" (found: {', '.join(seen)})" if seen else " (no device with that VID:PID attached)"
         raise DeviceNotFound(f"no USB panel {ident}{found}")
     detector = UsbPanelDetector(chosen, read_attempts=read_attempts, control_timeout_s=control_timeout_s,
                                 payload_timeout_s=payload_timeout_s, replug_timeout_s=replug_timeout_s,
-                                finder=lambda s: _find(vendor_id, product_id, s, backend)[0])
+                                finder=lambda s: find_panel(vendor_id, product_id, s, backend)[0])
     try:
         detector._start(mode)
     except BaseException:
         detector.close()
         raise
     return detector
-
-
-def _find(vendor_id: int, product_id: int, serial: str, backend: Any) -> tuple[Any, list[str]]:
-    """The first panel with this VID:PID (and serial, when given), and the serials seen."""
-    ident = f"{vendor_id:04x}:{product_id:04x}" + (f" serial {serial!r}" if serial else "")
-    try:
-        candidates = list(usb.core.find(idVendor=vendor_id, idProduct=product_id, backend=backend,
-                                        find_all=True))
-    except usb.core.NoBackendError as exc:
-        raise DeviceError(f"cannot look for USB panel {ident}: no libusb backend available") from exc
-    except usb.core.USBError as exc:
-        raise DeviceError(f"cannot look for USB panel {ident}: {exc}") from exc
-    seen: list[str] = []
-    for dev in candidates:
-        try:
-            dev_serial = usb.util.get_string(dev, dev.iSerialNumber) or ""
-        except (usb.core.USBError, ValueError) as exc:
-            seen.append(f"<unreadable serial: {exc}>")
-            continue
-        seen.append(dev_serial)
-        if not serial or dev_serial == serial:
-            return dev, seen
-        usb.util.dispose_resources(dev)
-    return None, seen
 
 
 class UsbPanelDetector:
@@ -130,9 +73,8 @@ class UsbPanelDetector:
                  control_timeout_s: float = CONTROL_TIMEOUT_MS / 1000,
                  payload_timeout_s: float = PAYLOAD_TIMEOUT_FLOOR_S, replug_timeout_s: float = REPLUG_TIMEOUT_S,
                  finder: Any = None) -> None:
-        self._dev = dev
+        self._link = PanelLink(dev, control_timeout_ms=max(1, round(control_timeout_s * 1000)))
         self._read_attempts = read_attempts
-        self._control_timeout_ms = max(1, round(control_timeout_s * 1000))
         self._payload_timeout_s = payload_timeout_s
         self._replug_timeout_s = replug_timeout_s
         self._finder = finder
@@ -144,37 +86,23 @@ class UsbPanelDetector:
         self._mode: ReadoutMode | None = None
         self._armed: FrameKind | None = None
         self._expected_frame = 1
-        self._claimed = False
         self._closed = False
         # Frames found on the panel when it was opened (a dose whose host went away): kept by the gateway.
         self.recovered: list[RawFrame] = []
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def _claim(self) -> None:
-        dev = self._dev
-        try:
-            try:
-                if dev.is_kernel_driver_active(p.INTERFACE):
-                    dev.detach_kernel_driver(p.INTERFACE)
-            except NotImplementedError:
-                pass  # backends without kernel drivers (Windows, the simulator)
-            dev.set_configuration()
-            usb.util.claim_interface(dev, p.INTERFACE)
-            self._claimed = True
-        except usb.core.USBError as exc:
-            raise DeviceError(f"cannot claim USB panel {self._where()}: {exc}") from exc
-
     def _start(self, mode: str) -> None:
-        self._claim()
+        self._link.claim()
         try:
-            ident = p.unpack_identity(self._ctrl_in(p.Request.IDENTIFY, p.IDENTIFY_MAX))
+            ident = p.unpack_identity(self._link.ctrl_in(p.Request.IDENTIFY, p.IDENTIFY_MAX))
         except p.ProtocolError as exc:
-            raise DeviceError(f"USB panel {self._where()} answered IDENTIFY outside the protocol: "
+            raise DeviceError(f"USB panel {self._link.where()} answered IDENTIFY outside the protocol: "
                               f"{exc}") from exc
         self._info = DetectorInfo(vendor=ident.vendor, model=ident.model, serial=ident.serial,
                                   firmware=ident.firmware, modes=ident.modes)
-        status = self._status()
+        self._link.serial = ident.serial
+        status = self._link.status()
         self._expected_frame = (status.last_frame_number + 1) & 0xFFFFFFFF
         LOGGER.info("opened panel %s %s serial %s firmware %s (%d modes)", ident.vendor, ident.model,
                     ident.serial, ident.firmware, len(ident.modes))
@@ -189,27 +117,27 @@ class UsbPanelDetector:
             return
         if state == p.State.ARMED:
             try:
-                self._ctrl_out(p.Request.DISARM)
+                self._link.ctrl_out(p.Request.DISARM)
                 LOGGER.info("panel %s was left armed without X-rays: disarmed", self.info.serial)
                 return
             except DeviceError:
                 LOGGER.error("panel %s was left armed and has received X-rays: reading its frame", self.info.serial)
         modes = [m for m in self.info.modes if m.mode_id == status.mode_id]
         if not modes:
-            raise DeviceError(f"panel {self._where()} holds a frame in unknown mode id {status.mode_id}")
+            raise DeviceError(f"panel {self._link.where()} holds a frame in unknown mode id {status.mode_id}")
         self._mode = modes[0]
         self._armed = FrameKind.EXPOSED
         if state == p.State.HOLDING:
             LOGGER.error("panel %s holds frame %d that no host acknowledged: reading it", self.info.serial,
                          status.last_frame_number)
             self._expected_frame = status.last_frame_number
-            self._ctrl_out(p.Request.RESEND)
+            self._link.ctrl_out(p.Request.RESEND)
         self.recovered.append(self.read_frame(PAYLOAD_TIMEOUT_FLOOR_S * 5))
 
     def disarm(self) -> None:
         """End an arming that received no X-rays (STALL BUSY if a pulse arrived: read the frame)."""
         with self._lock:
-            self._ctrl_out(p.Request.DISARM)
+            self._link.ctrl_out(p.Request.DISARM)
             self._armed = None
 
     def close(self) -> None:
@@ -219,12 +147,12 @@ class UsbPanelDetector:
                 return
             self._closed = True
             try:
-                if self._claimed:
-                    usb.util.release_interface(self._dev, p.INTERFACE)
+                if self._link.claimed:
+                    usb.util.release_interface(self._link.dev, p.INTERFACE)
             except usb.core.USBError as exc:
                 LOGGER.warning("releasing panel interface failed: %s", exc)
             finally:
-                usb.util.dispose_resources(self._dev)
+                usb.util.dispose_resources(self._link.dev)
 
     def __enter__(self) -> UsbPanelDetector:
         return self
@@ -250,7 +178,7 @@ class UsbPanelDetector:
         except KeyError as exc:
             raise DeviceError(exc.args[0]) from None
         with self._lock:
-            self._ctrl_out(p.Request.SET_MODE, mode.mode_id)
+            self._link.ctrl_out(p.Request.SET_MODE, mode.mode_id)
             self._mode = mode
             self._armed = None
         LOGGER.info("panel %s: mode %s (%dx%d)", self.info.serial, mode.name, mode.rows, mode.columns)
@@ -267,7 +195,7 @@ class UsbPanelDetector:
                 self._reconnect(gone, wait_s=0.0)
                 self._refuse_if_over_temperature("arm")
             code = p.KIND_CODES[kind] if kind is FrameKind.DARK else int(trigger)
-            self._ctrl_out(p.Request.ARM, code)
+            self._link.ctrl_out(p.Request.ARM, code)
             self._armed = kind
             self._sequence_left = 0
 
@@ -277,7 +205,7 @@ class UsbPanelDetector:
         if not 1 <= window_ms <= 0xFFFF:
             raise ValueError(f"integration window {window_ms} ms outside 1..65535")
         with self._lock:
-            self._ctrl_out(p.Request.TRIGGER, window_ms)
+            self._link.ctrl_out(p.Request.TRIGGER, window_ms)
 
     def start_sequence(self, count: int, fps: float, kind: FrameKind = FrameKind.EXPOSED) -> None:
         """Start a sequence of ``count`` frames at ``fps``; read each with read_frame(). The panel
@@ -288,7 +216,7 @@ class UsbPanelDetector:
         with self._lock:
             self._refuse_if_over_temperature("start a sequence")
             data = p.SEQUENCE_STRUCT.pack(count, round(1e6 / fps), p.KIND_CODES[kind])
-            self._ctrl_out(p.Request.START_SEQUENCE, data=data)
+            self._link.ctrl_out(p.Request.START_SEQUENCE, data=data)
             self._armed = kind
             self._sequence_left = count
 
@@ -313,8 +241,8 @@ class UsbPanelDetector:
             self._armed = None
             held = 0
             try:
-                self._ctrl_out(p.Request.DISARM)
-                held = self._status().frames_held
+                self._link.ctrl_out(p.Request.DISARM)
+                held = self._link.status().frames_held
                 for _ in range(held):
                     self._armed = kind
                     self.recovered.append(self.read_frame(frame_timeout_s))
@@ -326,7 +254,7 @@ class UsbPanelDetector:
 
     def temperature_c(self) -> float:
         with self._lock:
-            return self._status().temperature_c
+            return self._link.status().temperature_c
 
     def status(self) -> DetectorStatus:
         """The panel as the gateway shows it; never raises: a panel that does not answer or
@@ -334,23 +262,13 @@ class UsbPanelDetector:
         firmware = self._info.firmware if self._info else ""
         try:
             with self._lock:
-                st = self._status()
+                st = self._link.status()
         except DeviceError as exc:
-            state = "unplugged" if isinstance(exc, PanelGone) else "not answering"
-            return DetectorStatus(state=state, temperature_c=None, over_temperature=False, frames_held=0,
-                                  battery_percent=None, link_quality_percent=None, firmware=firmware,
-                                  error=str(exc))
-        state = st.state.name.lower() if isinstance(st.state, p.State) else f"state {st.state}"
-        error = (f"over temperature ({st.temperature_c:.1f} C): the panel refuses to arm until it cools"
-                 if st.over_temperature else "")
-        return DetectorStatus(state=state, temperature_c=st.temperature_c, over_temperature=st.over_temperature,
-                              frames_held=st.frames_held, battery_percent=st.battery_percent,
-                              link_quality_percent=st.link_quality_percent, firmware=firmware,
-                              last_frame_number=st.last_frame_number, error=error,
-                              exposure_ready=st.exposure_ready)
+            return unreachable(exc, firmware)
+        return detector_status(st, firmware)
 
     def _refuse_if_over_temperature(self, what: str) -> None:
-        st = self._status()
+        st = self._link.status()
         if st.over_temperature:
             raise DeviceError(f"panel {self.info.serial} is over temperature ({st.temperature_c:.1f} C): "
                               f"refusing to {what} until it cools")
@@ -368,16 +286,17 @@ class UsbPanelDetector:
                 raise DeviceError(f"panel {self.info.serial}: read_frame() without arm()")
             kind = self._armed
             deadline = time.monotonic() + timeout_s
-            last_problem: _BadTransmission | None = None
+            last_problem: BadTransmission | None = None
             attempt, resend = 0, False
             got: tuple[p.FrameHeader, np.ndarray] | None = None
             while got is None:
                 try:
                     if resend:
-                        self._ctrl_out(p.Request.RESEND)
+                        self._link.ctrl_out(p.Request.RESEND)
                     attempt += 1
-                    got = self._read_transmission(deadline, timeout_s, kind)
-                except _BadTransmission as bad:
+                    got = read_transmission(self._link, self.mode, self.info.serial, kind, deadline=deadline,
+                                            timeout_s=timeout_s, payload_timeout_s=self._payload_timeout_s)
+                except BadTransmission as bad:
                     last_problem = bad
                     LOGGER.warning("panel %s: frame %s read %d/%d: %s", self.info.serial,
                                    bad.frame_number, attempt, self._read_attempts, bad.problem)
@@ -394,7 +313,7 @@ class UsbPanelDetector:
                 self._armed = None
                 self._sequence_left = 0
                 # This frame is reported, not missed: count on from the device's frame counter.
-                self._expected_frame = (self._status().last_frame_number + 1) & 0xFFFFFFFF
+                self._expected_frame = (self._link.status().last_frame_number + 1) & 0xFFFFFFFF
                 raise FrameError(f"panel {self.info.serial} frame {number}: {last_problem.problem} "
                                  f"after {self._read_attempts} reads")
             header, pixels = got
@@ -428,12 +347,12 @@ class UsbPanelDetector:
 
     def _ack(self, number: int) -> None:
         try:
-            self._ctrl_out(p.Request.ACK, number & 0xFFFF)
+            self._link.ctrl_out(p.Request.ACK, number & 0xFFFF)
         except PanelGone as gone:
             st = self._reconnect(gone)
             if st.state == p.State.HOLDING and st.frames_held and st.last_frame_number >= number:
                 try:
-                    self._ctrl_out(p.Request.ACK, number & 0xFFFF)
+                    self._link.ctrl_out(p.Request.ACK, number & 0xFFFF)
                 except DeviceError as exc:  # WRONG_FRAME / NO_FRAME: it was acknowledged before the cable went
                     LOGGER.info("panel %s: frame %d was acknowledged before it left the bus (%s)",
                                 self.info.serial, number, exc)
@@ -447,34 +366,10 @@ class UsbPanelDetector:
         if self._finder is None or self._info is None:
             raise gone
         serial = self.info.serial
-        LOGGER.warning("panel %s left the bus (%s); waiting up to %g s for it to come back", serial, gone,
-                       self._replug_timeout_s)
-        try:
-            usb.util.dispose_resources(self._dev)
-        except usb.core.USBError as exc:
-            LOGGER.debug("disposing of the vanished panel's handle: %s", exc)
-        self._claimed = False
-        wait_s = self._replug_timeout_s if wait_s is None else wait_s
-        end = time.monotonic() + wait_s
-        delay = 0.02
-        while True:  # pyusb has no hot-plug events: enumerate again, backing off
-            try:
-                dev = self._finder(serial)
-            except DeviceError as exc:
-                LOGGER.debug("looking for panel %s: %s", serial, exc)
-                dev = None
-            if dev is not None:
-                break
-            if time.monotonic() >= end:
-                raise PanelGone(f"panel {serial} left the bus and did not come back within "
-                                f"{wait_s:g} s ({gone})") from gone
-            if self._closing.wait(delay):
-                raise DeviceError(f"panel {serial}: closed while waiting for it to come back") from gone
-            delay = min(delay * 2, 0.25)
-        self._dev = dev
-        self._claim()
+        reattach(self._link, self._finder, serial, gone, wait_s=wait_s, replug_timeout_s=self._replug_timeout_s,
+                 closing=self._closing)
         self.replugs += 1
-        status = self._status()
+        status = self._link.status()
         LOGGER.warning("panel %s is back (state %s, last frame %d, %d held)", serial,
                        getattr(status.state, "name", status.state), status.last_frame_number, status.frames_held)
         return status
@@ -488,115 +383,3 @@ class UsbPanelDetector:
             return False
         raise DeviceError(f"panel {self.info.serial} came back idle with no frame held: its arming was "
                           f"lost while it was away (last frame {status.last_frame_number})")
-
-    # --- frame transfer --------------------------------------------------------------------
-
-    def _read_transmission(self, deadline: float, timeout_s: float,
-                           kind: FrameKind) -> tuple[p.FrameHeader, np.ndarray]:
-        hbuf = _buffer(p.MAX_PACKET)
-        n = self._bulk_read(hbuf, max(deadline - time.monotonic(), 0.001),
-                            lambda: f"no frame from panel {self.info.serial} within {timeout_s:g} s "
-                                    f"(armed {kind.value}"
-                                    + ("; no X-ray pulse arrived)" if kind is FrameKind.EXPOSED else ")"))
-        if n != p.HEADER_SIZE:
-            raise _BadTransmission(None, f"frame header of {n} bytes, expected {p.HEADER_SIZE}")
-        header = p.unpack_header(memoryview(hbuf)[:n])
-        if p.header_crc32(memoryview(hbuf)[:n]) != header.header_crc32:
-            raise _BadTransmission(None, "header CRC32 mismatch (header fields corrupt in transit)")
-        self._check_header(header)
-        payload = _buffer(header.payload_length)
-        got = self._bulk_read(payload, max(deadline - time.monotonic(), self._payload_timeout_s),
-                              None, frame_number=header.frame_number)
-        if got != header.payload_length:
-            raise _BadTransmission(header.frame_number, f"size mismatch: payload {got} bytes, header "
-                                   f"says {header.payload_length} (short transfer)")
-        crc = zlib.crc32(payload)
-        if crc != header.payload_crc32:
-            raise _BadTransmission(header.frame_number, f"CRC32 mismatch (header "
-                                   f"0x{header.payload_crc32:08x}, payload 0x{crc:08x})")
-        pixels = np.frombuffer(payload, dtype="<u2").reshape(header.rows, header.columns)
-        return header, pixels.astype(np.uint16, copy=False)
-
-    def _check_header(self, h: p.FrameHeader) -> None:
-        n = h.frame_number
-        if h.magic != p.MAGIC:
-            raise _BadTransmission(None, f"bad frame magic {h.magic!r} (expected {p.MAGIC!r})")
-        if h.version != p.HEADER_VERSION or h.header_size != p.HEADER_SIZE:
-            raise _BadTransmission(n, f"frame header version {h.version} size {h.header_size} not "
-                                      f"supported (expected {p.HEADER_VERSION}/{p.HEADER_SIZE})")
-        mode = self.mode
-        if (h.rows, h.columns, h.mode_id) != (mode.rows, mode.columns, mode.mode_id):
-            raise _BadTransmission(n, f"size mismatch: header {h.rows}x{h.columns} mode id {h.mode_id}, "
-                                      f"mode {mode.name} is {mode.rows}x{mode.columns} id {mode.mode_id}")
-        if h.payload_length != h.rows * h.columns * 2:
-            raise _BadTransmission(n, f"size mismatch: header payload length {h.payload_length} != "
-                                      f"{h.rows}*{h.columns}*2")
-        if h.kind_code not in p.KINDS_BY_CODE or h.bits_stored != mode.bits_stored:
-            raise _BadTransmission(n, f"bad header: kind {h.kind_code}, bits {h.bits_stored}")
-
-    def _bulk_read(self, buf: array.array, timeout_s: float, on_timeout: Any, frame_number: int | None = None) -> int:
-        """A header read (``on_timeout`` names the wait) or a payload read (None: a timeout
-        is a stalled transfer, re-read like a corrupt one)."""
-        try:
-            return int(self._dev.read(p.BULK_IN, buf, timeout=max(1, round(timeout_s * 1000))))
-        except usb.core.USBTimeoutError:
-            if on_timeout is None:
-                raise _BadTransmission(frame_number, f"transfer stalled: no payload within {timeout_s:.1f} s "
-                                                     f"of the header") from None
-            raise DeviceError(on_timeout()) from None
-        except usb.core.USBError as exc:
-            if _gone(exc):
-                raise PanelGone(f"panel {self._where()}: bulk read failed: {exc}") from exc
-            if exc.errno == errno.EPIPE:
-                try:
-                    self._dev.clear_halt(p.BULK_IN)
-                except usb.core.USBError as clear_exc:
-                    if _gone(clear_exc):
-                        raise PanelGone(f"panel {self._where()}: {clear_exc}") from clear_exc
-                    raise DeviceError(f"panel {self._where()}: bulk-IN halted and CLEAR_HALT failed: "
-                                      f"{clear_exc}") from clear_exc
-                raise _BadTransmission(frame_number, "bulk-IN endpoint halted (STALL); halt cleared") from None
-            raise DeviceError(f"panel {self._where()}: bulk read failed: {exc}") from exc
-
-    # --- control requests ------------------------------------------------------------------
-
-    def _status(self) -> p.Status:
-        try:
-            return p.unpack_status(self._ctrl_in(p.Request.STATUS, p.STATUS_STRUCT.size))
-        except p.ProtocolError as exc:
-            raise DeviceError(f"panel {self._where()}: {exc}") from exc
-
-    def _ctrl_in(self, request: p.Request, length: int) -> bytes:
-        try:
-            data = self._dev.ctrl_transfer(p.REQ_IN, request, 0, 0, length, timeout=self._control_timeout_ms)
-        except usb.core.USBError as exc:
-            raise self._control_error(request, exc, f"{request.name} failed: {exc}") from exc
-        return bytes(data)
-
-    def _control_error(self, request: p.Request, exc: usb.core.USBError, text: str) -> DeviceError:
-        if isinstance(exc, usb.core.USBTimeoutError):
-            return DeviceError(f"panel {self._where()} is not answering: {request.name} timed out after "
-                               f"{self._control_timeout_ms} ms; acquisition refused until it answers")
-        if _gone(exc):
-            return PanelGone(f"panel {self._where()}: {text}")
-        return DeviceError(f"panel {self._where()}: {text}")
-
-    def _ctrl_out(self, request: p.Request, value: int = 0, data: bytes | None = None) -> None:
-        try:
-            self._dev.ctrl_transfer(p.REQ_OUT, request, value, 0, data, timeout=self._control_timeout_ms)
-        except usb.core.USBError as exc:
-            if isinstance(exc, usb.core.USBTimeoutError) or _gone(exc):
-                raise self._control_error(request, exc, f"{request.name} wValue={value} failed: {exc}") from exc
-            reason = ""
-            if exc.errno == errno.EPIPE:  # STALL: the device says why in STATUS
-                try:
-                    err = self._status().last_error
-                    reason = f" (device error {getattr(err, 'name', err)})"
-                except DeviceError:
-                    pass
-            raise DeviceError(f"panel {self._where()}: {request.name} wValue={value} refused: {exc}"
-                              f"{reason}") from exc
-
-    def _where(self) -> str:
-        serial = self._info.serial if self._info else "?"
-        return f"{self._dev.idVendor:04x}:{self._dev.idProduct:04x} serial {serial}"

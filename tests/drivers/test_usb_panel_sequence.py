@@ -11,7 +11,7 @@ import numpy as np
 from drivers import registry
 from drivers.usb_panel.driver import UsbPanelDetector
 from gateway.types import FrameKind
-from hw_sim.panel import MAX_HELD
+from hw_sim.panel_readout import MAX_HELD
 from hw_sim.room import SimRoom
 from tests.service.processes import SimProcess
 
