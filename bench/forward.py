@@ -9,13 +9,15 @@ times, alternating, each of:
   storescu_tuned    /usr/bin/storescu, TCP_NODELAY=1, --max-pdu 131072
   storescu_default  /usr/bin/storescu with its defaults
 Every run is checked at storescp: the count of files and their bytes; for dxgate, each received
-dataset is byte-identical to the spool's. Prints JSON: `mb_per_s` (dxgate, median of the
-repeats), `ratio_to_storescu_tuned`, `ratio_to_storescu_default` (medians; the machine may be
-shared and noisy, so the ratio of the best runs is given too), and every sender's figures, with
-`cpu_s_median`: CPU seconds it used per run (dxgate: this process during the pass, the sha256
-check of every spool file included; storescu: the child process).
+dataset is byte-identical to the spool's. Each timed run starts with the file systems synced
+(os.sync), so the write-back of what an earlier run wrote does not land in a later one's time.
+Prints JSON: `mb_per_s` (dxgate, median of the repeats), `ratio_to_storescu_tuned`,
+`ratio_to_storescu_default` (medians; the machine may be shared and noisy, so the ratio of the
+best runs is given too), and every sender's figures, with
+`cpu_s_median`: CPU seconds it used per run (dxgate: this process during the pass, the digest
+check of every spool file before its last fragment included; storescu: the child process).
 
-    .venv/bin/python bench/forward.py [--count 20] [--repeat 3] [--associations 1]
+    .venv/bin/python bench/forward.py [--count 20] [--repeat 5] [--associations 1]
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ def time_dxgate(work: Path, instances: list[tuple[str, str, bytes]], port: int, 
         fwd = Forwarder(spool, [DestinationConfig(name="scp", host="127.0.0.1", port=port, called_ae="STORESCP",
                                                   max_pdu=MAX_PDU, timeout_s=120.0, associations=associations)],
                         calling_ae="DXGATE")
+        os.sync()
         t0, c0 = time.perf_counter(), cpu_s(resource.RUSAGE_SELF)
         results = fwd.forward_due()
         elapsed = time.perf_counter() - t0
@@ -109,6 +112,7 @@ def time_storescu(paths: list[Path], port: int, tuned: bool) -> float:
         env["TCP_NODELAY"] = "1"
         cmd += ["--max-pdu", str(MAX_PDU)]
     cmd += ["127.0.0.1", str(port), *map(str, paths)]
+    os.sync()
     t0, c0 = time.perf_counter(), cpu_s(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     elapsed = time.perf_counter() - t0
@@ -137,7 +141,8 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=20, help="images per run")
     ap.add_argument("--rows", type=int, default=3072)
     ap.add_argument("--columns", type=int, default=3072)
-    ap.add_argument("--repeat", type=int, default=3, help="runs of each sender (alternating order)")
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="runs of each sender, alternating order (medians of 5: the machine is shared)")
     ap.add_argument("--associations", type=int, default=1,
                     help="dxgate's associations to the destination (storescp serves one at a time)")
     args = ap.parse_args()

@@ -251,3 +251,4 @@ class SpooledInstance:
     sha256: str
     size: int
     destinations: tuple[str, ...] = field(default=())
+    xxh3_128: str | None = None  # fast digest checked before each send (None: spooled before it was recorded)

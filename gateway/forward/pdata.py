@@ -6,33 +6,36 @@ fragment encoding and file reads were most of the cost of a DX image). The datas
 file's bytes after its File Meta Information, already in the transfer syntax it was stored
 in (the caller uses this only when the archive accepted exactly that syntax), sent as
 P-DATA-TF PDUs of at most the archive's maximum length (PS3.8 9.3.5: the variable field, one
-PDV per PDU): each fragment's 12 header bytes are written from one preallocated buffer and its
-data handed to the kernel by sendfile, while another thread hashes the file.
+PDV per PDU): each fragment is read from the file straight into one preallocated buffer behind
+its 12 header bytes, hashed there, and the PDU sent with one call.
 
-The file is checked while it streams: its size before the first byte goes out, its sha256
-(file meta and dataset) before the last fragment does. A file that does not match what the
-spool committed is never completed at the archive: the association is aborted with the
-last fragment held back, so the archive has nothing to store (PS3.7 9.3.1: a message is
-only complete with its last fragment).
+The file is checked as it streams: its size and SOP Instance UID (file meta) before the first
+byte goes out, its digest (file meta and dataset: the xxh3_128 the spool recorded, or the
+sha256 for rows spooled before it was) over the very bytes read to go out, compared while the
+last fragment is held back (xxh3: ~1 ms of CPU for a DX image, so no thread). A file that does
+not match what the spool committed is never completed at the archive: the association is
+aborted with the last fragment held back, so the archive has nothing to store (PS3.7 9.3.1: a
+message is only complete with its last fragment).
+
+Measured against sendfile (bench/forward.py, storescp on the same two cores): the copy costs
+dxgate ~0.05 CPU s per 378 MB, but storescp received sendfile's page-backed stream with ~35%
+more CPU, and the copy was the faster of the two end to end (0.30 s against 0.36 s median).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import struct
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 
 from gateway.errors import ForwardError
+from gateway.spool import files
 
 PDU_HEADER = struct.Struct(">BBI")  # P-DATA-TF: type 0x04, reserved, length of the variable field
 PDV_HEADER = struct.Struct(">IBB")  # PDV item: length (context ID + control + data), context ID, control
@@ -46,21 +49,40 @@ _LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC
 
 
 class FileMismatch(ForwardError):
-    """The spool file is not what the spool committed (size, sha256, SOP Instance UID)."""
+    """The spool file is not what the spool committed (size, digest, SOP Instance UID)."""
 
 
-def dataset_offset(fh: BinaryIO) -> int:
-    """Where the dataset starts in a Part-10 file: after the preamble, 'DICM' and every
-    group 0002 element (Explicit VR Little Endian, PS3.10 7.1)."""
+@dataclass(frozen=True)
+class FileMeta:
+    """What a Part-10 file's File Meta Information says: where its dataset starts, its Media
+    Storage SOP Instance UID and its Transfer Syntax UID ("" when absent)."""
+
+    dataset_offset: int
+    sop_instance_uid: str
+    transfer_syntax: str
+
+
+_META_UIDS = {0x0003: "sop_instance_uid", 0x0010: "transfer_syntax"}  # (0002,0003), (0002,0010)
+
+
+def read_meta(fh: BinaryIO) -> FileMeta:
+    """The File Meta Information of a Part-10 file: the preamble, 'DICM' and every group 0002
+    element (Explicit VR Little Endian, PS3.10 7.1), read directly: a few small reads instead
+    of pydicom's parser (which cost more CPU than the digest of a DX image). FileMismatch: not
+    a Part-10 file."""
     fh.seek(0)
     head = fh.read(132)
     if len(head) != 132 or head[128:] != b"DICM":
         raise FileMismatch("not a DICOM Part-10 file (no DICM prefix)")
     offset = 132
+    uids = {"sop_instance_uid": "", "transfer_syntax": ""}
     while True:
         elem = fh.read(8)
-        if len(elem) < 8 or struct.unpack_from("<H", elem)[0] != 0x0002:
-            return offset
+        if 0 < len(elem) < 8:
+            raise FileMismatch("truncated file meta information")
+        group, number = struct.unpack_from("<HH", elem) if elem else (0, 0)
+        if group != 0x0002:
+            return FileMeta(offset, **uids)
         vr = elem[4:6]
         if vr in _LONG_LENGTH_VRS:
             extra = fh.read(4)
@@ -69,8 +91,18 @@ def dataset_offset(fh: BinaryIO) -> int:
             header, length = 12, struct.unpack("<I", extra)[0]
         else:
             header, length = 8, struct.unpack_from("<H", elem, 6)[0]
+        if number in _META_UIDS:
+            value = fh.read(length)
+            if len(value) < length:
+                raise FileMismatch("truncated file meta information")
+            uids[_META_UIDS[number]] = value.rstrip(b"\x00 ").decode("ascii", "replace")
         offset += header + length
         fh.seek(offset)
+
+
+def dataset_offset(fh: BinaryIO) -> int:
+    """Where the dataset starts in a Part-10 file: after its File Meta Information."""
+    return read_meta(fh).dataset_offset
 
 
 def _element(group: int, elem: int, value: bytes) -> bytes:
@@ -97,36 +129,13 @@ def store_command(msg_id: int, sop_class: str, sop_instance: str, priority: int 
 
 @dataclass(frozen=True)
 class Expected:
-    """What the spool committed for a file: its size, sha256 and SOP Instance UID."""
+    """What the spool committed for a file: its size, sha256, SOP Instance UID and xxh3_128
+    (None: spooled before the fast digest was recorded; its sha256 is checked instead)."""
 
     size: int
     sha256: str
     sop_instance_uid: str
-
-
-class _Digest:
-    """The sha256 of a file, computed on its own thread (hashlib lets go of the GIL), so that
-    hashing a DX image overlaps sending it; `result` is "" when the file could not be read."""
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._hex = ""
-        self._thread = threading.Thread(target=self._run, name="dxgate-forward-sha256", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            with open(self._path, "rb") as fh:
-                self._hex = hashlib.file_digest(fh, "sha256").hexdigest()
-        except OSError:
-            self._hex = ""
-
-    def join(self) -> None:
-        self._thread.join()
-
-    def result(self) -> str:
-        self._thread.join()
-        return self._hex
+    xxh3_128: str | None = None
 
 
 class PDataSender:
@@ -143,7 +152,8 @@ class PDataSender:
                         struct.pack("ll", seconds, int((send_timeout_s - seconds) * 1e6)))
         peer_max = assoc.acceptor.maximum_length or 0
         self.max_pdu = peer_max if peer_max > 0 else UNLIMITED_CHUNK  # variable field of each P-DATA-TF
-        self._buf = bytearray(HEADERS + COMMAND_ROOM)  # PDU headers, and a command's fragments
+        self._room = min(self.max_pdu, UNLIMITED_CHUNK) - PDV_HEADER.size  # data bytes per dataset fragment
+        self._buf = bytearray(HEADERS + max(COMMAND_ROOM, self._room))  # one PDU: headers, then a fragment
         self._view = memoryview(self._buf)
 
     def _send(self, length: int) -> None:
@@ -168,7 +178,8 @@ class PDataSender:
 
         FileMismatch before anything is sent when the file's size or SOP Instance UID is not
         what was committed; FileMismatch after aborting the association, with the last fragment
-        never sent, when its sha256 is not. OSError: the connection failed."""
+        never sent, when its digest is not or it cannot be read whole. OSError: the connection
+        failed."""
         try:
             fh = open(path, "rb")  # closed by the with below
         except OSError as exc:
@@ -178,45 +189,60 @@ class PDataSender:
                 raise FileMismatch(f"spool file {path} does not match its committed size; "
                                    "it is corrupt and is not sent")
             try:
-                ds = dcmread(fh, stop_before_pixels=True)
-                offset = dataset_offset(fh)
-            except (InvalidDicomError, EOFError, ValueError) as exc:
+                meta = read_meta(fh)
+            except FileMismatch as exc:
                 raise FileMismatch(f"spool file {path} is not valid DICOM: {exc}") from exc
             except OSError as exc:
                 raise FileMismatch(f"spool file {path} is unreadable: {exc}") from exc
-            if ds.get("SOPInstanceUID") != expected.sop_instance_uid:
-                raise FileMismatch(f"spool file {path} holds SOP Instance UID {ds.get('SOPInstanceUID')}, "
+            if meta.sop_instance_uid != expected.sop_instance_uid:
+                raise FileMismatch(f"spool file {path} holds SOP Instance UID {meta.sop_instance_uid}, "
                                    f"not {expected.sop_instance_uid}")
+            offset = meta.dataset_offset
             if expected.size - offset <= 0:
                 raise FileMismatch(f"spool file {path} holds no dataset; it is not sent")
-            digest = _Digest(path)  # hashed on another thread while the fragments go out
-            try:
-                self._send_command(context_id, command)
-                room = self.max_pdu - PDV_HEADER.size
-                position = offset
-                while position < expected.size:
-                    length = min(room, expected.size - position)
-                    last = position + length == expected.size
-                    if last and digest.result() != expected.sha256:
-                        self._abort()  # the last fragment is never sent: the archive stores nothing
-                        raise FileMismatch(f"spool file {path} does not match its committed sha256; it is "
-                                           "corrupt, the association was aborted before its last fragment")
-                    self._pdv(context_id, LAST if last else 0, length)
-                    self._send_from_file(fh, position, length)
-                    position += length
-            finally:
-                digest.join()
+            digest = files.FileDigest(fh.fileno(), expected.size, expected.sha256, expected.xxh3_128)
+            digest.read(offset)  # the file meta
+            self._send_command(context_id, command)
+            position = offset
+            while position < expected.size:
+                length = min(self._room, expected.size - position)
+                last = position + length == expected.size
+                data = self._view[HEADERS:HEADERS + length]
+                self._read_fragment(fh, path, position, data)
+                digest.update(data)  # the very bytes that go out
+                if last:
+                    self._check(digest, path, expected)
+                self._pdv(context_id, LAST if last else 0, length)
+                self._send(length)
+                position += length
 
-    def _send_from_file(self, fh: BinaryIO, position: int, length: int) -> None:
-        """The PDU whose headers are in the buffer, its data taken by the kernel from the file
-        (sendfile: from the page cache, never copied through Python)."""
-        self._sock.sendall(self._view[:HEADERS], socket.MSG_MORE)
-        while length:
-            sent = os.sendfile(self._sock.fileno(), fh.fileno(), position, length)
-            if sent == 0:
-                raise ConnectionError("the connection closed while sending")
-            position += sent
-            length -= sent
+    def _read_fragment(self, fh: BinaryIO, path: str, position: int, data: memoryview) -> None:
+        """Read the file's next fragment into the PDU buffer; if it cannot be read whole, abort
+        the association (the message was begun) and raise FileMismatch."""
+        done = 0
+        try:
+            while done < len(data):
+                n = os.preadv(fh.fileno(), [data[done:]], position + done)
+                if n == 0:
+                    break
+                done += n
+        except OSError as exc:
+            self._abort()
+            raise FileMismatch(f"spool file {path} is unreadable: {exc}; the association was aborted") from exc
+        if done < len(data):
+            self._abort()
+            raise FileMismatch(f"spool file {path} is shorter than committed; the association was aborted")
+
+    def _check(self, digest: files.FileDigest, path: str, expected: Expected) -> None:
+        """With the last fragment read but held back: if the file (every byte hashed as it was
+        read to go out) is not what the spool committed, abort the association (the archive
+        stores nothing) and raise FileMismatch."""
+        wrong = digest.mismatch()
+        if wrong is not None:
+            self._abort()  # the last fragment is never sent
+            raise FileMismatch(f"spool file {path} does not match the {wrong} committed with it (its content "
+                               f"identity is sha256 {expected.sha256[:12]}…); it is corrupt, the association "
+                               "was aborted before its last fragment")
 
     def _abort(self) -> None:
         self._assoc.abort()

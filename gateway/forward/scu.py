@@ -17,9 +17,9 @@ is an AssociationFailed naming it (`tls_error`), retried with the destination's 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -30,8 +30,6 @@ from pathlib import Path
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_file_meta_info
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -49,7 +47,7 @@ from gateway.errors import ForwardError
 from gateway.forward import pdata, tls
 from gateway.forward.status import Verdict, classify_rejection, classify_transport
 from gateway.netopts import ApplicationEntity, nodelay_handlers, socket_nodelay
-from gateway.spool import Delivery
+from gateway.spool import Delivery, files
 
 LOGGER = logging.getLogger(__name__)
 
@@ -76,34 +74,42 @@ class ObjectRefused(ForwardError):
     """This object cannot go to this destination (corrupt file, no accepted context)."""
 
 
+def file_meta(path: str) -> pdata.FileMeta:
+    """A spooled file's File Meta Information (ObjectRefused: unreadable, or not Part-10)."""
+    try:
+        with open(path, "rb") as fh:
+            return pdata.read_meta(fh)
+    except (OSError, pdata.FileMismatch) as exc:
+        raise ObjectRefused(f"spool file {path} is unreadable: {exc}") from exc
+
+
 def transfer_syntax_of(delivery: Delivery) -> str:
     """The transfer syntax of a spooled file, read from its file meta only."""
-    try:
-        meta = read_file_meta_info(delivery.path)
-    except (OSError, InvalidDicomError) as exc:
-        raise ObjectRefused(f"spool file {delivery.path} is unreadable: {exc}") from exc
-    ts = meta.get("TransferSyntaxUID")
+    ts = file_meta(delivery.path).transfer_syntax
     if not ts:
         raise ObjectRefused(f"spool file {delivery.path} has no Transfer Syntax UID")
-    return str(ts)
+    return ts
 
 
 def verify(delivery: Delivery) -> None:
-    """Check a spooled file against the sha256 and size committed with it, and its UID."""
+    """Check a spooled file against the size and digest committed with it (its xxh3_128, or its
+    sha256 for rows spooled before that was recorded), and its UID (its file meta's)."""
     try:
         with open(delivery.path, "rb") as fh:
-            data = fh.read()
+            size = os.fstat(fh.fileno()).st_size
+            wrong = "size" if size != delivery.size else files.file_mismatch(
+                fh.fileno(), delivery.size, delivery.sha256, delivery.xxh3_128)
+            if wrong is not None:
+                raise ObjectRefused(f"spool file {delivery.path} does not match the {wrong} committed with it (its "
+                                    f"content identity is sha256 {delivery.sha256[:12]}…); it is corrupt and is "
+                                    "not sent")
+            meta = pdata.read_meta(fh)
+    except pdata.FileMismatch as exc:
+        raise ObjectRefused(f"spool file {delivery.path} is not valid DICOM: {exc}") from exc
     except OSError as exc:
         raise ObjectRefused(f"spool file {delivery.path} is unreadable: {exc}") from exc
-    if len(data) != delivery.size or hashlib.sha256(data).hexdigest() != delivery.sha256:
-        raise ObjectRefused(f"spool file {delivery.path} does not match its committed sha256/size; "
-                            "it is corrupt and is not sent")
-    try:
-        ds = dcmread(io.BytesIO(data), stop_before_pixels=True)
-    except InvalidDicomError as exc:
-        raise ObjectRefused(f"spool file {delivery.path} is not valid DICOM: {exc}") from exc
-    if ds.get("SOPInstanceUID") != delivery.sop_instance_uid:
-        raise ObjectRefused(f"spool file {delivery.path} holds SOP Instance UID {ds.get('SOPInstanceUID')}, "
+    if meta.sop_instance_uid != delivery.sop_instance_uid:
+        raise ObjectRefused(f"spool file {delivery.path} holds SOP Instance UID {meta.sop_instance_uid}, "
                             f"not {delivery.sop_instance_uid}")
 
 
@@ -211,7 +217,7 @@ class Session:
                     and (delivery.sop_class_uid, target) in self._accepted)
         context_id = self._contexts.get((delivery.sop_class_uid, transfer_syntax))
         if self._pdata is not None and not compress and context_id is not None:
-            expected = pdata.Expected(delivery.size, delivery.sha256, delivery.sop_instance_uid)
+            expected = pdata.Expected(delivery.size, delivery.sha256, delivery.sop_instance_uid, delivery.xxh3_128)
             self.refused_last = False
             try:
                 status = self._pdata.store(delivery.path, expected, context_id, self._msg_id, delivery.sop_class_uid)

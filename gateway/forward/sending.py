@@ -181,7 +181,7 @@ class BatchSender:
 
     def _send_one(self, session: scu.Session, row: Delivery, transfer_syntax: str) -> tuple[Verdict, int | None]:
         try:
-            reply = session.store(row, transfer_syntax)  # checks the file against the spool's sha256 first
+            reply = session.store(row, transfer_syntax)  # checks the file against the digest the spool committed first
         except scu.ObjectRefused as exc:
             return Verdict(Outcome.QUARANTINED, str(exc)), None
         if reply.status is None:

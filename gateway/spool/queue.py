@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +56,7 @@ class Delivery:
     sent_at: float | None = None  # when the archive stored it
     commit_txn: str | None = None  # the storage commitment transaction asking for it
     commit_failures: int = 0  # times the archive reported its commitment failed
+    xxh3_128: str | None = None  # fast digest checked before the file leaves (None: spooled before it was recorded)
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class Backoff:
 _DELIVERY_SELECT = """
 select d.sop_instance_uid, d.destination, d.state, d.attempts, d.next_attempt_at,
        d.last_status, d.last_error, d.updated_at, i.sop_class_uid, i.path, i.sha256, i.size,
-       d.sent_at, d.commit_txn, d.commit_failures
+       d.sent_at, d.commit_txn, d.commit_failures, i.xxh3_128
 from deliveries d join instances i on i.sop_instance_uid = d.sop_instance_uid
 """
 
@@ -180,7 +181,8 @@ class Queue:
             # Storage commitment and retention (added within schema version 1: older code ignores them)
             for table, column, kind in (("deliveries", "sent_at", float), ("deliveries", "commit_txn", str),
                                         ("deliveries", "commit_failures", int), ("instances", "removed_at", float),
-                                        ("deliveries", "held_until", float), ("instances", "rejected_at", float)):
+                                        ("deliveries", "held_until", float), ("instances", "rejected_at", float),
+                                        ("instances", "xxh3_128", str)):  # the fast digest; older rows: null
                 if column not in self._db.table(table).columns_dict:
                     self._db.table(table).add_column(column, kind)
             self._db.table("commitments").create({
@@ -203,11 +205,14 @@ class Queue:
         return rows[0] if rows else None
 
     def insert_instance(self, row: dict[str, Any], destinations: Sequence[str], now: float,
-                        held_until: float | None = None) -> None:
-        """Insert an instance and its delivery rows in ONE transaction (`held_until`: held for review)."""
+                        held_until: float | None = None, unheld: Collection[str] = ()) -> None:
+        """Insert an instance and its delivery rows in ONE transaction (`held_until`: held for
+        review, except the rows to the `unheld` destinations)."""
         with self._write():
             self._db.table("instances").insert(row)
-            self._insert_deliveries(row["sop_instance_uid"], destinations, now, held_until)
+            self._insert_deliveries(row["sop_instance_uid"], [d for d in destinations if d not in unheld], now,
+                                    held_until)
+            self._insert_deliveries(row["sop_instance_uid"], [d for d in destinations if d in unheld], now)
 
     def add_deliveries(self, uid: str, destinations: Sequence[str], now: float) -> None:
         """Add delivery rows for destinations the instance does not have yet."""
@@ -402,7 +407,8 @@ class Queue:
             next_attempt_at=r["next_attempt_at"], last_status=r["last_status"],
             last_error=r["last_error"], updated_at=r["updated_at"], sop_class_uid=r["sop_class_uid"],
             path=str(self._root / r["path"]), sha256=r["sha256"], size=r["size"], sent_at=r["sent_at"],
-            commit_txn=r["commit_txn"], commit_failures=r["commit_failures"] or 0) for r in rows]
+            commit_txn=r["commit_txn"], commit_failures=r["commit_failures"] or 0, xxh3_128=r["xxh3_128"])
+            for r in rows]
 
     def mark_sending(self, destination: str, uids: Sequence[str], now: float) -> None:
         """Pending rows handed to an association, in one transaction."""

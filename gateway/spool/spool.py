@@ -11,7 +11,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +56,9 @@ class Spool:
         self._queue = Queue(self.database, self.directory, busy_timeout_s=busy_timeout_s)
         self.commitments = CommitmentBook(self._queue)  # storage commitment transactions
         self._review_hold: tuple[float, frozenset[str]] = (0.0, frozenset())
+        self._unheld: Callable[[], Collection[str]] = frozenset  # destinations that take images at once
+        self.keep_rejected_s = 0.0  # a rejected instance's file is deleted this long after rejection (0: kept)
+        self.rejected_files_removed = 0  # rejected instances' files deleted by retention (a metric)
         self.recovery = self._recover()
 
     # --- the durability point --------------------------------------------------------------
@@ -96,11 +99,13 @@ class Spool:
             files.write_atomic(path, data)
             row = {"sop_instance_uid": sop_instance_uid, "sop_class_uid": sop_class_uid,
                    "study_instance_uid": study_instance_uid, "accession_number": accession_number,
-                   "path": rel.as_posix(), "sha256": digest, "size": len(data), "created_at": now}
+                   "path": rel.as_posix(), "sha256": digest, "size": len(data), "created_at": now,
+                   "xxh3_128": files.fast_digest(data)}  # what a send checks the file against
             hold_s, held_classes = self._review_hold
             held_until = now + hold_s if hold_s > 0 and sop_class_uid in held_classes else None
             try:
-                self._queue.insert_instance(row, dests, now, held_until)
+                self._queue.insert_instance(row, dests, now, held_until,
+                                            unheld=self._unheld() if held_until is not None else ())
             except sqlite3.Error as exc:
                 path.unlink(missing_ok=True)  # no row refers to it: it was never saved
                 raise SpoolError(f"{sop_instance_uid}: queue commit failed, NOT saved: {exc}") from exc
@@ -109,12 +114,15 @@ class Spool:
 
     # --- review: held until accepted, withheld when rejected ----------------------------------
 
-    def hold_for_review(self, hold_s: float, sop_classes: frozenset[str]) -> None:
+    def hold_for_review(self, hold_s: float, sop_classes: frozenset[str],
+                        unheld: Callable[[], Collection[str]] = frozenset) -> None:
         """From now on, new instances of `sop_classes` are held `hold_s` seconds (0: not held) for
-        the technologist's verdict before any destination gets them; then they go as accepted."""
+        the technologist's verdict before any destination gets them; then they go as accepted.
+        `unheld()`, asked at each put, names the destinations that get them at once."""
         if hold_s < 0:
             raise SpoolError(f"hold_s must be >= 0, got {hold_s}")
         self._review_hold = (float(hold_s), frozenset(sop_classes))
+        self._unheld = unheld
 
     def release_held(self, uid: str, now: float | None = None) -> list[str]:
         """Accepted: the instance's deliveries still held are due now; returns their destinations."""
@@ -122,7 +130,7 @@ class Spool:
 
     def withhold(self, uid: str, reason: str, now: float | None = None) -> tuple[list[str], list[str]]:
         """Rejected: every delivery of the instance that has not left is withheld for good (the
-        file is kept: retention never removes it). Returns (destinations withheld, destinations it
+        file is kept for reject analysis, `keep_rejected_s`). Returns (destinations withheld, destinations it
         already left for or is leaving for — only a rejection note can reach those)."""
         held, left = self._queue.withhold(uid, reason, self._clock() if now is None else now)
         LOGGER.info("%s rejected: withheld from %s; already left for %s", uid, ", ".join(held) or "none",
@@ -237,9 +245,16 @@ class Spool:
         return self._queue.deliveries(uid)
 
     def retain(self, policy: RetentionPolicy, now: float | None = None, limit: int = 1000) -> list[str]:
-        """Delete the spool files every destination is done with (see gateway.spool.retention);
-        returns their SOP Instance UIDs. Never called to make room."""
-        return retention.sweep(self._queue, self.directory, policy, self._clock() if now is None else now, limit)
+        """Delete the spool files every destination is done with, and those of instances rejected
+        `keep_rejected_s` ago that can no longer leave (see gateway.spool.retention); returns their
+        SOP Instance UIDs. Never called to make room."""
+        t = self._clock() if now is None else now
+        gone = retention.sweep(self._queue, self.directory, policy, t, limit)
+        if self.keep_rejected_s > 0:
+            rejected = retention.sweep_rejected(self._queue, self.directory, policy, self.keep_rejected_s, t, limit)
+            self.rejected_files_removed += len(rejected)
+            gone += rejected
+        return gone
 
     def removed(self, uid: str) -> bool:
         """Whether retention deleted the instance's file."""
@@ -288,7 +303,7 @@ class Spool:
             sop_instance_uid=uid, sop_class_uid=row["sop_class_uid"],
             study_instance_uid=row["study_instance_uid"], accession_number=row["accession_number"],
             path=str(self.directory / row["path"]), sha256=row["sha256"], size=row["size"],
-            destinations=tuple(d.destination for d in self._queue.deliveries(uid)))
+            xxh3_128=row.get("xxh3_128"), destinations=tuple(d.destination for d in self._queue.deliveries(uid)))
 
     def _recover(self) -> RecoveryReport:
         removed = files.remove_temp_files(self.directory)

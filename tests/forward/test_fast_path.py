@@ -152,13 +152,13 @@ def test_a_spool_file_corrupted_after_it_was_committed_never_completes_at_the_ar
         put(spool, o)
     bad = spool_path(spool, objs[1].sop_instance_uid)
     data = bytearray(bad.read_bytes())
-    data[-1] ^= 0x01  # the last pixel byte: only the sha256 can tell
+    data[-1] ^= 0x01  # the last pixel byte, same size: only the digest can tell
     bad.chmod(0o600)
     bad.write_bytes(bytes(data))
     fwd = forwarder(spool, clock, destination(storescp.port, storescp.aet))
     results = {r.uid: r for r in fwd.forward_due()}
     assert results[objs[1].sop_instance_uid].outcome is Outcome.QUARANTINED
-    assert "sha256" in (results[objs[1].sop_instance_uid].error or "")
+    assert "xxh3_128" in (results[objs[1].sop_instance_uid].error or "")  # the fast digest caught it
     assert {results[o.sop_instance_uid].outcome for o in (objs[0], objs[2])} == {Outcome.SENT}
     assert fast_stores == [o.sop_instance_uid for o in objs]  # the corrupt one streamed, then held back
     got = received_datasets(storescp)  # the archive's own view
@@ -265,3 +265,50 @@ def test_an_outcome_recorded_while_the_next_image_goes_out_is_recorded_before_a_
     backoff = spool.backoff("pacs")
     assert backoff is not None and backoff.retry_at > clock()
     assert spool.due("pacs", clock(), 10) == []  # the backlog waits for its retry time
+
+
+def test_under_tls_a_spool_file_corrupted_after_it_was_committed_never_reaches_the_archive(
+        spool: Spool, clock: FakeClock, tls_scp: tuple[Pki, StoreSCP], fast_stores: list[str]) -> None:
+    """pynetdicom's path (TLS) checks the same fast digest before the object goes out."""
+    site, scp = tls_scp
+    objs = [make_object(300, 300, seed=200 + i) for i in range(3)]
+    for o in objs:
+        put(spool, o)
+    bad = spool_path(spool, objs[1].sop_instance_uid)
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2] ^= 0x10  # one pixel bit mid-file, same size
+    bad.chmod(0o600)
+    bad.write_bytes(bytes(data))
+    dest = destination(scp.port, scp.aet, tls=True, tls_ca_file=str(site.ca_file))
+    results = {r.uid: r for r in forwarder(spool, clock, dest).forward_due()}
+    assert fast_stores == []  # pynetdicom sent (or refused) every one
+    assert results[objs[1].sop_instance_uid].outcome is Outcome.QUARANTINED
+    assert "xxh3_128" in (results[objs[1].sop_instance_uid].error or "")
+    assert {results[o.sop_instance_uid].outcome for o in (objs[0], objs[2])} == {Outcome.SENT}
+    good = [objs[0].sop_instance_uid, objs[2].sop_instance_uid]
+    assert received_datasets(scp) == spooled_datasets(spool, good)  # the archive's own view: not the corrupt one
+
+
+def test_a_spool_file_replaced_by_another_instance_is_refused_before_a_byte_leaves(
+        spool: Spool, clock: FakeClock, storescp: StoreSCP, fast_stores: list[str]) -> None:
+    by_size: dict[int, list[Any]] = {}
+    for seed in range(220, 240):  # UIDs differ in length: find two files of the same size
+        o = make_object(200, 200, seed=seed)
+        by_size.setdefault(len(o.data), []).append(o)
+        if len(by_size[len(o.data)]) == 2:
+            break
+    first, second = by_size[len(o.data)]
+    third = make_object(200, 200, seed=250)
+    for obj in (first, second, third):
+        put(spool, obj)
+    victim = spool_path(spool, second.sop_instance_uid)
+    victim.chmod(0o600)
+    victim.write_bytes(first.data)  # same size, another instance's file
+    results = {r.uid: r for r in forwarder(spool, clock, destination(storescp.port, storescp.aet)).forward_due()}
+    refused = results[second.sop_instance_uid]
+    assert refused.outcome is Outcome.QUARANTINED
+    assert f"holds SOP Instance UID {first.sop_instance_uid}" in (refused.error or "")
+    assert {results[o.sop_instance_uid].outcome for o in (first, third)} == {Outcome.SENT}
+    got = received_datasets(storescp)  # the archive's own view: each image once, none twice
+    assert len(storescp.files()) == 2
+    assert got == spooled_datasets(spool, [first.sop_instance_uid, third.sop_instance_uid])
