@@ -22,7 +22,7 @@ from pathlib import Path
 
 from drivers.registry import load_simulator
 from gateway.app import Gateway
-from gateway.config import CalibrationConfig, Config, DestinationConfig, DetectorConfig, GeneratorConfig
+from gateway.config import CalibrationConfig, Config, DestinationConfig, DetectorConfig, GeneratorConfig, ReviewConfig
 from gateway.peers import StorageServer
 
 
@@ -50,6 +50,7 @@ def main() -> None:
         config = Config(state_dir=str(home / "state"), detector=DetectorConfig(mode=args.mode),
                         generator=GeneratorConfig(port=room.start_generator()),
                         calibration=CalibrationConfig(dark_frames=8, flat_frames=8),
+                        review=ReviewConfig(hold_s=0),  # the backlog is forwarded at once: no review hold
                         destinations=(DestinationConfig(name="pacs", port=pacs.start(), called_ae="PACS"),))
         try:
             with Gateway(config, usb_backend=room.usb_backend()) as gw:

@@ -374,6 +374,12 @@ class DestinationConfig(_Section):
                                                                   "(empty: any).")
     only_body_parts: tuple[Annotated[StrictStr, AfterValidator(_body_part_term)], ...] = Field(
         (), description="Route only objects of these Body Part Examined terms here (empty: any).")
+    review_hold: StrictBool = Field(True, description="Images wait here for the technologist's verdict ([review] "
+                                    "hold_s); false: this destination receives at once (e.g. a research archive), "
+                                    "and a later rejection reaches it only as a rejection note.")
+    send_rejection_kos: StrictBool | None = Field(None, description="Send this destination a rejection note (KOS "
+                                                  "'Rejected for Quality Reasons') for a rejected image that already "
+                                                  "left for it; unset: [review] send_rejection_kos.")
 
     @model_validator(mode="after")
     def _tls_files(self) -> DestinationConfig:
@@ -574,13 +580,21 @@ class DoseReportConfig(_Section):
 
 
 class ReviewConfig(_Section):
-    hold_s: Number = Field(0.0, ge=0, le=3600, description="Hold each new image from the destinations until the "
-                           "technologist accepts or rejects it, or this many seconds pass (then it counts as "
-                           "accepted); closing the exam releases it too. 0: send at once (a later rejection can "
-                           "then only be announced with a rejection note).")
+    hold_s: Number = Field(600.0, ge=0, le=3600, description="Hold each new image from the destinations (those "
+                           "with review_hold) until the technologist's verdict: accepting sends it at once, "
+                           "rejecting withholds it for good, closing the exam sends what was not judged. This is "
+                           "the longest wait: an image not judged within it goes as accepted (600 s: longer than an "
+                           "exam at the console takes; the images of an exam left open still reach the PACS ten "
+                           "minutes later). 0: send at once (a later rejection can then only be "
+                           "announced with a rejection note).")
     send_rejection_kos: StrictBool = Field(False, description="When an image rejected at the console has already "
                                            "left for a destination, queue a Key Object Selection 'Rejected for "
-                                           "Quality Reasons' (IHE) referencing it to that destination.")
+                                           "Quality Reasons' (IHE) referencing it to that destination (a "
+                                           "destination's own send_rejection_kos overrides this).")
+    keep_rejected_days: Number = Field(90.0, ge=0, le=3650, description="A rejected image's spool file is deleted "
+                                       "this many days after the rejection, once none of its deliveries can still "
+                                       "leave (never to make room); its reject-analysis record stays. 0: keep "
+                                       "rejected images forever.")
 
 
 class AuditConfig(_Section):
@@ -727,7 +741,7 @@ def _emit(obj: BaseModel, prefix: str, out: list[str]) -> None:
             tables.append((name, value))
             continue
         out.append(f"# {info.description or ''}{_bounds(info)}")
-        out.append(f"{name} = {_inline(value)}")
+        out.append(f"{name} = {_inline(value)}" if value is not None else f"# {name} = (unset)")  # TOML has no null
     for name, value in tables:
         full = f"{prefix}{name}"
         if isinstance(value, tuple):

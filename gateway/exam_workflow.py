@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ import numpy as np
 
 from gateway.acquisition.raw_store import RawStoreError
 from gateway.alarms import Alarms
+from gateway.closed_exams import ClosedExam, ClosedExams
 from gateway.config import Config, ProtocolConfig
 from gateway.correction import Corrector, check_validity
 from gateway.dicom import XRAY_RADIATION_DOSE_SR, IrradiationEvent, check_anatomy, irradiation_event_uid, new_uid
@@ -76,6 +78,7 @@ class Exam:
     dose_series_uid: str = ""  # the dose report's series and SOP Instance UIDs, assigned at opening
     dose_report_uid: str = ""
     detector: DetectorInfo | None = None  # the detector of its exposures (the dose report's equipment)
+    reopened: bool = False  # the append case: a closed exam's study opened again (a new series)
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,10 @@ class ExamWorkflow:
         self._kos_made: set[str] = set()  # images a rejection note was made for (one note per image)
         self.review_log = ReviewLog(config.path(config.spool.database).parent / "reviews.db")  # reject analysis
         if config.review.hold_s > 0:  # clinical images wait for the technologist's verdict
-            pipeline.spool.hold_for_review(config.review.hold_s, frozenset({DX_FOR_PRESENTATION, DX_FOR_PROCESSING}))
+            pipeline.spool.hold_for_review(  # destinations as now configured (SIGHUP reloads them)
+                config.review.hold_s, frozenset({DX_FOR_PRESENTATION, DX_FOR_PROCESSING}),
+                unheld=lambda: {d.name for d in pipeline.config.destinations if not d.review_hold})
+        pipeline.spool.keep_rejected_s = config.review.keep_rejected_days * 86400.0  # then retention deletes them
         self._lock = threading.Lock()
         # Frames read after a dose whose raw record could not be written: held here, retried
         # before the next exposure, which is refused while any is left.
@@ -154,8 +160,8 @@ class ExamWorkflow:
         # and fsyncing 19 MB would otherwise stand between the readout and the archive).
         self._keeper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dxgate-keep")
         self._calibration_warned: set[str] = set()  # calibration warnings logged (once each, not per re-check)
-        # Exams closed since start-up, by Study Instance UID: (order, last series number), to reopen.
-        self._closed: dict[str, tuple[WorklistItem | None, int]] = {}
+        # Exams closed lately (the state database: a restart keeps them), to reopen (append case).
+        self._closed = ClosedExams(config.path(config.spool.database), busy_timeout_s=config.spool.db_busy_timeout_s)
 
         self.current: Exam | None = None
         self.view: ViewChoice | None = None
@@ -182,7 +188,8 @@ class ExamWorkflow:
             self.current = self.open_exam(item, operator)
             self.view, self.reviewed = None, []
             self._set_armed(False)
-        self._events.publish("exam", state="open", study_uid=self.current.study_uid)
+        grouped = {"orders": 1 + len(item.grouped)} if item is not None and item.grouped else {}
+        self._events.publish("exam", state="open", study_uid=self.current.study_uid, **grouped)
         return self.current
 
     def start_group(self, items: list[WorklistItem], operator: str = "") -> Exam:
@@ -200,26 +207,36 @@ class ExamWorkflow:
         return self.start(dataclasses.replace(first, grouped=tuple(dataclasses.replace(i, grouped=())
                                                                    for i in items[1:])), operator)
 
-    def closed_exams(self) -> dict[str, tuple[WorklistItem | None, int]]:
-        """Study UID -> (order, last series number) of the exams closed since start-up, oldest first."""
-        with self._lock:
-            return dict(self._closed)
+    def closed_exams(self) -> list[ClosedExam]:
+        """The exams closed lately (within the state database's window, restarts included), oldest first."""
+        return self._closed.recent(self._clock().timestamp())
 
     def reopen(self, study_uid: str, operator: str = "") -> Exam:
-        """The append case (IHE SWF): open again an exam closed since start-up, to add views to
-        its study: the same Study Instance UID and order, a new series (the next series number),
-        a new procedure step (its own MPPS) and, for its exposures, a new dose report."""
+        """The append case (IHE SWF): open again an exam closed lately, to add views to its
+        study: the same Study Instance UID and order, a new series (the next series number,
+        reserved at once), a new procedure step (its own MPPS) and, for its exposures, a new
+        dose report. Every console is told (an "exam" event with `reopened`)."""
         with self._lock:
             if self.current is not None:
                 raise DxgateError("an exam is already open: close it first")
-            if study_uid not in self._closed:
-                raise DxgateError("no exam of that study was closed here since start-up: start it from the worklist")
-            item, last_series = self._closed[study_uid]
-            self.current = self.open_exam(item, operator, study_uid=study_uid, series_number=last_series + 1)
+            try:
+                before = self._closed.get(study_uid, self._clock().timestamp())
+            except sqlite3.Error as exc:
+                raise DxgateError(f"the closed exams cannot be read: {exc}") from None
+            if before is None:
+                raise DxgateError("no exam of that study was closed here lately: start it from the worklist")
+            exam = self.open_exam(before.item, operator, study_uid=study_uid, series_number=before.series_number + 1)
+            exam.reopened = True
+            try:
+                self._closed.reserve(study_uid, exam.series_number)
+            except sqlite3.Error as exc:
+                raise DxgateError(f"the exam cannot be reopened: its series number cannot be kept: {exc}") from None
+            self.current = exam
             self.view, self.reviewed = None, []
             self._set_armed(False)
-        self._events.publish("exam", state="open", study_uid=study_uid)
-        return self.current
+        self._events.publish("exam", state="open", study_uid=study_uid, reopened=True,
+                             series_number=exam.series_number)
+        return exam
 
     def choose_view(self, anatomy: Anatomy, technique: Technique, target_ei: float, protocol: str = ""
                     ) -> ViewChoice:
@@ -368,11 +385,10 @@ class ExamWorkflow:
             LOGGER.error("verdict on %s not recorded for reject analysis: %s: %s", sop_instance_uid,
                          type(exc).__name__, exc)
         try:
-            apply_verdict(self._pipeline.spool, self._config, sop_instance_uid, status, self._clock(),
-                          self._kos_made)
+            config = self._pipeline.config  # its destinations as reloaded: each one's send_rejection_kos
+            apply_verdict(self._pipeline.spool, config, sop_instance_uid, status, self._clock(), self._kos_made)
             if r.processing_uid:  # not clinical itself, but a rejected exposure's raw image is no research data
-                apply_verdict(self._pipeline.spool, self._config, r.processing_uid, status, self._clock(),
-                              self._kos_made)
+                apply_verdict(self._pipeline.spool, config, r.processing_uid, status, self._clock(), self._kos_made)
         except Exception as exc:
             LOGGER.error("verdict %s on %s not applied to its deliveries: %s: %s", status, sop_instance_uid,
                          type(exc).__name__, exc)
@@ -389,8 +405,6 @@ class ExamWorkflow:
                 raise DxgateError("a discontinued exam needs a reason")
             self.current, self.view = None, None
             self._set_armed(False)
-            self._closed.pop(exam.study_uid, None)  # re-closed: newest again
-            self._closed[exam.study_uid] = (exam.item, exam.series_number)  # to reopen (append case)
             rejected = {r.instance.sop_instance_uid: r.reason for r in self.reviewed if r.status == "rejected"}
             unreviewed = [r for r in self.reviewed if r.status == "new"]
         for image in unreviewed:  # closing the exam accepts what was not judged: held images go now
@@ -398,6 +412,10 @@ class ExamWorkflow:
         dose_report = bool(exam.irradiations) and self._config.dose_report.enabled and self._report_dose(exam, rejected)
         self._report_step_ended(exam, set(rejected), completed=completed, reason=reason.strip(),
                                 dose_report=dose_report)
+        try:  # to reopen it (append case), after a restart too; bookkeeping: never stops the close
+            self._closed.closed(exam.study_uid, exam.item, exam.series_number, self._clock().timestamp())
+        except sqlite3.Error as exc:
+            LOGGER.error("a closed exam could not be recorded for reopening: %s: %s", type(exc).__name__, exc)
         self._events.publish("exam", state="completed" if completed else "discontinued",
                              study_uid=exam.study_uid, images=len(exam.images))
         return exam
@@ -657,6 +675,7 @@ class ExamWorkflow:
             LOGGER.error("%d frame(s) held in memory are lost at shutdown: their raw record could never be "
                          "written", len(self._unkept))
         self.review_log.close()
+        self._closed.close()
 
 
 def _check_technique(technique: Technique, target_ei: float) -> None:

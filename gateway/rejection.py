@@ -3,9 +3,10 @@ clinical at the archive).
 
 Accepted: deliveries held for review are due at once. Rejected: every delivery that has not
 left is withheld for good (the image stays in the spool, for reject analysis); where it has
-already left, it cannot be recalled, so with `[review] send_rejection_kos` a Key Object
-Selection "Rejected for Quality Reasons" referencing it is spooled for exactly those
-destinations. Re-rejecting an image makes no second note.
+already left, it cannot be recalled, so a Key Object Selection "Rejected for Quality Reasons"
+referencing it is spooled for exactly those destinations that take notes (a destination's
+`send_rejection_kos`, else `[review] send_rejection_kos`). Re-rejecting an image makes no
+second note.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class VerdictOutcome:
     released: tuple[str, ...] = ()  # destinations now due (accepted)
     withheld: tuple[str, ...] = ()  # destinations that will never get it (rejected)
     left: tuple[str, ...] = ()  # destinations it had already left for (rejected)
-    kos_uid: str = ""  # the rejection note spooled for `left` ("" none)
+    kos_uid: str = ""  # the rejection note spooled for those of `left` that take notes ("" none)
 
 
 def apply_verdict(spool: Spool, config: Config, sop_instance_uid: str, status: str, now: datetime,
@@ -42,10 +43,18 @@ def apply_verdict(spool: Spool, config: Config, sop_instance_uid: str, status: s
                                     now.timestamp())
     kos_uid = ""
     done = kos_made if kos_made is not None else set()
-    if left and config.review.send_rejection_kos and sop_instance_uid not in done:
-        kos_uid = _spool_note(spool, config, sop_instance_uid, left, now)
+    noted = [d for d in left if takes_rejection_notes(config, d)]
+    if noted and sop_instance_uid not in done:
+        kos_uid = _spool_note(spool, config, sop_instance_uid, noted, now)
         done.add(sop_instance_uid)
     return VerdictOutcome(withheld=tuple(withheld), left=tuple(left), kos_uid=kos_uid)
+
+
+def takes_rejection_notes(config: Config, destination: str) -> bool:
+    """The destination's own `send_rejection_kos`, else `[review] send_rejection_kos` (also for a
+    destination no longer configured)."""
+    own = next((d.send_rejection_kos for d in config.destinations if d.name == destination), None)
+    return config.review.send_rejection_kos if own is None else own
 
 
 def _spool_note(spool: Spool, config: Config, sop_instance_uid: str, destinations: list[str], now: datetime) -> str:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from gateway.app import Gateway
-from gateway.config import CalibrationConfig, Config, DestinationConfig, DetectorConfig, GeneratorConfig
+from gateway.config import CalibrationConfig, Config, DestinationConfig, DetectorConfig, GeneratorConfig, ReviewConfig
 from hw_sim.room import SimRoom
 
 
@@ -20,6 +20,7 @@ def main() -> None:
     config = Config(state_dir=str(state_dir), detector=DetectorConfig(mode="8x8"),
                     generator=GeneratorConfig(port=room.start_generator()),
                     calibration=CalibrationConfig(dark_frames=4, flat_frames=4),
+                    review=ReviewConfig(hold_s=0),  # forwarded while acquiring: the kill hits both at once
                     destinations=(DestinationConfig(name="pacs", port=pacs_port, called_ae="STORESCP"),))
     gw = Gateway(config, usb_backend=room.usb_backend())
     if not gw.has_calibration():

@@ -19,6 +19,7 @@ from gateway.config import (
     DetectorConfig,
     ExposureConfig,
     GeneratorConfig,
+    ReviewConfig,
     WorklistConfig,
 )
 from gateway.errors import ExposureRefused, WorklistError
@@ -71,7 +72,7 @@ def test_unscheduled_exam_gets_generated_study_and_empty_accession(
 def test_saved_while_pacs_is_down_then_sent_after_restart(tmp_path: Path, room: SimRoom) -> None:
     """Acquisition never waits for the archive; a restart picks up the backlog and the calibration."""
     port = free_port()
-    config = config_for(tmp_path, room, port)
+    config = config_for(tmp_path, room, port).model_copy(update={"review": ReviewConfig(hold_s=0)})  # sent at once
     with Gateway(config, usb_backend=room.usb_backend()) as gw:
         calibration_id = gw.calibrate().calibration_id
         image = gw.expose(gw.open_exam(None))

@@ -23,7 +23,7 @@ import pydicom
 import pytest
 
 from gateway.app import Gateway
-from gateway.config import CalibrationConfig, Config, DestinationConfig, DetectorConfig, GeneratorConfig
+from gateway.config import CalibrationConfig, Config, DestinationConfig, DetectorConfig, GeneratorConfig, ReviewConfig
 from hw_sim.room import SimRoom
 from tests.peers import StoreSCP
 
@@ -72,6 +72,7 @@ def test_kill_9_mid_acquisition_and_forwarding_loses_nothing(tmp_path: Path, sto
     config = Config(state_dir=str(state_dir), detector=DetectorConfig(mode="8x8"),
                     generator=GeneratorConfig(port=room.start_generator()),
                     calibration=CalibrationConfig(dark_frames=4, flat_frames=4),
+                    review=ReviewConfig(hold_s=0),  # as in the child: the reprocessed image goes at once
                     destinations=(DestinationConfig(name="pacs", port=storescp.port, called_ae=storescp.aet),))
     later = datetime.now(UTC) + timedelta(hours=1)  # every backoff from the crashes has run out
     try:

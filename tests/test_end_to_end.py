@@ -23,6 +23,7 @@ from gateway.config import (
     DestinationConfig,
     DetectorConfig,
     GeneratorConfig,
+    ReviewConfig,
     WorklistConfig,
 )
 from gateway.errors import FrameError
@@ -50,6 +51,7 @@ def make_config(tmp_path: Path, room: SimRoom, *, worklist_port: int, worklist_a
         generator=GeneratorConfig(port=room.start_generator()),
         calibration=CalibrationConfig(dark_frames=4, flat_frames=4),
         worklist=WorklistConfig(host="127.0.0.1", port=worklist_port, called_ae=worklist_ae),
+        review=ReviewConfig(hold_s=0),  # no verdict is given here: each image goes at once
         destinations=(dest,),
     )
 

@@ -83,7 +83,7 @@ class ExamOpen(_Model):
     group: list[WorklistPick] | None = Field(None, min_length=2, max_length=20, description=(
         "The group case: several requested procedures of one patient in one exam (the first's study)."))
     reopen_study_uid: str | None = Field(None, max_length=64, description=(
-        "The append case: reopen an exam closed since start-up to add views to its study."))
+        "The append case: reopen an exam closed lately (GET /api/exam/closed) to add views to its study."))
 
 
 class UnscheduledPatient(_Model):
@@ -248,7 +248,8 @@ def build_router(ctx: ApiContext, require: Require) -> APIRouter:
         suggested = ex.suggested_protocols()
         return {"open": cur is not None, "armed": ex.armed,
                 "exam": None if cur is None else {"study_uid": cur.study_uid, "series_uid": cur.series_uid,
-                                                  "series_number": cur.series_number, "item": _item_json(cur.item)},
+                                                  "series_number": cur.series_number, "reopened": cur.reopened,
+                                                  "item": _item_json(cur.item)},
                 "view": None if ex.view is None else {**asdict(ex.view.anatomy), **asdict(ex.view.technique),
                                                       "target_ei": ex.view.target_ei},
                 "images": [_reviewed_json(i) for i in ex.reviewed],
@@ -264,9 +265,9 @@ def build_router(ctx: ApiContext, require: Require) -> APIRouter:
 
     @r.get("/api/exam/closed", dependencies=[Depends(tech)])
     def exams_closed() -> list[dict[str, Any]]:
-        """Exams closed since start-up, newest first: what the append case can reopen."""
-        return [{"study_uid": uid, "series_number": series, "item": _item_json(item)}
-                for uid, (item, series) in reversed(gw.exams.closed_exams().items())]
+        """Exams closed lately (kept across restarts), newest first: what the append case can reopen."""
+        return [{"study_uid": c.study_uid, "series_number": c.series_number, "closed_at": c.closed_at,
+                 "item": _item_json(c.item)} for c in reversed(gw.exams.closed_exams())]
 
     @r.post("/api/exam")
     def exam_open(body: ExamOpen, user: User = Depends(tech)) -> dict[str, Any]:  # noqa: B008

@@ -23,6 +23,7 @@ from gateway.config import (
     DestinationConfig,
     DetectorConfig,
     GeneratorConfig,
+    ReviewConfig,
     ServiceConfig,
     SpoolConfig,
     WorklistConfig,
@@ -93,6 +94,7 @@ def room(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Room]:
             worklist=WorklistConfig(port=orthanc.dicom_port, called_ae=orthanc.aet, timeout_s=5.0),
             spool=SpoolConfig(min_free_mb=0), api=ApiConfig(port=api_port),
             service=ServiceConfig(stop_timeout_s=8),  # the stop bound, short: see the last test
+            review=ReviewConfig(hold_s=0),  # sent at once: the flow reads each image's EI back from Orthanc
             # "offline": an archive that is down (nothing listens), so the queue has pending work
             destinations=(DestinationConfig(name="orthanc", port=orthanc.dicom_port, called_ae=orthanc.aet),
                           DestinationConfig(name="offline", port=free_port(), called_ae="OFFLINE")))))

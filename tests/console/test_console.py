@@ -562,7 +562,7 @@ def test_engineer_sees_reject_analysis_and_exports_it_as_csv(room: Room, browser
         shown = page.locator("#config").text_content() or ""
         assert '"destinations"' in shown and '"called_ae": "ORTHANC"' in shown
         config = api_json(page, room, "/api/console/config")
-        assert config["review"] == {"hold_s": 0.0, "send_rejection_kos": False}
+        assert config["review"] == {"hold_s": 0.0, "send_rejection_kos": False, "keep_rejected_days": 90.0}
         page.locator("#config-panel").scroll_into_view_if_needed()
         room.shot(page, "service-configuration")
     finally:

@@ -16,7 +16,14 @@ from pynetdicom.sop_class import Verification
 
 from gateway.app import Gateway
 from gateway.audit import AuditTrail
-from gateway.config import CommitmentListenerConfig, Config, DestinationConfig, DetectorConfig, GeneratorConfig
+from gateway.config import (
+    CommitmentListenerConfig,
+    Config,
+    DestinationConfig,
+    DetectorConfig,
+    GeneratorConfig,
+    ReviewConfig,
+)
 from gateway.forward import CommitmentEvent
 from hw_sim.room import SimRoom
 from tests.forward.commit_scp import CommitSCP
@@ -47,6 +54,7 @@ def test_gateway_listener_commits_frees_and_audits(tmp_path: Path, room: SimRoom
         cfg = Config(state_dir=str(tmp_path / "state"), detector=DetectorConfig(mode="8x8"),
                      generator=GeneratorConfig(port=room.start_generator()),
                      commitment_listener=CommitmentListenerConfig(port=port),
+                     review=ReviewConfig(hold_s=0),  # the image put below goes at once, no verdict awaited
                      destinations=(DestinationConfig(name="pacs", port=scp.port, called_ae=scp.aet, timeout_s=10,
                                                      commitment=True, commitment_hold_s=0),))
         with Gateway(cfg, usb_backend=room.usb_backend()) as gw:

@@ -24,6 +24,7 @@ from gateway.config import (
     DestinationConfig,
     DetectorConfig,
     GeneratorConfig,
+    ReviewConfig,
     SpoolConfig,
     WorklistConfig,
     load,
@@ -61,7 +62,8 @@ def write_config(tmp_path: Path, room: SimRoom, pacs: StoreSCP, extra_dest: Dest
                  generator=GeneratorConfig(port=room.start_generator()),
                  calibration=CalibrationConfig(dark_frames=4, flat_frames=4),
                  worklist=WorklistConfig(port=ris_port or free_port(), timeout_s=1.0), spool=SpoolConfig(min_free_mb=0),
-                 api=ApiConfig(port=0), destinations=dests)
+                 api=ApiConfig(port=0), destinations=dests,
+                 review=ReviewConfig(hold_s=0))  # each image goes at once: these tests wait for it at the archive
     path = tmp_path / "dxgate.toml"
     path.write_text(to_toml(cfg))
     return path

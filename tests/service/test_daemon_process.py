@@ -26,6 +26,7 @@ from gateway.config import (
     DestinationConfig,
     DetectorConfig,
     GeneratorConfig,
+    ReviewConfig,
     SpoolConfig,
     WorklistConfig,
     to_toml,
@@ -58,6 +59,7 @@ def write_config(path: Path, state: Path, sim: SimProcess, orthanc: Orthanc, api
                  calibration=CalibrationConfig(dark_frames=4, flat_frames=4),
                  worklist=WorklistConfig(port=orthanc.dicom_port, called_ae=orthanc.aet, timeout_s=5.0),
                  spool=SpoolConfig(min_free_mb=0), api=ApiConfig(port=api_port),
+                 review=ReviewConfig(hold_s=0),  # each image goes at once: the test waits for it at the archive
                  destinations=(DestinationConfig(name="orthanc", port=orthanc.dicom_port, called_ae=orthanc.aet),
                                *extra))
     path.write_text(to_toml(cfg))

@@ -15,7 +15,7 @@
   let slowPolls = 0;
   let appliedView = "null"; // the exam's view as last shown in the fields
   let picked = []; // worklist entries ticked to open together, in the order ticked (the group case)
-  let closed = []; // GET /api/exam/closed: exams closed since start-up, newest first (the append case)
+  let closed = []; // GET /api/exam/closed: exams closed lately (restarts included), newest first (the append case)
 
   // --- choices -----------------------------------------------------------------------------
   const bodyParts = new Map(options.body_parts.map((b) => [b.term, b]));
@@ -185,7 +185,7 @@
   });
   $("clear-picks").addEventListener("click", () => { picked = []; updatePicks(); });
 
-  // --- the append case (IHE SWF): reopen an exam closed since start-up to add views -----------
+  // --- the append case (IHE SWF): reopen an exam closed lately to add views -------------------
   async function loadClosed() {
     const list = $("closed-exams");
     try {
@@ -208,12 +208,10 @@
           el("button", { type: "button", class: "reopen-button", "data-study-uid": c.study_uid,
             title: "Open this exam again: same study, a new series", onclick: () => reopen(c) }, "Reopen")));
     }));
-    if (!closed.length) list.append(el("p", { class: "muted" }, "No exam closed since the gateway started."));
-    if (exam?.open) renderBanner();
+    if (!closed.length) list.append(el("p", { class: "muted" }, "No exam closed lately."));
   }
 
   async function reopen(c) {
-    sessionStorage.setItem("dx-reopened", c.study_uid);
     if (await postExam({ reopen_study_uid: c.study_uid }, "Cannot reopen the exam: ")) $("reopen").open = false;
   }
   $("reopen").addEventListener("toggle", () => { if ($("reopen").open) loadClosed(); });
@@ -236,7 +234,8 @@
 
   // --- exam --------------------------------------------------------------------------------
   // The open exam's patient and every order it acquires (several in the group case); a reopened
-  // exam (its study closed here before) says that its images go into a new series of that study.
+  // exam (its study closed here before) says, in every console (the server knows, and tells each
+  // one by an "exam" event), that its images go into a new series of that study.
   function renderBanner() {
     const banner = $("banner");
     if (!exam?.open) {
@@ -244,8 +243,6 @@
       return;
     }
     const it = exam.exam.item;
-    const again = sessionStorage.getItem("dx-reopened") === exam.exam.study_uid; // reopened from this console
-    const before = again && closed.find((c) => c.study_uid === exam.exam.study_uid);
     banner.replaceChildren(...(it ? [
       el("span", { class: "name", id: "patient-name" }, dx.personName(it.patient_name)),
       el("span", {}, `ID ${it.patient_id}`),
@@ -255,7 +252,8 @@
       o.accession_number ? `Acc ${o.accession_number}` : "unscheduled",
       (o.sps_description || o.requested_procedure_description) ? ` · ${o.sps_description || o.requested_procedure_description}` : ""))),
     ] : [el("span", { class: "name" }, "Exam without patient")]),
-    before ? el("span", { class: "reopened", id: "reopened" }, `Reopened: adds series ${before.series_number + 1}`) : null);
+    exam.exam.reopened ? el("span", { class: "reopened", id: "reopened" }, `Reopened: adds series ${exam.exam.series_number}`)
+      : null);
   }
 
   async function loadExam() {
@@ -264,7 +262,6 @@
     renderBanner();
     if (wasOpen && !exam.open) loadClosed();
     if (!exam.open) {
-      sessionStorage.removeItem("dx-reopened");
       viewer.clear();
       shownUid = "";
       setBadges(null);
