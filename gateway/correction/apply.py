@@ -16,13 +16,13 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import numba
 import numpy as np
 
 from gateway.correction.calibration_set import CalibrationInfo, CalibrationSet, DefectClass
 from gateway.correction.compact import CompactMaps, CompactResponse, compact, compact_response
 from gateway.correction.repair import MAX_REPAIR_RADIUS, repair_tables
 from gateway.errors import CalibrationError
+from gateway.jit import compiled
 from gateway.types import CorrectedFrame, RawFrame
 
 LOGGER = logging.getLogger(__name__)
@@ -30,17 +30,7 @@ LOGGER = logging.getLogger(__name__)
 __all__ = ["MAX_REPAIR_RADIUS", "Corrector", "repair_tables"]
 
 
-def _jit(fn: Callable[..., None]) -> Callable[..., None]:
-    """Compiled, with numba's on-disk cache when it finds a writable place for it (a read-only
-    install without one compiles once per process instead of failing at import)."""
-    try:
-        return numba.njit(nogil=True, cache=True, boundscheck=False)(fn)
-    except RuntimeError as exc:
-        LOGGER.info("numba cache unavailable (%s): compiling %s at start", exc, fn.__name__)
-        return numba.njit(nogil=True, boundscheck=False)(fn)
-
-
-@_jit
+@compiled
 def _correct_rows(raw: np.ndarray, offset: np.ndarray, offset_step: float, offset_base: float, gain: np.ndarray,
                   gain_step: float, gain_base: float, full_scale: int, r0: int, r1: int,
                   out: np.ndarray) -> None:  # pragma: no cover - compiled
@@ -61,7 +51,7 @@ def _correct_rows(raw: np.ndarray, offset: np.ndarray, offset_step: float, offse
             d[x] = np.uint16(top if v >= full_scale else c)
 
 
-@_jit
+@compiled
 def _correct_rows_multi(raw: np.ndarray, offset: np.ndarray, offset_step: float, offset_base: float,
                         knots: np.ndarray, knot_step: np.ndarray, knot_base: np.ndarray, slopes: np.ndarray,
                         slope_step: np.ndarray, slope_base: np.ndarray, targets: np.ndarray, full_scale: int,
@@ -95,7 +85,7 @@ def _correct_rows_multi(raw: np.ndarray, offset: np.ndarray, offset_step: float,
             d[x] = np.uint16(top if r[x] >= full_scale else c)
 
 
-@_jit
+@compiled
 def _repair(flat: np.ndarray, index: np.ndarray, neighbours: np.ndarray,
             weights: np.ndarray) -> None:  # pragma: no cover - compiled
     for i in range(index.size):

@@ -85,6 +85,7 @@ class Daemon:
         self._on_ready = on_ready
         self._signals: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._stop = threading.Event()
+        self._ready = threading.Event()  # READY=1 sent: the monitor's warm-up waits for it
         self.heartbeats = Heartbeats()
         self.metrics = Metrics()
         self.events = EventBus()
@@ -125,6 +126,7 @@ class Daemon:
         LOGGER.info("dxgate ready in %.2f s (API on %s:%s)", time.monotonic() - started,
                     self.config.api.host, self.api_port)
         notify(READY=1, STATUS="ready")
+        self._ready.set()
         self._audit(audit_msg.application(True, ae_title=self.config.site.ae_title, when=self._now()))
         if self._on_ready is not None:
             self._on_ready(self)
@@ -279,7 +281,10 @@ class Daemon:
         the compiler's pages released."""
         assert self.gateway is not None
         gw = self.gateway
-        presentation.warm_up()  # here, not before READY: it only spares the first frame the kernel's load
+        while not self._ready.wait(0.1):  # after READY: the warm-up only spares the first frame the kernel's load
+            if self._stop.is_set():
+                return
+        presentation.warm_up()
         gc.collect()
         gc.freeze()  # the start-up objects (modules, config, app) leave the collector: full passes stay short
         while True:
