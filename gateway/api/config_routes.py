@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import config as config_module
 from gateway.api.console_routes import REDACTED, redact
-from gateway.api.routes import ApiContext, Require
+from gateway.api.context import ApiContext, Require
 from gateway.config import RELOADABLE_SECTIONS, Config, ConfigError
 from gateway.users import User
 

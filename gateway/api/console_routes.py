@@ -17,7 +17,8 @@ from fastapi.responses import FileResponse, Response
 from pydicom.errors import InvalidDicomError
 
 from gateway import anatomy
-from gateway.api.routes import ApiContext, _delivery_json
+from gateway.api.context import ApiContext
+from gateway.api.models import delivery_json
 from gateway.calibration_workflow import dark_instruction, flat_instruction
 from gateway.correction.store import calibrated_at
 from gateway.errors import DxgateError
@@ -158,7 +159,7 @@ def build_console_router(ctx: ApiContext, require: Callable[[str], Any]) -> APIR
     def forwarding() -> dict[str, list[dict[str, Any]]]:
         """Each image of the open exam: its delivery to every destination."""
         uids = [i.instance.sop_instance_uid for i in list(gw.exams.reviewed)]
-        return {uid: [_delivery_json(d) for d in gw.spool.deliveries(uid)] for uid in uids}
+        return {uid: [delivery_json(d) for d in gw.spool.deliveries(uid)] for uid in uids}
 
     @r.get("/api/console/images/{uid}/collimation", dependencies=[Depends(tech)])
     def collimation(uid: str) -> dict[str, Any]:

@@ -13,7 +13,8 @@ from gateway import __version__
 from gateway.api.auth import AuthEvent, Sessions, install_auth, install_local
 from gateway.api.config_routes import build_config_router
 from gateway.api.console_routes import build_console_router
-from gateway.api.routes import ApiContext, build_router
+from gateway.api.context import ApiContext
+from gateway.api.routes import build_router
 from gateway.app import Gateway
 from gateway.config import ApiConfig
 from gateway.console.mount import mount_console
