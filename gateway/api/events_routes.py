@@ -34,7 +34,7 @@ def build_events_router(ctx: ApiContext, require: Require) -> APIRouter:
                             yield b": keep-alive\n\n"
                             last = time.monotonic()
                         continue
-                    data = json.dumps({"seq": event.seq, "at": event.at, **event.data}, default=_finite)
+                    data = event_json({"seq": event.seq, "at": event.at, **event.data})
                     yield f"id: {event.seq}\nevent: {event.kind}\ndata: {data}\n\n".encode()
                     last = time.monotonic()
             finally:
@@ -45,7 +45,17 @@ def build_events_router(ctx: ApiContext, require: Require) -> APIRouter:
     return r
 
 
+def event_json(data: dict[str, Any]) -> str:
+    """An event as strict JSON (what a browser's JSON.parse takes): a NaN or an infinity (an
+    exposure index that could not be computed, say) becomes null, anything else not JSON its text."""
+    return json.dumps(_finite(data), default=str, allow_nan=False)
+
+
 def _finite(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return str(x)
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
