@@ -16,6 +16,7 @@ import httpx
 import pydicom
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydicom.errors import InvalidDicomError
 
 from gateway.config import (
     ApiConfig,
@@ -172,7 +173,7 @@ def test_an_exposure_through_the_api_reaches_the_archive_and_the_metrics(
             assert eng.post(f"/api/exam/images/{uid}/review", json={"status": "rejected"},
                             headers=csrf).status_code == 400  # a rejection needs a reason
             assert eng.post("/api/exam/close", json={"completed": True}, headers=csrf).status_code == 200
-            [stored] = wait_for_files(storescp.files, 1)
+            [stored] = wait_for_files(lambda: of_modality(storescp.files(), "DX"), 1)  # the dose report follows
             ds = pydicom.dcmread(stored)
             assert ds.SOPInstanceUID == uid and ds.BodyPartExamined == "HAND" and ds.ImageLaterality == "L"
             assert str(ds.OperatorsName) == "eric"  # who opened the exam at the console
@@ -200,6 +201,18 @@ def wait_for_files(files: Any, n: int, timeout_s: float = 30.0) -> list[Path]:
     got = list(files())
     assert len(got) >= n, f"{len(got)} of {n} files arrived"
     return got
+
+
+def of_modality(files: list[Path], modality: str) -> list[Path]:
+    """The complete files of one modality (a file still being written is not counted yet)."""
+    out = []
+    for path in files:
+        try:
+            if pydicom.dcmread(path, stop_before_pixels=True).Modality == modality:
+                out.append(path)
+        except (OSError, ValueError, AttributeError, EOFError, InvalidDicomError):  # a file cut short
+            continue
+    return out
 
 
 def calibrate_and_arm(c: httpx.Client, csrf: dict[str, Any], room: SimRoom) -> None:
