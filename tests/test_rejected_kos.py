@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pydicom
@@ -19,21 +19,12 @@ from gateway.app import Gateway
 from gateway.config import CalibrationConfig, Config, DestinationConfig, DetectorConfig, GeneratorConfig, ReviewConfig
 from gateway.dicom import XRAY_RADIATION_DOSE_SR
 from gateway.dicom.kos import KEY_OBJECT_SELECTION
-from gateway.exam_workflow import AcquiredImage, ExamWorkflow
 from gateway.spool import DeliveryState
-from gateway.types import Anatomy, Technique
 from hw_sim.room import SimRoom
 from tests.peers import Orthanc, StoreSCP
+from tests.review_steps import Clock, armed, expose
 
 HOLD_S = 60.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture(scope="module")
@@ -70,21 +61,6 @@ def gateway(tmp_path: Path, room: SimRoom, peers: tuple[Orthanc, StoreSCP], revi
     gw.calibrate()
     room.place("chest")
     return gw
-
-
-def armed(gw: Gateway) -> ExamWorkflow:
-    """The console's path: exam opened, view chosen, release armed."""
-    ex = gw.exams
-    ex.start(None)
-    ex.choose_view(Anatomy("CHEST", "PA", None), Technique(kvp=80.0, mas=1.2), 400.0)
-    ex.arm(True)
-    return ex
-
-
-def expose(ex: ExamWorkflow) -> AcquiredImage:
-    image = ex.expose_chosen()
-    assert image is not None
-    return image
 
 
 def at_storescp(scp: StoreSCP) -> set[str]:

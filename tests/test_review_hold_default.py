@@ -27,21 +27,12 @@ from gateway.config import (
 )
 from gateway.dicom import XRAY_RADIATION_DOSE_SR
 from gateway.dicom.kos import KEY_OBJECT_SELECTION
-from gateway.exam_workflow import ExamWorkflow
 from gateway.rejection import apply_verdict
 from gateway.spool import DeliveryState, Spool
-from gateway.types import Anatomy, Technique
 from hw_sim.room import SimRoom
 from tests.peers import StoreSCP
+from tests.review_steps import Clock, armed, expose
 from tests.spool.objects import make_object, put
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture(scope="module")
@@ -74,20 +65,6 @@ def gateway(tmp_path: Path, room: SimRoom, clock: Clock, *destinations: Destinat
     return gw
 
 
-def armed(gw: Gateway) -> ExamWorkflow:
-    ex = gw.exams
-    ex.start(None)
-    ex.choose_view(Anatomy("CHEST", "PA", None), Technique(kvp=80.0, mas=1.2), 400.0)
-    ex.arm(True)
-    return ex
-
-
-def expose(ex: ExamWorkflow) -> str:
-    image = ex.expose_chosen()
-    assert image is not None
-    return image.instance.sop_instance_uid
-
-
 def received(scp: StoreSCP) -> dict[str, str]:
     """SOP Instance UID -> SOP Class UID of every file the archive wrote."""
     out = {}
@@ -105,7 +82,7 @@ def test_by_default_a_rejected_image_never_reaches_the_archive_and_an_accepted_o
     with gateway(tmp_path, room, clock, DestinationConfig(name="pacs", port=clinical.port,
                                                           called_ae=clinical.aet)) as gw:
         ex = armed(gw)
-        accepted, rejected, unjudged = expose(ex), expose(ex), expose(ex)
+        accepted, rejected, unjudged = (expose(ex).instance.sop_instance_uid for _ in range(3))
         ours = {accepted, rejected, unjudged}
         assert gw.forward_due() == []  # saved and queued, but nothing leaves before a verdict
         assert received(clinical).keys() & ours == set()
@@ -150,7 +127,7 @@ def test_a_destination_without_review_hold_receives_before_the_verdict(
                                    send_rejection_kos=True)) as gw:
         assert gw.config.review.send_rejection_kos is False  # the note is the research archive's own choice
         ex = armed(gw)
-        kept, dropped = expose(ex), expose(ex)
+        kept, dropped = (expose(ex).instance.sop_instance_uid for _ in range(2))
         assert sorted((r.uid, r.destination, r.outcome) for r in gw.forward_due()) == sorted(
             [(kept, "research", "sent"), (dropped, "research", "sent")])  # before any verdict
         assert received(research).keys() >= {kept, dropped}

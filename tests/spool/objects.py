@@ -68,3 +68,13 @@ def put(spool: Spool, obj: TestObject, destinations: tuple[str, ...] = ("pacs",)
     return spool.put(obj.data, sop_instance_uid=obj.sop_instance_uid, sop_class_uid=obj.sop_class_uid,
                      study_instance_uid=obj.study_instance_uid, accession_number=obj.accession_number,
                      destinations=destinations)
+
+
+class Clock:
+    """The spool's injected clock (seconds), moved by hand."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t

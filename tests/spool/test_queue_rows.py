@@ -6,34 +6,13 @@ the due times read back exactly: the forwarder's sleep and the operator's views 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.errors import SpoolError
 from gateway.spool import Delivery, DeliveryState, Spool
-from tests.spool.objects import make_object, put
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def spool(tmp_path: Path, clock: Clock) -> Iterator[Spool]:
-    s = Spool(tmp_path / "spool", tmp_path / "state.db", min_free_bytes=0, clock=clock)
-    yield s
-    s.close()
+from tests.spool.objects import Clock, make_object, put
 
 
 def row(spool: Spool, uid: str, dest: str) -> object:

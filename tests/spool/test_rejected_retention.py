@@ -5,14 +5,13 @@ leave — never to make room, never while a delivery could still go. The clock i
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.errors import SpoolError
 from gateway.spool import DeliveryState, RetentionPolicy, Spool
-from tests.spool.objects import make_object, put
+from tests.spool.objects import Clock, make_object, put
 
 DAY = 86400.0
 KEEP_S = 90 * DAY
@@ -20,25 +19,9 @@ KEEP_S = 90 * DAY
 POLICY = RetentionPolicy(commits=frozenset({"pacs"}), age_s={"research": 100.0})
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def spool(tmp_path: Path, clock: Clock) -> Iterator[Spool]:
-    s = Spool(tmp_path / "spool", tmp_path / "state.db", min_free_bytes=0, clock=clock)
-    s.keep_rejected_s = KEEP_S
-    yield s
-    s.close()
+@pytest.fixture(autouse=True)
+def keeping_rejected(spool: Spool) -> None:
+    spool.keep_rejected_s = KEEP_S
 
 
 def rejected(spool: Spool, seed: int, destinations: tuple[str, ...] = ("pacs", "research")) -> tuple[str, Path]:
