@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import socket
 import ssl
 import threading
@@ -91,26 +90,31 @@ def transfer_syntax_of(delivery: Delivery) -> str:
     return ts
 
 
-def verify(delivery: Delivery) -> None:
-    """Check a spooled file against the size and digest committed with it (its xxh3_128, or its
-    sha256 for rows spooled before that was recorded), and its UID (its file meta's)."""
+def verify(delivery: Delivery) -> bytes:
+    """A spooled file's bytes, read once and checked against the size and digest committed with
+    it (its xxh3_128, or its sha256 for rows spooled before that was recorded) and its UID (its
+    file meta's): what pynetdicom's path sends is these bytes, never a second read of the file."""
     try:
-        with open(delivery.path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            wrong = "size" if size != delivery.size else files.file_mismatch(
-                fh.fileno(), delivery.size, delivery.sha256, delivery.xxh3_128)
-            if wrong is not None:
-                raise ObjectRefused(f"spool file {delivery.path} does not match the {wrong} committed with it (its "
-                                    f"content identity is sha256 {delivery.sha256[:12]}…); it is corrupt and is "
-                                    "not sent")
-            meta = pdata.read_meta(fh)
-    except pdata.FileMismatch as exc:
-        raise ObjectRefused(f"spool file {delivery.path} is not valid DICOM: {exc}") from exc
+        data = Path(delivery.path).read_bytes()
     except OSError as exc:
         raise ObjectRefused(f"spool file {delivery.path} is unreadable: {exc}") from exc
+    if len(data) != delivery.size:
+        wrong: str | None = "size"
+    elif delivery.xxh3_128:
+        wrong = None if files.fast_digest(data) == delivery.xxh3_128 else "xxh3_128"
+    else:
+        wrong = None if files.sha256_hex(data) == delivery.sha256 else "sha256"
+    if wrong is not None:
+        raise ObjectRefused(f"spool file {delivery.path} does not match the {wrong} committed with it (its "
+                            f"content identity is sha256 {delivery.sha256[:12]}…); it is corrupt and is not sent")
+    try:
+        meta = pdata.read_meta(io.BytesIO(data))
+    except pdata.FileMismatch as exc:
+        raise ObjectRefused(f"spool file {delivery.path} is not valid DICOM: {exc}") from exc
     if meta.sop_instance_uid != delivery.sop_instance_uid:
         raise ObjectRefused(f"spool file {delivery.path} holds SOP Instance UID {meta.sop_instance_uid}, "
                             f"not {delivery.sop_instance_uid}")
+    return data
 
 
 def build_contexts(pairs: Iterable[tuple[str, str]], compress: str | None = None) -> list[PresentationContext]:
@@ -225,12 +229,9 @@ class Session:
                 self.refused_last = not self.established
                 raise ObjectRefused(str(exc)) from exc
             return StoreReply(status)
-        verify(delivery)
-        item: Path | Dataset = Path(delivery.path)
-        if compress and target is not None:
-            item = compressed(delivery, target, self.destination.name)
-        elif context_id is None:
-            item = dcmread(delivery.path)
+        data = verify(delivery)  # sent are these bytes, as pynetdicom would read the file
+        item = compressed(data, delivery, target, self.destination.name) if compress and target is not None \
+            else dcmread(io.BytesIO(data))
         try:
             rsp = self._assoc.send_c_store(item, msg_id=self._msg_id)
         except ValueError as exc:  # no accepted presentation context for this object
@@ -273,13 +274,13 @@ def fast_sender(assoc: Association, destination: DestinationConfig) -> pdata.PDa
     return pdata.PDataSender(assoc, sock, destination.timeout_s)
 
 
-def compressed(delivery: Delivery, syntax: str, destination: str) -> Path | Dataset:
-    """The spooled image compressed losslessly in memory (same SOP Instance UID), checked by
-    decoding it again: the file itself (sent uncompressed) when it has no pixels, the encoder
-    refuses it, or the decoded pixels are not the original bit for bit."""
-    ds = dcmread(delivery.path)
+def compressed(data: bytes, delivery: Delivery, syntax: str, destination: str) -> Dataset:
+    """The spooled image (its checked bytes `data`) compressed losslessly in memory (same SOP
+    Instance UID), checked by decoding it again; uncompressed as it is when it has no pixels,
+    the encoder refuses it, or the decoded pixels are not the original bit for bit."""
+    ds = dcmread(io.BytesIO(data))
     if "PixelData" not in ds:
-        return Path(delivery.path)
+        return ds
     try:
         original = stored_values(ds)
         ds.compress(syntax, generate_instance_uid=False)
@@ -292,7 +293,7 @@ def compressed(delivery: Delivery, syntax: str, destination: str) -> Path | Data
         why = "the decoded pixels differ from the original"
     LOGGER.warning("%s: %s not compressed to %s (%s); sent uncompressed", destination,
                    delivery.sop_instance_uid, syntax, why)
-    return Path(delivery.path)
+    return dcmread(io.BytesIO(data))
 
 
 def stored_values(ds: Dataset) -> np.ndarray:

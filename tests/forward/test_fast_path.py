@@ -14,8 +14,8 @@ import pytest
 from pydicom import dcmread
 
 from gateway.config import DestinationConfig
-from gateway.forward import Forwarder, Outcome, pdata
-from gateway.spool import DeliveryState, Spool
+from gateway.forward import Forwarder, Outcome, pdata, scu
+from gateway.spool import Delivery, DeliveryState, Spool
 from tests.forward.conftest import FakeClock
 from tests.forward.pdu_proxy import P_DATA_TF, PduProxy
 from tests.forward.scp import ScriptedSCP
@@ -287,6 +287,30 @@ def test_under_tls_a_spool_file_corrupted_after_it_was_committed_never_reaches_t
     assert {results[o.sop_instance_uid].outcome for o in (objs[0], objs[2])} == {Outcome.SENT}
     good = [objs[0].sop_instance_uid, objs[2].sop_instance_uid]
     assert received_datasets(scp) == spooled_datasets(spool, good)  # the archive's own view: not the corrupt one
+
+
+def test_under_tls_what_leaves_is_the_bytes_checked_not_a_second_read_of_the_file(
+        spool: Spool, clock: FakeClock, tls_scp: tuple[Pki, StoreSCP], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file is corrupted right after its check: the archive still gets what was checked."""
+    site, scp = tls_scp
+    o = make_object(300, 300, seed=210)
+    put(spool, o)
+    path = spool_path(spool, o.sop_instance_uid)
+    checked = dataset_bytes(path.read_bytes())
+    real = scu.verify
+
+    def verify_then_corrupt(delivery: Delivery) -> bytes:
+        data = real(delivery)
+        bad = bytearray(path.read_bytes())
+        bad[len(bad) // 2] ^= 0x10
+        path.chmod(0o600)
+        path.write_bytes(bytes(bad))
+        return data
+
+    monkeypatch.setattr(scu, "verify", verify_then_corrupt)
+    dest = destination(scp.port, scp.aet, tls=True, tls_ca_file=str(site.ca_file))
+    assert [r.outcome for r in forwarder(spool, clock, dest).forward_due()] == [Outcome.SENT]
+    assert received_datasets(scp) == {o.sop_instance_uid: checked}
 
 
 def test_a_spool_file_replaced_by_another_instance_is_refused_before_a_byte_leaves(
