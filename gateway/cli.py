@@ -244,13 +244,15 @@ def _print_deliveries(rows: list[dict[str, Any]], as_json: bool) -> None:
         return
     for d in rows:
         status = "" if d.get("last_status") is None else f" 0x{d['last_status']:04X}"
-        print(f"{d['sop_instance_uid']}  {d['destination']}  {d['state']}  attempts {d['attempts']}{status}"
+        state = "held for review" if d.get("held") else d["state"]
+        print(f"{d['sop_instance_uid']}  {d['destination']}  {state}  attempts {d['attempts']}{status}"
               f"{'  ' + d['last_error'] if d.get('last_error') else ''}")
     print(f"{len(rows)} deliver{'y' if len(rows) == 1 else 'ies'}")
 
 
 def _queue_offline(args: argparse.Namespace) -> int:
     """On the state database directly (a running daemon sees the changes at its next pass)."""
+    from gateway.api.models import delivery_json
     from gateway.spool import Spool
 
     cfg = load(args.config)
@@ -280,11 +282,10 @@ def _queue_offline(args: argparse.Namespace) -> int:
                         (spool.retry_now if args.action == "retry" else spool.release)(d.sop_instance_uid,
                                                                                        d.destination)
                 rows = spool.deliveries(args.uid)
+        shown = [delivery_json(d, spool.now()) for d in rows]
     finally:
         spool.close()
-    _print_deliveries([{"sop_instance_uid": d.sop_instance_uid, "destination": d.destination, "state": d.state.value,
-                        "attempts": d.attempts, "next_attempt_at": d.next_attempt_at, "last_status": d.last_status,
-                        "last_error": d.last_error, "size": d.size} for d in rows], args.json)
+    _print_deliveries(shown, args.json)
     return 0
 
 

@@ -159,7 +159,8 @@ def build_console_router(ctx: ApiContext, require: Callable[[str], Any]) -> APIR
     def forwarding() -> dict[str, list[dict[str, Any]]]:
         """Each image of the open exam: its delivery to every destination."""
         uids = [i.instance.sop_instance_uid for i in list(gw.exams.reviewed)]
-        return {uid: [delivery_json(d) for d in gw.spool.deliveries(uid)] for uid in uids}
+        now = gw.spool.now()
+        return {uid: [delivery_json(d, now) for d in gw.spool.deliveries(uid)] for uid in uids}
 
     @r.get("/api/console/images/{uid}/collimation", dependencies=[Depends(tech)])
     def collimation(uid: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict
 
 from gateway.errors import ExposureRefused, FrameKeptError
-from gateway.spool import Delivery
+from gateway.spool import Delivery, DeliveryState
 from gateway.types import WorklistItem
 
 
@@ -28,10 +28,14 @@ def item_json(item: WorklistItem | None) -> dict[str, Any] | None:
     return d
 
 
-def delivery_json(d: Delivery) -> dict[str, Any]:
+def delivery_json(d: Delivery, now: float) -> dict[str, Any]:
+    """A delivery as the console and `dxgate queue` show it; `held`: waiting for the
+    technologist's verdict (pending, and its hold runs past `now`, the spool's clock)."""
     return {"sop_instance_uid": d.sop_instance_uid, "destination": d.destination, "state": d.state.value,
             "attempts": d.attempts, "next_attempt_at": d.next_attempt_at, "last_status": d.last_status,
-            "last_error": d.last_error, "updated_at": d.updated_at, "size": d.size}
+            "last_error": d.last_error, "updated_at": d.updated_at, "size": d.size,
+            "held_until": d.held_until,
+            "held": d.state is DeliveryState.PENDING and d.held_until is not None and d.held_until > now}
 
 
 def fail(exc: Exception) -> HTTPException:

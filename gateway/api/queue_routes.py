@@ -22,7 +22,8 @@ def build_queue_router(ctx: ApiContext, require: Require) -> APIRouter:
     def queue(state: str | None = None, destination: str | None = None,
               limit: int = Query(100, ge=1, le=10000)) -> list[dict[str, Any]]:
         try:
-            return [delivery_json(d) for d in gw.spool.listing(state=state, destination=destination, limit=limit)]
+            rows = gw.spool.listing(state=state, destination=destination, limit=limit)
+            return [delivery_json(d, gw.spool.now()) for d in rows]
         except DxgateError as exc:
             raise fail(exc) from None
 
@@ -31,7 +32,7 @@ def build_queue_router(ctx: ApiContext, require: Require) -> APIRouter:
         rows = gw.spool.deliveries(uid)
         if not rows:
             raise HTTPException(404, detail="no such instance in the queue")
-        return [delivery_json(d) for d in rows]
+        return [delivery_json(d, gw.spool.now()) for d in rows]
 
     @r.post("/api/queue/{uid}/retry", dependencies=[Depends(engineer)])
     def queue_retry(uid: str, destination: str | None = None) -> list[dict[str, Any]]:
@@ -63,4 +64,4 @@ def each_delivery(gw: Gateway, uid: str, destination: str | None, state: str,
     for d in rows:
         act(uid, d.destination)
     gw.wake_forwarder()
-    return [delivery_json(d) for d in gw.spool.deliveries(uid)]
+    return [delivery_json(d, gw.spool.now()) for d in gw.spool.deliveries(uid)]

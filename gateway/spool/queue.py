@@ -57,6 +57,7 @@ class Delivery:
     commit_txn: str | None = None  # the storage commitment transaction asking for it
     commit_failures: int = 0  # times the archive reported its commitment failed
     xxh3_128: str | None = None  # fast digest checked before the file leaves (None: spooled before it was recorded)
+    held_until: float | None = None  # held for the technologist's verdict until then (None: not held)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class Backoff:
 _DELIVERY_SELECT = """
 select d.sop_instance_uid, d.destination, d.state, d.attempts, d.next_attempt_at,
        d.last_status, d.last_error, d.updated_at, i.sop_class_uid, i.path, i.sha256, i.size,
-       d.sent_at, d.commit_txn, d.commit_failures, i.xxh3_128
+       d.sent_at, d.commit_txn, d.commit_failures, i.xxh3_128, d.held_until
 from deliveries d join instances i on i.sop_instance_uid = d.sop_instance_uid
 """
 
@@ -407,8 +408,8 @@ class Queue:
             next_attempt_at=r["next_attempt_at"], last_status=r["last_status"],
             last_error=r["last_error"], updated_at=r["updated_at"], sop_class_uid=r["sop_class_uid"],
             path=str(self._root / r["path"]), sha256=r["sha256"], size=r["size"], sent_at=r["sent_at"],
-            commit_txn=r["commit_txn"], commit_failures=r["commit_failures"] or 0, xxh3_128=r["xxh3_128"])
-            for r in rows]
+            commit_txn=r["commit_txn"], commit_failures=r["commit_failures"] or 0, xxh3_128=r["xxh3_128"],
+            held_until=r["held_until"]) for r in rows]
 
     def mark_sending(self, destination: str, uids: Sequence[str], now: float) -> None:
         """Pending rows handed to an association, in one transaction."""

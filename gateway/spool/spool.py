@@ -114,6 +114,10 @@ class Spool:
 
     # --- review: held until accepted, withheld when rejected ----------------------------------
 
+    def now(self) -> float:
+        """The spool's clock (what due times and holds are compared with)."""
+        return self._clock()
+
     def hold_for_review(self, hold_s: float, sop_classes: frozenset[str],
                         unheld: Callable[[], Collection[str]] = frozenset) -> None:
         """From now on, new instances of `sop_classes` are held `hold_s` seconds (0: not held) for
@@ -235,11 +239,16 @@ class Spool:
         LOGGER.warning("purged %s for %s: it will not be sent there", uid, destination)
 
     def retry_now(self, uid: str, destination: str, now: float | None = None) -> None:
-        """Operator retry: a pending delivery waiting out a backoff becomes due at once."""
+        """Operator retry: a pending delivery waiting out a backoff becomes due at once; one held
+        for the technologist's verdict stays held (accepting it, or the hold's end, sends it)."""
         t = self._clock() if now is None else now
+        held = max((d.held_until or t for d in self._queue.deliveries(uid) if d.destination == destination), default=t)
         self._queue.update(uid, destination, expect=(DeliveryState.PENDING,), count_attempt=False,
-                           next_attempt_at=t, updated_at=t)
-        LOGGER.info("retry of %s for %s requested", uid, destination)
+                           next_attempt_at=max(t, held), updated_at=t)
+        if held > t:
+            LOGGER.info("retry of %s for %s requested; it stays held for review for %.0f s", uid, destination, held - t)
+        else:
+            LOGGER.info("retry of %s for %s requested", uid, destination)
 
     def deliveries(self, uid: str) -> list[Delivery]:
         return self._queue.deliveries(uid)

@@ -130,3 +130,17 @@ def test_a_destination_backoff_is_one_time_for_its_backlog_joined_by_new_rows_an
         assert _row(reopened, e, "pacs").next_attempt_at == 1040.0
     finally:
         reopened.close()
+
+
+def test_an_operator_retry_does_not_send_an_image_held_for_the_verdict(spool: Spool, clock: Clock) -> None:
+    """`dxgate queue retry` ends a backoff, not the technologist's review: a held image stays held."""
+    spool.hold_for_review(600.0, frozenset({make_object().sop_class_uid}))
+    held = make_object(seed=1)
+    put(spool, held, ("pacs",))
+    clock.t += 1
+    spool.retry_now(held.sop_instance_uid, "pacs")
+    assert spool.due("pacs", clock.t) == []
+    [row] = spool.deliveries(held.sop_instance_uid)
+    assert row.held_until == 1600.0 and row.next_attempt_at == 1600.0
+    assert spool.release_held(held.sop_instance_uid) == ["pacs"]  # accepted: due at once
+    assert [d.sop_instance_uid for d in spool.due("pacs", clock.t)] == [held.sop_instance_uid]

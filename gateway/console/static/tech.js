@@ -340,8 +340,10 @@
       const ei = el("span", { class: "badge" }), di = el("span", { class: "badge" });
       doseBadges(img, ei, di);
       const fwd = el("div", { class: "fwd" }, ...(forwarding[img.sop_instance_uid] || []).map((d) =>
-        el("span", { "data-state": d.state, "data-destination": d.destination,
-          title: d.last_error || `${d.attempts} attempt(s)` }, `${d.destination}: ${d.state}`)));
+        el("span", { "data-state": d.held ? "held" : d.state, "data-destination": d.destination,
+          title: d.held ? `leaves once you accept it (or at ${new Date(d.held_until * 1000).toLocaleTimeString()})`
+            : d.last_error || `${d.attempts} attempt(s)` },
+        `${d.destination}: ${d.held ? "held for review" : d.state}`)));
       return el("div", {
         class: "image-row" + (img.sop_instance_uid === shownUid ? " shown" : ""), "data-uid": img.sop_instance_uid,
         onclick: () => showImage(img),
