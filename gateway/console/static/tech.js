@@ -364,9 +364,11 @@
     }
     renderImages();
     const rows = exam.images.map((i) => forwarding[i.sop_instance_uid] || []);
-    if (rows.some((r) => !r.length || r.some((d) => d.state === "pending" || d.state === "sending"))) {
+    if (rows.some((r) => !r.length || r.some((d) => (d.state === "pending" && !d.held) || d.state === "sending"))) {
       slowPolls = 0;
       forwardTimer = setTimeout(pollForwarding, 1500);
+    } else if (rows.some((r) => r.some((d) => d.held))) {
+      forwardTimer = setTimeout(pollForwarding, 5000); // waiting for a verdict (which polls at once)
     } else if (rows.some((r) => r.some((d) => d.state === "sent")) && slowPolls++ < 24) {
       forwardTimer = setTimeout(pollForwarding, 5000); // a storage commitment may still come
     }
