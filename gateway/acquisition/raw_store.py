@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xxhash
 
 from gateway.durable import TEMP_SUFFIX, fsync_dir, makedirs_durable, write_atomic
 from gateway.errors import DxgateError
@@ -112,7 +113,7 @@ class RawStore:
             "meta": _meta_to_json(frame.meta),
             "exposure": _exposure_to_json(exposure),
             "context": context,
-            "pixels_sha256": hashlib.sha256(pixels).hexdigest(),
+            "pixels_xxh3_128": xxhash.xxh3_128_hexdigest(pixels),  # corruption check (records before: sha256)
             "reason": "",
         }
         path = self.directory / f"{kept_id}{SUFFIX}"
@@ -144,7 +145,7 @@ class RawStore:
         header, pixels = _split(data, path)
         try:
             meta = _meta_from_json(header["meta"])
-            if hashlib.sha256(pixels).hexdigest() != header["pixels_sha256"]:
+            if _pixel_digest(header, pixels) != (header.get("pixels_xxh3_128") or header["pixels_sha256"]):
                 raise RawStoreError(f"kept raw frame {path}: pixel checksum mismatch (corrupt on disk)")
             if len(pixels) != meta.rows * meta.columns * 2:
                 raise RawStoreError(f"kept raw frame {path}: {len(pixels)} pixel bytes for "
@@ -215,6 +216,14 @@ class RawStore:
         if not kept_id or "/" in kept_id or kept_id.startswith("."):
             raise RawStoreError(f"not a kept frame id: {kept_id!r}")
         return self.directory / f"{kept_id}{SUFFIX}"
+
+
+def _pixel_digest(header: dict[str, Any], pixels: bytes) -> str:
+    """The pixels' digest as the record states it: xxh3_128 (about 20x faster than the sha256 of
+    records kept by earlier versions, which stay readable)."""
+    if header.get("pixels_xxh3_128"):
+        return xxhash.xxh3_128_hexdigest(pixels)
+    return hashlib.sha256(pixels).hexdigest()
 
 
 def _record_chunks(header: dict[str, Any], pixels: bytes | memoryview) -> list[bytes | memoryview]:

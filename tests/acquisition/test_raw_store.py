@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import select
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xxhash
 
+from gateway.acquisition import raw_store
 from gateway.acquisition.raw_store import SUFFIX, RawStore, RawStoreError
 from gateway.types import Exposure, ExposureReadback, Technique
 from tests.acquisition.raw_child import frame
@@ -49,6 +52,23 @@ def test_a_corrupt_or_truncated_record_is_refused_naming_the_file(tmp_path: Path
         store.load(kept_id)
     [summary] = store.pending()  # still listed, with the reason, for the engineer
     assert summary.reason.startswith("unreadable")
+
+
+def test_a_record_kept_by_an_earlier_version_with_a_sha256_still_reads_and_is_still_checked(tmp_path: Path) -> None:
+    store = RawStore(tmp_path / "raw")
+    f = frame(3, 64)
+    kept_id = store.keep(f, EXPOSURE, {}, now=datetime.now(UTC))
+    path = tmp_path / "raw" / f"{kept_id}{SUFFIX}"
+    header, pixels = raw_store._split(path.read_bytes(), path)
+    assert header.pop("pixels_xxh3_128") == xxhash.xxh3_128_hexdigest(pixels)  # what this version writes
+    header["pixels_sha256"] = hashlib.sha256(pixels).hexdigest()  # what the earlier one wrote
+    path.write_bytes(b"".join(raw_store._record_chunks(header, pixels)))
+    assert np.array_equal(store.load(kept_id).frame.pixels, f.pixels)
+    bad = bytearray(pixels)
+    bad[5] ^= 0x01
+    path.write_bytes(b"".join(raw_store._record_chunks(header, bytes(bad))))
+    with pytest.raises(RawStoreError, match="pixel checksum mismatch"):
+        store.load(kept_id)
 
 
 def test_imaged_frames_leave_or_move_aside(tmp_path: Path) -> None:
