@@ -31,7 +31,7 @@ from gateway.config import (
 )
 from gateway.peers import make_worklist_entry, worklist_file_bytes
 from tests.peers import Orthanc, free_port, in_ci, require
-from tests.service.processes import DaemonProcess, SimProcess, add_user, login, until
+from tests.service.processes import DaemonProcess, SimProcess, add_user, calibrate, login, until
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -102,12 +102,7 @@ def room(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Room]:
             add_user(config, name, role)
         daemon = DaemonProcess(config, api_port, root).start()
         with daemon.client() as eng:
-            csrf = login(eng, "eric")
-            sim.call("place", scene="open")
-            assert eng.post("/api/calibration", headers=csrf).status_code == 200
-            until(lambda: eng.get("/api/calibration").json()["state"] != "running", what="calibration")
-            assert eng.get("/api/calibration").json()["state"] == "done"
-        sim.call("place", scene="chest")
+            calibrate(eng, login(eng, "eric"), sim)
         yield Room(sim=sim, orthanc=orthanc, daemon=daemon, base=f"http://127.0.0.1:{api_port}", artifacts=artifacts)
         journal = daemon.journal()
         for canary in (PATIENT, "Canary", PATIENT_ID, ACCESSION, BIRTH):

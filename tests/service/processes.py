@@ -169,3 +169,13 @@ def login(c: httpx.Client, name: str) -> dict[str, str]:
     r = c.post("/api/login", json={"user": name, "password": PASSWORD})
     assert r.status_code == 200, r.text
     return {"X-CSRF-Token": r.json()["csrf_token"]}
+
+
+def calibrate(c: httpx.Client, csrf: dict[str, str], sim: SimProcess) -> None:
+    """An engineer's calibration through the API, the open field placed for it and the chest
+    scene put back after; returns once the set is in use."""
+    sim.call("place", scene="open")
+    assert c.post("/api/calibration", headers=csrf).status_code == 200
+    until(lambda: c.get("/api/calibration").json()["state"] != "running", what="calibration")
+    assert c.get("/api/calibration").json()["state"] == "done"
+    sim.call("place", scene="chest")

@@ -33,7 +33,7 @@ from gateway.config import (
 )
 from gateway.peers import make_worklist_entry, worklist_file_bytes
 from tests.peers import Orthanc, StoreSCP, free_port
-from tests.service.processes import DaemonProcess, SimProcess, add_user, login, until
+from tests.service.processes import DaemonProcess, SimProcess, add_user, calibrate, login, until
 
 pytestmark = pytest.mark.peers
 
@@ -104,12 +104,7 @@ def test_hand_switch_exposures_sigterm_restart_and_sighup(tmp_path: Path, sim: S
     saved: list[str] = []
     try:
         with daemon.client() as eng:
-            csrf = login(eng, "eric")
-            sim.call("place", scene="open")
-            assert eng.post("/api/calibration", headers=csrf).status_code == 200
-            until(lambda: eng.get("/api/calibration").json()["state"] != "running", what="calibration")
-            assert eng.get("/api/calibration").json()["state"] == "done"
-        sim.call("place", scene="chest")
+            calibrate(eng, login(eng, "eric"), sim)
         pulses_before = sim.call("status")["pulses"]
         with daemon.client() as tech:
             csrf = login(tech, "tina")

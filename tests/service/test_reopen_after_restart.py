@@ -33,7 +33,7 @@ from gateway.config import (
 from gateway.peers import WorklistServer, make_worklist_entry
 from tests.mpps_scp import MppsScp
 from tests.peers import StoreSCP, free_port
-from tests.service.processes import DaemonProcess, SimProcess, add_user, login, until
+from tests.service.processes import DaemonProcess, SimProcess, add_user, calibrate, login, until
 
 pytestmark = pytest.mark.peers
 
@@ -94,11 +94,7 @@ def test_an_exam_closed_before_a_restart_is_reopened_into_the_same_study_and_the
     try:
         with daemon.client() as c:
             csrf = login(c, "eric")
-            sim.call("place", scene="open")
-            assert c.post("/api/calibration", headers=csrf).status_code == 200
-            until(lambda: c.get("/api/calibration").json()["state"] != "running", what="calibration")
-            assert c.get("/api/calibration").json()["state"] == "done"
-            sim.call("place", scene="chest")
+            calibrate(c, csrf, sim)
             # an exam without patient (its study UID generated here: only the state database knows
             # it after the restart), then the scheduled order
             r = c.post("/api/exam", json={}, headers=csrf)
