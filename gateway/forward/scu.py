@@ -98,12 +98,7 @@ def verify(delivery: Delivery) -> bytes:
         data = Path(delivery.path).read_bytes()
     except OSError as exc:
         raise ObjectRefused(f"spool file {delivery.path} is unreadable: {exc}") from exc
-    if len(data) != delivery.size:
-        wrong: str | None = "size"
-    elif delivery.xxh3_128:
-        wrong = None if files.fast_digest(data) == delivery.xxh3_128 else "xxh3_128"
-    else:
-        wrong = None if files.sha256_hex(data) == delivery.sha256 else "sha256"
+    wrong = "size" if len(data) != delivery.size else files.data_mismatch(data, delivery.sha256, delivery.xxh3_128)
     if wrong is not None:
         raise ObjectRefused(f"spool file {delivery.path} does not match the {wrong} committed with it (its "
                             f"content identity is sha256 {delivery.sha256[:12]}…); it is corrupt and is not sent")

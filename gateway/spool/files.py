@@ -61,6 +61,14 @@ def fast_digest(data: bytes) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
+def data_mismatch(data: bytes, sha256: str, xxh3_128: str | None) -> str | None:
+    """None when `data` is what `put` recorded (its xxh3_128, or its sha256 for rows spooled
+    before that was recorded), else the name of the digest that differs."""
+    if xxh3_128:
+        return None if fast_digest(data) == xxh3_128 else "xxh3_128"
+    return None if sha256_hex(data) == sha256 else "sha256"
+
+
 def file_mismatch(fileno: int, size: int, sha256: str, xxh3_128: str | None) -> str | None:
     """Check an open spool file's first `size` bytes (the committed size, checked by the caller)
     against what `put` recorded: None when they match, else what did not (see FileDigest)."""
